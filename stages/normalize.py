@@ -1,0 +1,123 @@
+"""Turn rows of any supported chat format into one normalized conversation each.
+
+Formats: OpenAI `messages` (role/content), ShareGPT `conversations` (from/value), Alpaca
+(instruction/input/output) and prompt/completion (strings or message lists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from pipeline.errors import FtprepError, RowError
+
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+}
+# The columns that identify each format, in the order detection tries them.
+FORMAT_KEYS = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+}
+
+Message = dict[str, str]
+
+
+def detect_format(rows: Iterable[Mapping]) -> str:
+    """Pick the format most of the sample rows have the columns of."""
+    votes = dict.fromkeys(FORMATS, 0)
+    seen: set[str] = set()
+    for row in rows:
+        seen.update(row)
+        for name, keys in FORMAT_KEYS.items():
+            if all(key in row for key in keys):
+                votes[name] += 1
+                break
+    best = max(votes, key=votes.get)
+    if votes[best] == 0:
+        raise FtprepError(
+            f"cannot tell the data format from the columns {sorted(seen)}: "
+            f"pass --format {'|'.join(FORMATS)}"
+        )
+    return best
+
+
+def row_id(row: Mapping, index: int) -> str:
+    value = row.get("id")
+    return str(value) if value is not None and str(value) != "" else str(index)
+
+
+def normalize_row(row: Mapping, fmt: str) -> list[Message]:
+    """Return the conversation as [{"role", "content"}], or raise RowError with the reason."""
+    if fmt == "messages":
+        messages = _message_list(_field(row, "messages"), "role", "content", {role: role for role in ROLES})
+    elif fmt == "sharegpt":
+        messages = _message_list(_field(row, "conversations"), "from", "value", SHAREGPT_ROLES)
+    elif fmt == "alpaca":
+        instruction = _string(_field(row, "instruction"), "instruction")
+        extra = _string(row.get("input") or "", "input")
+        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        messages = []
+        if row.get("system"):
+            messages.append({"role": "system", "content": _string(row["system"], "system")})
+        messages += [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": _string(_field(row, "output"), "output")},
+        ]
+    elif fmt == "prompt_completion":
+        messages = _turns(_field(row, "prompt"), "user") + _turns(_field(row, "completion"), "assistant")
+    else:
+        raise FtprepError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    _check_conversation(messages)
+    return messages
+
+
+def _field(row: Mapping, key: str):
+    if key not in row or row[key] is None:
+        raise RowError(f"missing field '{key}'")
+    return row[key]
+
+
+def _string(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise RowError(f"{name} is {type(value).__name__}, not a string")
+    return value
+
+
+def _turns(value, default_role: str) -> list[Message]:
+    if isinstance(value, str):
+        return [{"role": default_role, "content": value}]
+    return _message_list(value, "role", "content", {role: role for role in ROLES})
+
+
+def _message_list(value, role_key: str, content_key: str, role_names: Mapping[str, str]) -> list[Message]:
+    if not isinstance(value, list):
+        raise RowError(f"conversation is {type(value).__name__}, not a list of messages")
+    messages = []
+    for turn in value:
+        if not isinstance(turn, Mapping):
+            raise RowError("a message is not an object")
+        if role_key not in turn or content_key not in turn:
+            raise RowError(f"a message lacks '{role_key}' or '{content_key}'")
+        role = turn[role_key]
+        if role not in role_names:
+            raise RowError(f"unknown role {role!r}")
+        messages.append({"role": role_names[role], "content": _string(turn[content_key], "message content")})
+    return messages
+
+
+def _check_conversation(messages: list[Message]) -> None:
+    if not messages:
+        raise RowError("empty conversation")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise RowError("no assistant turn")
+    if any(message["role"] == "assistant" and not message["content"].strip() for message in messages):
+        raise RowError("empty assistant turn")

@@ -1,0 +1,64 @@
+"""Score stage: per-token log-probability, rank and entropy of the ground truth under a model.
+
+Backends share `score_columns`, which turns the scored positions of a batch into the
+columns of the scored dataset (NaN and rank 0 where nothing was scored).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+BACKENDS = ("auto", "hf")
+
+
+def positions_to_score(input_ids: pa.ListArray, assistant_mask: pa.ListArray, score_prompt: bool) -> np.ndarray:
+    """Flat indices (into the concatenated rows) of the tokens to score; never a row's first token."""
+    offsets = input_ids.offsets.to_numpy()
+    total = offsets[-1] - offsets[0]
+    wanted = np.ones(total, dtype=bool) if score_prompt else assistant_mask.values.to_numpy(zero_copy_only=False).astype(bool)
+    wanted[offsets[:-1][np.diff(offsets) > 0] - offsets[0]] = False
+    return np.flatnonzero(wanted)
+
+
+def score_columns(offsets: np.ndarray, positions: np.ndarray, logprobs, entropy, rank, topk_ids=None, topk_logprobs=None) -> dict:
+    """Full-length per-token columns from values at `positions` (flat indices)."""
+    total = int(offsets[-1] - offsets[0])
+    list_offsets = pa.array((offsets - offsets[0]).astype(np.int32))
+
+    def spread(values, fill, dtype):
+        full = np.full(total, fill, dtype=dtype)
+        full[positions] = values
+        return pa.ListArray.from_arrays(list_offsets, pa.array(full))
+
+    columns = {
+        "logprobs": spread(logprobs, np.nan, np.float32),
+        "entropy": spread(entropy, np.nan, np.float32),
+        "rank": spread(rank, 0, np.int32),
+    }
+    if topk_ids is not None:
+        k = topk_ids.shape[1]
+        per_token = np.zeros(total, dtype=np.int64)
+        per_token[positions] = k
+        inner_offsets = pa.array(np.concatenate([[0], np.cumsum(per_token)]).astype(np.int32))
+        for name, values, arrow_type in (("topk_ids", topk_ids, pa.int32()), ("topk_logprobs", topk_logprobs, pa.float32())):
+            inner = pa.ListArray.from_arrays(inner_offsets, pa.array(values.reshape(-1), arrow_type))
+            columns[name] = pa.ListArray.from_arrays(list_offsets, inner)
+    return columns
+
+
+def scored_schema(top_k: int = 0) -> pa.Schema:
+    from stages.tokenize import MESSAGES_TYPE
+
+    fields = [
+        ("id", pa.string()),
+        ("messages", MESSAGES_TYPE),
+        ("input_ids", pa.list_(pa.int32())),
+        ("assistant_mask", pa.list_(pa.int8())),
+        ("logprobs", pa.list_(pa.float32())),
+        ("entropy", pa.list_(pa.float32())),
+        ("rank", pa.list_(pa.int32())),
+    ]
+    if top_k:
+        fields += [("topk_ids", pa.list_(pa.list_(pa.int32()))), ("topk_logprobs", pa.list_(pa.list_(pa.float32())))]
+    return pa.schema(fields)

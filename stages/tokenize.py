@@ -1,0 +1,181 @@
+"""Render conversations with the model's chat template and mark trainable assistant tokens.
+
+The assistant spans come from `{% generation %}` markers when the template has them, else
+from prefix differences: the text the template renders for the turns before an assistant
+message (with the generation prompt) must be a prefix of the full rendering, and the
+assistant content follows it. Each span is extended by the end-of-turn token right after
+it, and checked: the decoded span must equal the assistant content, or the row is rejected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import FtprepError, RowError
+
+GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+@dataclass
+class TokenizedRow:
+    input_ids: np.ndarray  # int32
+    assistant_mask: np.ndarray  # int8
+    truncated: bool = False
+
+
+@dataclass
+class ChatTokenizer:
+    tokenizer: object
+    train_on: str = "all"  # all | last
+    max_length: int | None = None
+    overlong: str = "drop"  # drop | truncate
+    stats: Counter = field(default_factory=Counter)
+
+    def __post_init__(self):
+        template = self.tokenizer.chat_template
+        if not template:
+            raise FtprepError("the model's tokenizer has no chat template: use an instruct/chat model")
+        self.uses_generation_markers = bool(GENERATION_MARKER.search(template))
+        self.special_ids = np.array(sorted(_special_ids(self.tokenizer)), dtype=np.int64)
+        self.end_of_turn_ids: set[int] = set()
+
+    def __call__(self, conversations: list[list[dict]]) -> list[TokenizedRow | RowError]:
+        if self.uses_generation_markers:
+            results = [self._guard(self._tokenize_with_markers, messages) for messages in conversations]
+        else:
+            results = self._tokenize_by_prefix(conversations)
+        return [self._fit_length(result) if isinstance(result, TokenizedRow) else result for result in results]
+
+    # -- span finding ---------------------------------------------------------------------
+
+    def _tokenize_by_prefix(self, conversations):
+        rendered = [self._guard(self._render_with_spans, messages) for messages in conversations]
+        texts = [item[0] for item in rendered if not isinstance(item, RowError)]
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
+        results, cursor = [], 0
+        for messages, item in zip(conversations, rendered):
+            if isinstance(item, RowError):
+                results.append(item)
+                continue
+            ids = np.asarray(encoded["input_ids"][cursor], dtype=np.int32)
+            offsets = np.asarray(encoded["offset_mapping"][cursor], dtype=np.int64).reshape(-1, 2)
+            cursor += 1
+            token_spans = [_chars_to_tokens(offsets, start, end) for start, end in item[1]]
+            results.append(self._guard(self._finish, ids, token_spans, item[2]))
+        return results
+
+    def _render_with_spans(self, messages):
+        full = self._render(messages, add_generation_prompt=False)
+        spans, contents = [], []
+        for index in self._trainable_turns(messages):
+            prefix = self._render(messages[:index], add_generation_prompt=True)
+            if not full.startswith(prefix):
+                raise RowError("chat template renders the turns before an assistant message differently in the full conversation")
+            content = messages[index]["content"]
+            start = full.find(content, len(prefix))
+            if start < 0:  # templates that trim the content
+                content = content.strip()
+                start = full.find(content, len(prefix))
+            if start < 0:
+                raise RowError("assistant content not found where the chat template renders it")
+            spans.append((start, start + len(content)))
+            contents.append(content)
+        return full, spans, contents
+
+    def _tokenize_with_markers(self, messages):
+        encoded = self.tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = np.asarray(encoded["input_ids"], dtype=np.int32)
+        marked = np.asarray(encoded["assistant_masks"], dtype=np.int8)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], marked, [0]])))
+        runs = list(zip(edges[::2], edges[1::2]))
+        turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+        if len(runs) != len(turns):
+            raise RowError(f"chat template marks {len(runs)} generation spans for {len(turns)} assistant turns")
+        keep = set(self._trainable_turns(messages))
+        chosen = [(run, messages[turn]["content"]) for run, turn in zip(runs, turns) if turn in keep]
+        return self._finish(ids, [run for run, _ in chosen], [content for _, content in chosen])
+
+    def _trainable_turns(self, messages) -> list[int]:
+        turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+        return turns[-1:] if self.train_on == "last" else turns
+
+    def _render(self, messages, add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    # -- mask, check, length --------------------------------------------------------------
+
+    def _finish(self, ids: np.ndarray, token_spans, contents) -> TokenizedRow:
+        mask = np.zeros(len(ids), dtype=np.int8)
+        for (start, end), content in zip(token_spans, contents):
+            if end <= start:
+                raise RowError("assistant turn has no tokens")
+            # The end-of-turn token belongs to the turn: the model must learn to stop.
+            if end < len(ids) and np.isin(ids[end], self.special_ids) and not np.isin(ids[end - 1], self.special_ids):
+                end += 1
+            has_end_token = bool(np.isin(ids[end - 1], self.special_ids))
+            body = ids[start : end - 1] if has_end_token else ids[start:end]
+            decoded = self.tokenizer.decode(body.tolist(), skip_special_tokens=False)
+            if decoded.strip() != content.strip():
+                raise RowError("tokens marked as assistant do not decode to the assistant content")
+            if has_end_token:
+                self.end_of_turn_ids.add(int(ids[end - 1]))
+            mask[start:end] = 1
+        return TokenizedRow(ids, mask)
+
+    def _fit_length(self, row: TokenizedRow) -> TokenizedRow | RowError:
+        if self.max_length is None or len(row.input_ids) <= self.max_length:
+            return row
+        if self.overlong == "drop":
+            self.stats["overlong_dropped"] += 1
+            return RowError(f"longer than --max-length ({len(row.input_ids)} > {self.max_length} tokens)")
+        self.stats["overlong_truncated"] += 1
+        cut = TokenizedRow(row.input_ids[: self.max_length], row.assistant_mask[: self.max_length], truncated=True)
+        if not cut.assistant_mask.any():
+            return RowError(f"no assistant tokens left after truncation to {self.max_length} tokens")
+        return cut
+
+    @staticmethod
+    def _guard(function, *args):
+        try:
+            return function(*args)
+        except RowError as error:
+            return error
+        except Exception as exc:  # a chat template raising on this conversation (jinja exceptions)
+            return RowError(f"chat template failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+
+
+def _chars_to_tokens(offsets: np.ndarray, start: int, end: int) -> tuple[int, int]:
+    """Token range [first, last) of the tokens that overlap the character range [start, end)."""
+    overlap = np.flatnonzero((offsets[:, 0] < end) & (offsets[:, 1] > start))
+    if len(overlap) == 0:
+        return 0, 0
+    return int(overlap[0]), int(overlap[-1]) + 1
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    ids.update(index for index, token in tokenizer.added_tokens_decoder.items() if token.special)
+    return ids
+
+
+def tokenized_table(ids: list[str], conversations: list[list[dict]], rows: list[TokenizedRow]) -> pa.Table:
+    lengths = np.array([len(row.input_ids) for row in rows], dtype=np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    flat_ids = np.concatenate([row.input_ids for row in rows]) if rows else np.zeros(0, np.int32)
+    flat_mask = np.concatenate([row.assistant_mask for row in rows]) if rows else np.zeros(0, np.int8)
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "messages": pa.array(conversations, MESSAGES_TYPE),
+            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, pa.int32())),
+            "assistant_mask": pa.ListArray.from_arrays(offsets, pa.array(flat_mask, pa.int8())),
+        }
+    )

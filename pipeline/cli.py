@@ -112,7 +112,7 @@ def inspect(folder, row, threshold, color):
     from pipeline.inspect import inspect_row
 
     use_color = sys.stdout.isatty() if color is None else color
-    click.echo(inspect_row(Path(folder), row, threshold, use_color))
+    click.echo(inspect_row(Path(folder), row, threshold, use_color), color=use_color)
 
 
 def _summary(output: str, manifest: dict) -> str:
@@ -129,8 +129,12 @@ def main():
     except KeyboardInterrupt:
         click.echo("interrupted: rerun the same command to resume", err=True)
         sys.exit(130)
+    except click.UsageError as error:
+        command = f" {error.ctx.command_path.split(' ', 1)[1]}" if error.ctx and " " in error.ctx.command_path else ""
+        click.echo(f"error: {error.format_message()} (see ftprep{command} --help)", err=True)
+        sys.exit(error.exit_code)
     except click.ClickException as error:
-        error.show()
+        click.echo(f"error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
     except FtprepError as error:
         click.echo(f"error: {error}", err=True)

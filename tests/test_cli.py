@@ -1,0 +1,156 @@
+"""`ftprep` end to end as a user runs it: score, mask, inspect, stats; errors; resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA, REPO, load_table, read_jsonl, run_cli
+
+
+def data_files(folder):
+    return sorted(Path(folder).glob("data-*.arrow"))
+
+
+def test_bad_rows_are_rejected_with_reasons_and_good_rows_go_through(tmp_path):
+    out = tmp_path / "scored"
+    result = run_cli("score", DATA / "bad_rows.jsonl", "-o", out)
+    assert "5 rows written, 7 rejected" in result.stdout
+    rejects = read_jsonl(out / "rejects.jsonl")
+    assert [r["index"] for r in rejects] == [1, 3, 4, 6, 7, 9, 10]
+    assert all(r["reason"] for r in rejects)
+    assert {r["id"] for r in rejects} >= {"no-messages", "empty-assistant", "unknown-role", "non-string-content"}
+    table = load_table(out)
+    assert table.column("id").to_pylist() == ["good-1", "good-2", "good-3", "good-4", "good-5"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["rows_in"] == 12 == stats["rows_out"] + stats["rows_rejected"]
+    manifest = json.loads((out / "ftprep.json").read_text())
+    assert manifest["counts"] == {"rows_in": 12, "rows_out": 5, "rows_rejected": 7}
+    assert manifest["entropy_kind"] == "full" and manifest["tokenizer"]["end_of_turn_ids"] == [2]
+
+
+def test_score_mask_inspect_end_to_end(tmp_path):
+    import datasets
+
+    scored, train = tmp_path / "scored", tmp_path / "train"
+    run_cli("score", DATA / "formats" / "sharegpt.jsonl", "-o", scored, "--limit", "4")
+    run_cli("mask", scored, "-o", train)
+    dataset = datasets.load_from_disk(str(train))
+    assert dataset.column_names == ["input_ids", "attention_mask", "labels"] and len(dataset) == 4
+    assert datasets.load_from_disk(str(scored)).column_names[:4] == ["id", "messages", "input_ids", "assistant_mask"]
+    shown = run_cli("inspect", train, "--row", "1", "--no-color").stdout
+    assert shown.startswith("row 1 · id sharegpt-2") or shown.startswith("row 1 ·")
+    assert "<|im_start|>assistant" in shown and "[" in shown
+    colored = run_cli("inspect", scored, "--row", "0", "--color").stdout
+    assert "\x1b[1;31m" in colored
+    assert "masked_share" in run_cli("stats", train).stdout
+    again = run_cli("mask", scored, "-o", train)
+    assert "already complete" in again.stdout
+
+
+def test_each_source_kind_scores(tmp_path):
+    for name in ("messages.json", "alpaca.csv", "prompt_completion_messages.jsonl"):
+        out = tmp_path / name
+        run_cli("score", DATA / "formats" / name, "-o", out, "--limit", "2")
+        assert load_table(out).num_rows == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["score", "data/nope.jsonl", "-o", "{tmp}/x"], "error: input not found: data/nope.jsonl"),
+        (["score", "data/sample.jsonl", "-o", "{tmp}/x", "--model", "/no/such/model"], "error: model not found"),
+        (["score", "data/sample.jsonl", "-o", "{tmp}/x", "--model", "{tmp}/m.gguf"], "error: model file not found"),
+        (["score", "data/sample.jsonl", "-o", "{tmp}/x", "--format", "yaml"], "error: Invalid value for '--format'"),
+        (["score", "{tmp}/text.jsonl", "-o", "{tmp}/x"], "error: cannot tell the data format"),
+        (["mask", "data", "-o", "{tmp}/x"], "error: data is not a scored dataset"),
+        (["inspect", "{tmp}"], "error: "),
+    ],
+)
+def test_run_level_errors_are_one_line(tmp_path, args, message):
+    (tmp_path / "text.jsonl").write_text('{"text": "hello"}\n')
+    result = run_cli(*[a.format(tmp=tmp_path) for a in args], check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith(message.format(tmp=tmp_path)), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "x" / "ftprep.json").exists()
+
+
+def test_output_made_with_other_settings_is_not_overwritten(tmp_path):
+    out = tmp_path / "scored"
+    run_cli("score", DATA / "sample.jsonl", "-o", out, "--limit", "2")
+    before = [p.read_bytes() for p in data_files(out)]
+    result = run_cli("score", DATA / "sample.jsonl", "-o", out, "--limit", "3", check=False)
+    assert result.returncode == 1 and "--overwrite" in result.stderr
+    assert [p.read_bytes() for p in data_files(out)] == before
+    run_cli("score", DATA / "sample.jsonl", "-o", out, "--limit", "3", "--overwrite")
+    assert load_table(out).num_rows == 3
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    args = ["score", DATA / "sample.jsonl", "--limit", "20", "--shard-rows", "5"]
+    killed = tmp_path / "killed"
+    script = Path(sys.executable).parent / "ftprep"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
+    process = subprocess.Popen([*command, *map(str, args), "-o", str(killed)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    committed = killed / ".ftprep-partial" / "shard-00001.json"
+    deadline = time.monotonic() + 300
+    while not committed.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert committed.exists() and not (killed / "ftprep.json").exists(), "the run should die after two shards"
+    finished = {p.name: p.stat().st_mtime_ns for p in (killed / ".ftprep-partial").glob("shard-*.arrow")}
+    assert len(finished) >= 2
+
+    run_cli(*args, "-o", killed)
+    uninterrupted = tmp_path / "uninterrupted"
+    run_cli(*args, "-o", uninterrupted)
+    # Finished shards were kept, not recomputed: the files moved into place untouched.
+    resumed_files = data_files(killed)
+    for index, mtime in enumerate(sorted(finished.values())[:2]):
+        assert resumed_files[index].stat().st_mtime_ns == mtime
+    assert [p.read_bytes() for p in resumed_files] == [p.read_bytes() for p in data_files(uninterrupted)]
+    assert (killed / "state.json").read_text() == (uninterrupted / "state.json").read_text()
+    assert not (killed / ".ftprep-partial").exists()
+
+
+def test_two_runs_give_identical_output(tmp_path):
+    for name in ("a", "b"):
+        run_cli("score", DATA / "sample.jsonl", "-o", tmp_path / name, "--limit", "6", "--top-k", "3")
+        run_cli("mask", tmp_path / name, "-o", tmp_path / f"{name}-train", "--strategy", "soft")
+    for folder in ("{}", "{}-train"):
+        a, b = (data_files(tmp_path / folder.format(n)) for n in "ab")
+        assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+
+
+def test_training_folder_trains_one_step_in_trl(scored_sample, tmp_path, model_dir):
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    train = tmp_path / "train"
+    run_cli("mask", scored_sample, "-o", train)
+    dataset = datasets.load_from_disk(str(train))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    before = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    args = SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2, report_to=[],
+                     use_cpu=True, save_strategy="no", logging_steps=1, learning_rate=1e-4)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(model_dir))
+    batch = next(iter(trainer.get_train_dataloader()))
+    # TRL trains on our labels as they are: each batch row is one of our rows, padded with -100.
+    ours = [row for row in dataset["labels"]]
+    for labels in batch["labels"].tolist():
+        trimmed = labels[: len(labels) - next((i for i, v in enumerate(reversed(labels)) if v != -100), 0)]
+        assert any(row[: len(trimmed)] == trimmed and all(v == -100 for v in row[len(trimmed):]) for row in ours)
+    result = trainer.train()
+    assert np.isfinite(result.training_loss)
+    assert not torch.equal(before, model.model.layers[0].mlp.down_proj.weight)

@@ -1,0 +1,81 @@
+"""The hf scorer agrees with a plain unbatched forward pass of the same model."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from conftest import DATA, flat, load_table, read_jsonl, reference_logprobs
+from stages.score import positions_to_score
+from stages.score.hf import HFScorer, length_sorted_batches
+from stages.tokenize import ChatTokenizer, tokenized_table
+
+
+@pytest.fixture(scope="module")
+def tokenized(tokenizer):
+    rows = read_jsonl(DATA / "sample.jsonl")[:12]
+    conversations = [row["messages"] for row in rows]
+    return tokenized_table([row["id"] for row in rows], conversations, ChatTokenizer(tokenizer)(conversations))
+
+
+def test_scored_dataset_matches_unbatched_forward(scored_sample, plain_model):
+    table = load_table(scored_sample)
+    assert table.num_rows == 40
+    worst = 0.0
+    for row in table.slice(0, 10).to_pylist():
+        reference, full = reference_logprobs(plain_model, row["input_ids"])
+        assistant = np.asarray(row["assistant_mask"], dtype=bool)
+        assistant[0] = False
+        got = np.asarray(row["logprobs"], dtype=np.float64)
+        worst = max(worst, np.abs(got[assistant] - reference[assistant]).max())
+        assert np.isnan(got[~assistant]).all()  # prompt positions are not scored by default
+        # rank: 1 + number of tokens with a higher logit; entropy: of the full distribution.
+        targets = torch.tensor(row["input_ids"][1:])
+        predicted = full[:-1]
+        rank = (predicted > predicted.gather(1, targets[:, None])).sum(-1) + 1
+        entropy = -(predicted.exp() * predicted).sum(-1)
+        np.testing.assert_array_equal(np.asarray(row["rank"])[1:][assistant[1:]], rank.numpy()[assistant[1:]])
+        np.testing.assert_allclose(np.asarray(row["entropy"])[1:][assistant[1:]], entropy.numpy()[assistant[1:]], atol=1e-3)
+        assert (np.asarray(row["rank"])[~assistant] == 0).all()
+    print(f"max |logprob - unbatched reference| = {worst:.2e} nats")
+    assert worst < 1e-3
+
+
+def test_batch_budget_does_not_change_scores(model_dir, tokenized):
+    small = HFScorer(model_dir, batch_tokens=300)(tokenized)
+    large = HFScorer(model_dir, batch_tokens=100_000)(tokenized)
+    a, b = flat(small, "logprobs"), flat(large, "logprobs")
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    assert np.nanmax(np.abs(a - b)) < 1e-3
+    assert small.column("id").to_pylist() == tokenized.column("id").to_pylist()
+
+
+def test_score_prompt_and_top_k(model_dir, tokenized, plain_model):
+    scored = HFScorer(model_dir, top_k=5, score_prompt=True)(tokenized.slice(0, 3))
+    for row in scored.to_pylist():
+        reference, full = reference_logprobs(plain_model, row["input_ids"])
+        got = np.asarray(row["logprobs"], dtype=np.float64)
+        assert np.isnan(got[0]) and not np.isnan(got[1:]).any()  # every position but the first
+        assert np.abs(got[1:] - reference[1:]).max() < 1e-3
+        top_logprobs, top_ids = full[:-1].topk(5, dim=-1)
+        assert row["topk_ids"][0] == []
+        np.testing.assert_array_equal(np.asarray(row["topk_ids"][1:]), top_ids.numpy())
+        np.testing.assert_allclose(np.asarray(row["topk_logprobs"][1:]), top_logprobs.numpy(), atol=1e-3)
+    assert scored.schema.field("topk_ids").type == pa.list_(pa.list_(pa.int32()))
+
+
+def test_positions_never_include_a_rows_first_token():
+    ids = pa.array([[5, 6, 7], [8], [9, 10]], pa.list_(pa.int32()))
+    mask = pa.array([[1, 1, 0], [1], [0, 1]], pa.list_(pa.int8()))
+    assert positions_to_score(ids, mask, score_prompt=False).tolist() == [1, 5]
+    assert positions_to_score(ids, mask, score_prompt=True).tolist() == [1, 2, 5]
+
+
+def test_length_sorted_batches_respect_the_budget():
+    lengths = np.array([5, 50, 7, 49, 3, 200])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    batches = length_sorted_batches(offsets, np.arange(6), batch_tokens=100)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(6))
+    for batch in batches:
+        assert len(batch) == 1 or lengths[batch].max() * len(batch) <= 100
+    assert batches[0].tolist() == [5]  # longer than the budget: alone

@@ -43,7 +43,7 @@ def cli():
 @click.option("--max-length", type=int, callback=positive, help="Longest row in tokens.")
 @click.option("--overlong", type=click.Choice(["drop", "truncate"]), default="drop", help="What to do with longer rows.")
 @click.option("--backend", type=click.Choice(["auto", "hf"]), default="auto", help="Scoring engine.")
-@click.option("--batch-tokens", type=int, default=8192, callback=positive, help="Token budget of one forward pass (padding included).")
+@click.option("--batch-tokens", type=int, callback=positive, help="Token budget of one forward pass, padding included (default: 1024 on CPU, 16384 on GPU).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", help="auto: float32 on CPU, bfloat16 on GPU.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--top-k", type=click.IntRange(0, 1000), default=0, help="Also store the model's top-k ids and logprobs per token.")

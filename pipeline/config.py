@@ -17,7 +17,7 @@ class ScoreConfig:
     max_length: int | None = None
     overlong: str = "drop"
     backend: str = "auto"
-    batch_tokens: int = 8192
+    batch_tokens: int | None = None  # None: chosen for the device
     dtype: str = "auto"
     device: str = "auto"
     top_k: int = 0

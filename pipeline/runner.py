@@ -22,6 +22,7 @@ from pipeline.progress import Progress
 from pipeline.readers import open_source
 from pipeline.writers import ShardedOutput, merge_counters, read_manifest, read_shards
 from stages import flat_values
+from stages.score import default_batch_tokens
 from stages.normalize import detect_format, normalize_row, row_id
 from stages.tokenize import ChatTokenizer, tokenized_table
 
@@ -46,13 +47,13 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def make_scorer(config: ScoreConfig, model_dir: str, device: str, dtype: str):
+def make_scorer(config: ScoreConfig, model_dir: str, device: str, dtype: str, batch_tokens: int):
     backend = "hf" if config.backend == "auto" else config.backend
     if backend != "hf":
         raise FtprepError(f"unknown --backend {config.backend}: use auto or hf")
     from stages.score.hf import HFScorer
 
-    return HFScorer(model_dir, dtype=dtype, device=device, batch_tokens=config.batch_tokens,
+    return HFScorer(model_dir, dtype=dtype, device=device, batch_tokens=batch_tokens,
                     top_k=config.top_k, score_prompt=config.score_prompt)
 
 
@@ -73,8 +74,9 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     model_identity = {"model": fingerprint_model(model_dir), "tokenizer": fingerprint_tokenizer(tokenizer)}
+    batch_tokens = config.batch_tokens or default_batch_tokens(device)
     identity = {"command": "score", "settings": config.result_settings(), "input": source.identity(),
-                "device": device, "dtype": dtype, **model_identity}
+                "device": device, "dtype": dtype, "batch_tokens": batch_tokens, **model_identity}
     output = ShardedOutput(config.output, identity, overwrite=overwrite)
     if output.complete:
         echo(f"{config.output} is already complete (same input and settings): nothing to do")
@@ -95,7 +97,7 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
         started = time.perf_counter()
         table, rejects, stats = prepare_shard(chunk, fmt, chat)
         if table is not None:
-            scorer = scorer or make_scorer(config, model_dir, device, dtype)
+            scorer = scorer or make_scorer(config, model_dir, device, dtype, batch_tokens)
             table = scorer(table)
             stats.update(_score_stats(table))
         stats["seconds"] = time.perf_counter() - started

@@ -65,16 +65,24 @@ def test_score_prompt_and_top_k(model_dir, tokenized, plain_model):
 
 
 def test_positions_never_include_a_rows_first_token():
-    ids = pa.array([[5, 6, 7], [8], [9, 10]], pa.list_(pa.int32()))
-    mask = pa.array([[1, 1, 0], [1], [0, 1]], pa.list_(pa.int8()))
-    assert positions_to_score(ids, mask, score_prompt=False).tolist() == [1, 5]
-    assert positions_to_score(ids, mask, score_prompt=True).tolist() == [1, 2, 5]
+    offsets = np.array([0, 3, 4, 6])
+    mask = np.array([1, 1, 0, 1, 0, 1], dtype=np.int8)
+    assert positions_to_score(offsets, mask, score_prompt=False).tolist() == [1, 5]
+    assert positions_to_score(offsets, mask, score_prompt=True).tolist() == [1, 2, 5]
+
+
+def test_a_sliced_table_scores_like_the_same_rows_alone(model_dir, tokenized):
+    scorer = HFScorer(model_dir)
+    sliced = scorer(tokenized.slice(3, 2))
+    alone = scorer(pa.Table.from_pylist(tokenized.slice(3, 2).to_pylist(), schema=tokenized.schema))
+    np.testing.assert_array_equal(flat(sliced, "logprobs"), flat(alone, "logprobs"))
+    np.testing.assert_array_equal(flat(sliced, "rank"), flat(alone, "rank"))
 
 
 def test_length_sorted_batches_respect_the_budget():
     lengths = np.array([5, 50, 7, 49, 3, 200])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    batches = length_sorted_batches(offsets, np.arange(6), batch_tokens=100)
+    batches = length_sorted_batches(np.stack([offsets[:-1], offsets[1:]], axis=1), np.arange(6), batch_tokens=100)
     assert sorted(np.concatenate(batches).tolist()) == list(range(6))
     for batch in batches:
         assert len(batch) == 1 or lengths[batch].max() * len(batch) <= 100

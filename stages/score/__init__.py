@@ -12,19 +12,29 @@ import pyarrow as pa
 BACKENDS = ("auto", "hf")
 
 
-def positions_to_score(input_ids: pa.ListArray, assistant_mask: pa.ListArray, score_prompt: bool) -> np.ndarray:
-    """Flat indices (into the concatenated rows) of the tokens to score; never a row's first token."""
-    offsets = input_ids.offsets.to_numpy()
-    total = offsets[-1] - offsets[0]
-    wanted = np.ones(total, dtype=bool) if score_prompt else assistant_mask.values.to_numpy(zero_copy_only=False).astype(bool)
-    wanted[offsets[:-1][np.diff(offsets) > 0] - offsets[0]] = False
+def default_batch_tokens(device: str) -> int:
+    """Measured on a 2-core CPU: ~1k-token batches keep fp32 matmuls in cache and padding low
+    (bench/score_cpu.py); a GPU needs far larger batches to fill."""
+    return 1024 if device == "cpu" else 16384
+
+
+def positions_to_score(offsets: np.ndarray, assistant_mask: np.ndarray, score_prompt: bool) -> np.ndarray:
+    """Flat indices of the tokens to score (offsets start at 0); never a row's first token."""
+    wanted = np.ones(offsets[-1], dtype=bool) if score_prompt else assistant_mask.astype(bool)
+    wanted[offsets[:-1][np.diff(offsets) > 0]] = False
     return np.flatnonzero(wanted)
 
 
+def row_offsets(table: pa.Table, name: str = "input_ids") -> np.ndarray:
+    """Where each row starts in the flat values of a list column, from 0 (slices included)."""
+    offsets = table.column(name).combine_chunks().offsets.to_numpy().astype(np.int64)
+    return offsets - offsets[0]
+
+
 def score_columns(offsets: np.ndarray, positions: np.ndarray, logprobs, entropy, rank, topk_ids=None, topk_logprobs=None) -> dict:
-    """Full-length per-token columns from values at `positions` (flat indices)."""
-    total = int(offsets[-1] - offsets[0])
-    list_offsets = pa.array((offsets - offsets[0]).astype(np.int32))
+    """Full-length per-token columns from values at `positions` (flat indices, offsets from 0)."""
+    total = int(offsets[-1])
+    list_offsets = pa.array(offsets.astype(np.int32))
 
     def spread(values, fill, dtype):
         full = np.full(total, fill, dtype=dtype)

@@ -9,7 +9,7 @@ $(VENV)/.ready: pyproject.toml scripts/setup-venv.sh
 
 demo: $(VENV)/.ready
 	$(BIN)/ftprep score data/sample.jsonl -o $(DEMO)/scored
-	$(BIN)/ftprep mask $(DEMO)/scored -o $(DEMO)/train --overwrite
+	$(BIN)/ftprep mask $(DEMO)/scored -o $(DEMO)/train
 	$(BIN)/ftprep stats $(DEMO)/train
 	$(BIN)/ftprep inspect $(DEMO)/train --row 0
 

@@ -129,6 +129,8 @@ def main():
     except KeyboardInterrupt:
         click.echo("interrupted: rerun the same command to resume", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as error:
+        click.echo(error.ctx.get_help())
     except click.UsageError as error:
         command = f" {error.ctx.command_path.split(' ', 1)[1]}" if error.ctx and " " in error.ctx.command_path else ""
         click.echo(f"error: {error.format_message()} (see ftprep{command} --help)", err=True)

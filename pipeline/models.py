@@ -120,13 +120,35 @@ def quiet_progress_bars_off_terminal() -> None:
         hf_logging.disable_progress_bar()
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick look-up instead of the hub client's minute of retries when offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _local_only(model_dir: str) -> bool:
+    """A hub id is loaded from the local HF cache alone when the Hub cannot be reached."""
+    return not Path(model_dir).is_dir() and not hub_reachable()
+
+
 def load_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
+    local_only = _local_only(model_dir)
     try:
-        return AutoTokenizer.from_pretrained(model_dir)
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=local_only)
     except Exception as exc:
-        raise FtprepError(f"cannot load the tokenizer of {model_dir}: {_first_line(exc)}") from exc
+        reason = "the Hub cannot be reached and it is not in the local cache" if local_only else _first_line(exc)
+        raise FtprepError(f"cannot load the model {model_dir}: {reason}") from exc
 
 
 def load_model(model_dir: str, dtype: str, device: str):
@@ -136,7 +158,7 @@ def load_model(model_dir: str, dtype: str, device: str):
     quiet_progress_bars_off_terminal()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa"
+            model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa", local_files_only=_local_only(model_dir)
         )
     except Exception as exc:
         raise FtprepError(f"cannot load the model {model_dir}: {_first_line(exc)}") from exc

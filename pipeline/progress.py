@@ -11,7 +11,7 @@ class Progress:
         self.label = label
         self.total = total_rows
         self.stream = stream or sys.stderr
-        self.rows = self.tokens = 0
+        self.rows = self.tokens = self.printed_rows = 0
         self.started = self.last_line = time.monotonic()
         self.interval = interval
         self.bar = None
@@ -31,6 +31,7 @@ class Progress:
         now = time.monotonic()
         if now - self.last_line >= self.interval:
             self.last_line = now
+            self.printed_rows = self.rows
             self.stream.write(self._line() + "\n")
             self.stream.flush()
 
@@ -40,8 +41,8 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        else:
-            self.stream.write(self._line() + " done\n")
+        elif self.rows != self.printed_rows:
+            self.stream.write(self._line() + "\n")
             self.stream.flush()
 
     def _line(self) -> str:

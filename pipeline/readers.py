@@ -134,10 +134,17 @@ def _read_disk(source: Source) -> Iterator[SourceRow]:
 def _read_hub(source: Source) -> Iterator[SourceRow]:
     import datasets
 
+    from pipeline.models import hub_reachable
+
+    online = hub_reachable()
+    if not online:
+        datasets.config.HF_HUB_OFFLINE = True  # the local cache only, without a minute of retries
     try:
         loaded = datasets.load_dataset(source.spec, split=source.split)
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not online:
+            message = "the Hub cannot be reached and it is not in the local cache"
         raise FtprepError(f"cannot load the hub dataset {source.spec}: {message}") from exc
     return _enumerate_batches(_pick_split(loaded, source).data.to_batches(max_chunksize=1024))
 

@@ -84,6 +84,8 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
 
     rows = source.rows()
     sample = list(itertools.islice(rows, FORMAT_SAMPLE_ROWS))
+    if not sample:
+        raise FtprepError(f"{config.input} has no rows")
     fmt = config.format or detect_format(row for _, row in sample if isinstance(row, dict))
     rows = itertools.chain(sample, rows)
     chat = ChatTokenizer(tokenizer, config.train_on, config.max_length, config.overlong)
@@ -226,12 +228,14 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
     stage = MaskStage(config, end_of_turn_ids, cutoff)
 
     progress = Progress("mask", scored["counts"]["rows_out"])
+    first_row = 0
     for shard, table in enumerate(read_shards(scored_dir)):
         if not output.has_shard(shard):
             started = time.perf_counter()
-            result, rejects, stats = stage(table, shard)
+            result, rejects, stats = stage(table, shard, first_row)
             stats["seconds"] = time.perf_counter() - started
             output.write_shard(shard, result, rejects, stats)
+        first_row += table.num_rows
         progress.update(table.num_rows)
     progress.close()
 

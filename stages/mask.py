@@ -144,7 +144,8 @@ class MaskStage:
     def writes_weights(self) -> bool:
         return self.config.weights if self.config.weights is not None else self.config.strategy == "soft"
 
-    def __call__(self, table: pa.Table, shard: int = 0) -> tuple[pa.Table, list[dict], dict]:
+    def __call__(self, table: pa.Table, shard: int = 0, first_row: int = 0) -> tuple[pa.Table, list[dict], dict]:
+        """Mask one shard; `first_row` is the shard's first row in the scored dataset (for rejects)."""
         view = TokenView.of(table, self.end_of_turn_ids)
         candidates = mask_candidates(view, self.config.keep_eos)
         masked, weights = self._apply(view, candidates, shard)
@@ -153,9 +154,11 @@ class MaskStage:
 
         kept_per_row = np.bincount(view.row_of_token[supervised], minlength=table.num_rows)
         keep_row = kept_per_row >= self.config.min_kept
+        ids = table.column("id").to_pylist()
         rejects = [
-            {"id": row_id, "reason": f"only {int(kept)} supervised tokens left (--min-kept {self.config.min_kept})"}
-            for row_id, kept in zip(np.asarray(table.column("id").to_pylist(), dtype=object)[~keep_row], kept_per_row[~keep_row])
+            {"index": first_row + int(row), "id": ids[row], "stage": "mask",
+             "reason": f"only {int(kept_per_row[row])} supervised tokens left (--min-kept {self.config.min_kept})"}
+            for row in np.flatnonzero(~keep_row)
         ]
         output = self._training_table(view, labels, weights).filter(pa.array(keep_row))
         return output, rejects, self._stats(view, masked, supervised, weights, keep_row, len(rejects))

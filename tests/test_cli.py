@@ -71,10 +71,12 @@ def test_each_source_kind_scores(tmp_path):
         (["score", "{tmp}/text.jsonl", "-o", "{tmp}/x"], "error: cannot tell the data format"),
         (["mask", "data", "-o", "{tmp}/x"], "error: data is not a scored dataset"),
         (["inspect", "{tmp}"], "error: "),
+        (["score", "{tmp}/empty.jsonl", "-o", "{tmp}/x"], "error: {tmp}/empty.jsonl has no rows"),
     ],
 )
 def test_run_level_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "text.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / "empty.jsonl").write_text("\n")
     result = run_cli(*[a.format(tmp=tmp_path) for a in args], check=False)
     assert result.returncode != 0
     assert result.stderr.strip().startswith(message.format(tmp=tmp_path)), result.stderr
@@ -154,3 +156,25 @@ def test_training_folder_trains_one_step_in_trl(scored_sample, tmp_path, model_d
     result = trainer.train()
     assert np.isfinite(result.training_loss)
     assert not torch.equal(before, model.model.layers[0].mlp.down_proj.weight)
+
+
+def test_model_given_as_gguf_file_or_folder(tmp_path, model_dir):
+    from pipeline.models import embedded_gguf_path, resolve_model
+
+    gguf = embedded_gguf_path("smollm2-135m")
+    assert resolve_model(str(gguf)) == model_dir  # converted once, then found in the cache
+    for model in (gguf, model_dir):
+        out = tmp_path / Path(model).name
+        run_cli("score", DATA / "sample.jsonl", "-o", out, "--limit", "1", "--model", model)
+        assert json.loads((out / "ftprep.json").read_text())["model"]["path"] == model_dir
+
+
+def test_hub_ids_fail_fast_and_clearly_without_network(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for args, message in (
+        (["score", "someone/no-such-dataset", "-o", tmp_path / "x"], "error: cannot load the hub dataset someone/no-such-dataset"),
+        (["score", DATA / "sample.jsonl", "-o", tmp_path / "x", "--model", "someone/no-such-model"], "error: cannot load the model someone/no-such-model"),
+    ):
+        result = run_cli(*args, check=False, env=env, timeout=120)
+        assert result.returncode == 1 and result.stderr.startswith(message), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -121,3 +121,10 @@ def test_min_kept_rejects_rows_with_too_few_supervised_tokens(scored_sample, sco
 def test_weights_flag_writes_unit_weights_for_hard_strategies(scored_sample, tmp_path):
     table, labels, _ = training_arrays(mask(scored_sample, tmp_path, weights=True))
     np.testing.assert_array_equal(flat(table, "loss_weights"), (labels != IGNORE_INDEX).astype(np.float32))
+
+
+def test_rejects_name_the_scored_row(scored_sample, tmp_path):
+    folder = mask(scored_sample, tmp_path, threshold=1.5, min_kept=20)
+    scored_ids = load_table(scored_sample).column("id").to_pylist()
+    for reject in (json.loads(line) for line in (folder / "rejects.jsonl").read_text().splitlines()):
+        assert scored_ids[reject["index"]] == reject["id"] and reject["stage"] == "mask"

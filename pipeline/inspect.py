@@ -103,7 +103,7 @@ def format_stats(stats: dict) -> str:
     for key, value in stats.items():
         if isinstance(value, dict):
             continue
-        lines.append(f"{key:>28}: {value:,.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+        lines.append(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     for key, value in stats.items():
         if key == "perplexity_histogram":
             total = max(sum(value.values()), 1)

@@ -42,23 +42,26 @@ def cli():
 @click.option("--train-on", type=click.Choice(["all", "last"]), default="all", help="Which assistant turns are trainable.")
 @click.option("--max-length", type=int, callback=positive, help="Longest row in tokens.")
 @click.option("--overlong", type=click.Choice(["drop", "truncate"]), default="drop", help="What to do with longer rows.")
-@click.option("--backend", type=click.Choice(["auto", "hf"]), default="auto", help="Scoring engine.")
+@click.option("--backend", type=click.Choice(["auto", "hf", "vllm"]), default="auto", help="Scoring engine; auto: vllm on a CUDA GPU when installed, else hf.")
 @click.option("--batch-tokens", type=int, callback=positive, help="Token budget of one forward pass, padding included (default: 1024 on CPU, 16384 on GPU).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", help="auto: float32 on CPU, bfloat16 on GPU.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--top-k", type=click.IntRange(0, 1000), default=0, help="Also store the model's top-k ids and logprobs per token.")
 @click.option("--score-prompt", is_flag=True, help="Score every token, not only assistant tokens.")
 @click.option("--shard-rows", type=int, default=1000, callback=positive, help="Input rows per output shard (the unit of resume).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 0.99), help="vllm: share of GPU memory (of RAM on CPU) vLLM takes (default: 0.85 on GPU, 0.3 on CPU).")
+@click.option("--max-num-batched-tokens", type=int, callback=positive, help="vllm: tokens per engine step; the logits peak grows with it (default: 8192 on GPU, 2048 on CPU).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output instead of resuming it.")
 def score(input, output, model, fmt, split, limit, train_on, max_length, overlong, backend, batch_tokens, dtype,
-          device, top_k, score_prompt, shard_rows, overwrite):
+          device, top_k, score_prompt, shard_rows, gpu_memory_utilization, max_num_batched_tokens, overwrite):
     """Score every ground-truth token of INPUT under the model: logprob, rank, entropy."""
     from pipeline.runner import run_score
 
     config = ScoreConfig(input=input, output=output, model=model, format=fmt, split=split, limit=limit,
                          train_on=train_on, max_length=max_length, overlong=overlong, backend=backend,
                          batch_tokens=batch_tokens, dtype=dtype, device=device, top_k=top_k,
-                         score_prompt=score_prompt, shard_rows=shard_rows)
+                         score_prompt=score_prompt, shard_rows=shard_rows,
+                         gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens)
     manifest = run_score(config, overwrite=overwrite, echo=click.echo)
     click.echo(_summary(output, manifest))
 

@@ -23,6 +23,8 @@ class ScoreConfig:
     top_k: int = 0
     score_prompt: bool = False
     shard_rows: int = 1000
+    gpu_memory_utilization: float | None = None  # vllm backend; None: chosen for the device
+    max_num_batched_tokens: int | None = None  # vllm backend; None: chosen for the device
 
     def to_dict(self) -> dict:
         return asdict(self)

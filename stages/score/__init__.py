@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-BACKENDS = ("auto", "hf")
 
 
 def default_batch_tokens(device: str) -> int:

@@ -1,0 +1,96 @@
+"""vLLM scoring backend: prompt logprobs of our own token ids.
+
+We hand vLLM the token ids that `tokenize` produced (never text, so no second BOS and no
+re-tokenization) and ask for prompt logprobs. For every position vLLM returns the
+ground-truth token's logprob and rank followed by the top-k, which gives the same columns as
+the hf backend except entropy: vLLM does not return it, so it is computed over the top-k
+(recorded as `entropy_kind: topk-K` in ftprep.json).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from stages import flat_values
+from stages.score import positions_to_score, row_offsets, score_columns
+
+ENTROPY_TOP_K = 20
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def default_engine_settings(device: str) -> dict:
+    """On CPU, vLLM's memory share is of RAM: its GPU default (0.92) fails on a small machine.
+    The logits of a batch (batched tokens x vocab x ~6 bytes) are outside vLLM's memory
+    profile, so leave headroom for them."""
+    if device == "cpu":
+        return {"gpu_memory_utilization": 0.3, "max_num_batched_tokens": 2048}
+    return {"gpu_memory_utilization": 0.85, "max_num_batched_tokens": 8192}
+
+
+class VLLMScorer:
+    def __init__(self, model_dir: str, dtype: str = "bfloat16", device: str = "cuda", top_k: int = 0,
+                 score_prompt: bool = False, gpu_memory_utilization: float | None = None,
+                 max_num_batched_tokens: int | None = None):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        from vllm import LLM
+
+        settings = default_engine_settings(device)
+        self.top_k = top_k
+        self.score_prompt = score_prompt
+        self.returned_k = max(top_k, ENTROPY_TOP_K)
+        self.entropy_kind = f"topk-{ENTROPY_TOP_K}"
+        # One engine for the whole run: start-up costs far more than a shard.
+        self.llm = LLM(
+            model=model_dir,
+            dtype=dtype,
+            skip_tokenizer_init=True,
+            enable_prefix_caching=False,  # prompt logprobs bypass the cache anyway
+            gpu_memory_utilization=gpu_memory_utilization or settings["gpu_memory_utilization"],
+            max_num_batched_tokens=max_num_batched_tokens or settings["max_num_batched_tokens"],
+            max_logprobs=self.returned_k,
+            seed=0,
+        )
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        offsets = row_offsets(table)
+        flat_ids = flat_values(table, "input_ids").astype(np.int64)
+        positions = positions_to_score(offsets, flat_values(table, "assistant_mask"), self.score_prompt)
+        rows = np.unique(np.searchsorted(offsets, positions, side="right") - 1)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=self.returned_k, detokenize=False, flat_logprobs=True)
+        prompts = [TokensPrompt(prompt_token_ids=flat_ids[offsets[row] : offsets[row + 1]].tolist()) for row in rows]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
+
+        # Every position but a row's first, as flat indices, with its (1 + k) returned entries.
+        width = self.returned_k + 1
+        every = np.concatenate([np.arange(offsets[row] + 1, offsets[row + 1]) for row in rows]) if len(rows) else np.zeros(0, np.int64)
+        token_ids = np.empty((len(every), width), np.int64)
+        logprobs = np.empty((len(every), width), np.float32)
+        ranks = np.empty(len(every), np.int32)
+        cursor = 0
+        for output in outputs:
+            flat = output.prompt_logprobs
+            count = len(flat) - 1  # position 0 has no prediction
+            token_ids[cursor : cursor + count] = np.asarray(flat.token_ids, np.int64).reshape(count, width)
+            logprobs[cursor : cursor + count] = np.asarray(flat.logprobs, np.float32).reshape(count, width)
+            ranks[cursor : cursor + count] = np.asarray(flat.ranks, np.int64).reshape(count, width)[:, 0]
+            cursor += count
+
+        pick = np.searchsorted(every, positions)
+        top_logprobs = logprobs[pick, 1 : ENTROPY_TOP_K + 1].astype(np.float64)
+        entropy = -(np.exp(top_logprobs) * top_logprobs).sum(axis=1)
+        topk = (token_ids[pick, 1 : self.top_k + 1].astype(np.int32), logprobs[pick, 1 : self.top_k + 1]) if self.top_k else (None, None)
+        columns = score_columns(offsets, positions, logprobs[pick, 0], entropy.astype(np.float32), ranks[pick], *topk)
+        for name, column in columns.items():
+            table = table.append_column(name, column)
+        return table

@@ -50,7 +50,8 @@ def main() -> None:
     if args.only:
         work = Path(args.workdir)
         result = MEASURES[args.only](args, work)
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        # KiB on Linux; vLLM runs its engine in a child process, so count the largest child too.
+        result["peak_rss_mib"] = sum(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
         (work / f"{args.only}.json").write_text(json.dumps(result))
         return
     started, cpu_before = time.perf_counter(), cpu_seconds()
@@ -177,21 +178,30 @@ def current_rss_mib() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure_hf(args, work: Path, dtype: str = "float32", name: str = "hf") -> dict:
+def measure_hf(args, work: Path, dtype: str = "float32", name: str = "hf", backend: str = "hf") -> dict:
     from pipeline.models import resolve_model
-    from stages.score.hf import HFScorer
 
     table = read_rows(work)
-    scorer = HFScorer(resolve_model(args.model), dtype=dtype, device="cpu", batch_tokens=args.batch_tokens)
+    started = time.perf_counter()
+    if backend == "vllm":
+        from stages.score.vllm import VLLMScorer
+
+        scorer = VLLMScorer(resolve_model(args.model), dtype=dtype, device="cpu")
+    else:
+        from stages.score.hf import HFScorer
+
+        scorer = HFScorer(resolve_model(args.model), dtype=dtype, device="cpu", batch_tokens=args.batch_tokens)
     scorer(table.slice(0, WARMUP_ROWS))
+    startup = time.perf_counter() - started
     loaded = current_rss_mib()
     started = time.perf_counter()
     scored = scorer(table)
     seconds = time.perf_counter() - started
     np.save(work / f"{name}_logprobs.npy", scored.column("logprobs").combine_chunks().values.to_numpy(zero_copy_only=False))
     return {"seconds": seconds, "tokens": len(scored.column("input_ids").combine_chunks().values),
-            "rows": table.num_rows, "params": sum(p.numel() for p in scorer.model.parameters()),
-            "loaded_rss_mib": loaded, "batch_tokens": scorer.batch_tokens}
+            "rows": table.num_rows, "startup_seconds": startup, "loaded_rss_mib": loaded,
+            "params": sum(p.numel() for p in scorer.model.parameters()) if backend == "hf" else None,
+            "batch_tokens": getattr(scorer, "batch_tokens", None)}
 
 
 def measure_naive(args, work: Path, weights: str = "bfloat16", name: str = "naive") -> dict:
@@ -249,6 +259,7 @@ MEASURES = {
     "matmul": measure_matmul,
     "hf": measure_hf,
     "hf-bf16": lambda args, work: measure_hf(args, work, "bfloat16", "hf-bf16"),
+    "vllm": lambda args, work: measure_hf(args, work, "float32", "vllm", backend="vllm"),
     "naive": measure_naive,
     "naive-fp32": lambda args, work: measure_naive(args, work, "float32", "naive-fp32"),
 }

@@ -165,6 +165,16 @@ def load_model(model_dir: str, dtype: str, device: str):
     return model.to(device).eval()
 
 
+def context_length(model_dir: str) -> int | None:
+    """The longest sequence the model takes, from its config (None when it does not say)."""
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.is_file():
+        return None
+    config = json.loads(config_path.read_text())
+    config = config.get("text_config", config)
+    return config.get("max_position_embeddings")
+
+
 def fingerprint_model(model_dir: str) -> str:
     """Cheap identity of the weights: config plus names and sizes of the weight files."""
     path = Path(model_dir)

@@ -17,7 +17,7 @@ import numpy as np
 import pipeline
 from pipeline.config import MaskConfig, ScoreConfig
 from pipeline.errors import FtprepError, RowError
-from pipeline.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_model
+from pipeline.models import context_length, fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_model
 from pipeline.progress import Progress
 from pipeline.readers import open_source
 from pipeline.writers import ShardedOutput, merge_counters, read_manifest, read_shards
@@ -110,7 +110,9 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
         raise FtprepError(f"{config.input} has no rows")
     fmt = config.format or detect_format(row for _, row in sample if isinstance(row, dict))
     rows = itertools.chain(sample, rows)
-    chat = ChatTokenizer(tokenizer, config.train_on, config.max_length, config.overlong)
+    # Rows longer than the model's context cannot be scored: they take the --overlong path too.
+    limits = [limit for limit in (config.max_length, context_length(model_dir)) if limit]
+    chat = ChatTokenizer(tokenizer, config.train_on, min(limits) if limits else None, config.overlong)
 
     scorer = None
     progress = Progress("score", source.count())

@@ -135,7 +135,7 @@ class ChatTokenizer:
             return row
         if self.overlong == "drop":
             self.stats["overlong_dropped"] += 1
-            return RowError(f"longer than --max-length ({len(row.input_ids)} > {self.max_length} tokens)")
+            return RowError(f"longer than the limit ({len(row.input_ids)} > {self.max_length} tokens: --max-length or the model's context)")
         self.stats["overlong_truncated"] += 1
         cut = TokenizedRow(row.input_ids[: self.max_length], row.assistant_mask[: self.max_length], truncated=True)
         if not cut.assistant_mask.any():

@@ -22,7 +22,7 @@ from pipeline.progress import Progress
 from pipeline.readers import open_source
 from pipeline.writers import ShardedOutput, merge_counters, read_manifest, read_shards
 from stages import flat_values
-from stages.score import default_batch_tokens
+from stages.score import default_batch_tokens, scored_schema
 from stages.normalize import detect_format, normalize_row, row_id
 from stages.tokenize import ChatTokenizer, tokenized_table
 
@@ -132,7 +132,8 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
     progress.close()
 
     stats = _finish_stats(merge_counters([meta["stats"] for meta in output.shard_metas()]))
-    from stages.score import scored_schema
+    # Collected per shard, so that a resumed run knows the ones its earlier part saw.
+    end_of_turn_ids = sorted(int(token) for token in stats.pop("end_of_turn_ids", {})) or _eos_ids(tokenizer)
 
     manifest = {
         "stage": "score",
@@ -140,7 +141,7 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
         "format": fmt,
         "model": {"spec": config.model, "path": model_dir, "fingerprint": model_identity["model"],
                   "backend": backend, "device": device, "dtype": dtype},
-        "tokenizer": {"fingerprint": model_identity["tokenizer"], "end_of_turn_ids": sorted(chat.end_of_turn_ids) or _eos_ids(tokenizer),
+        "tokenizer": {"fingerprint": model_identity["tokenizer"], "end_of_turn_ids": end_of_turn_ids,
                       "uses_generation_markers": chat.uses_generation_markers},
         "entropy_kind": entropy_kind(backend),
         "versions": library_versions(),
@@ -163,6 +164,7 @@ def prepare_shard(chunk, fmt: str, chat: ChatTokenizer):
             rejects.append({"index": index, "id": row_id(row, index) if isinstance(row, dict) else str(index),
                             "stage": "read" if isinstance(row, RowError) else "normalize", "reason": str(error)})
     chat.stats.clear()
+    chat.end_of_turn_ids.clear()
     kept = []
     for (index, identifier), conversation, result in zip(accepted, conversations, chat(conversations)):
         if isinstance(result, RowError):
@@ -177,6 +179,7 @@ def prepare_shard(chunk, fmt: str, chat: ChatTokenizer):
         "reject_reasons": dict(Counter(_reason_key(reject["reason"]) for reject in rejects)),
         "overlong_truncated": chat.stats["overlong_truncated"],
         "overlong_dropped": chat.stats["overlong_dropped"],
+        "end_of_turn_ids": {str(token): 1 for token in chat.end_of_turn_ids},
     }
     if not kept:
         return None, rejects, stats

@@ -51,10 +51,11 @@ class ShardedOutput:
             self._clear()
         elif manifest is not None and manifest.get("run_identity") == run_identity:
             self.complete = True
+            shutil.rmtree(self.partial, ignore_errors=True)  # left by a run killed at its very end
             return
         elif manifest is not None:
             raise FtprepError(f"{folder} holds an ftprep output made with other settings: pass --overwrite or choose another -o")
-        elif self.folder.exists() and any(p.name != PARTIAL for p in self.folder.iterdir()):
+        elif self.folder.exists() and not self.partial.exists() and any(self.folder.iterdir()):
             raise FtprepError(f"{folder} exists and is not an ftprep output: choose another -o (or --overwrite)")
         self.complete = False
         self.partial.mkdir(parents=True, exist_ok=True)
@@ -84,24 +85,31 @@ class ShardedOutput:
             write_arrow_atomic(self._data_path(shard), table)
         write_json_atomic(self._meta_path(shard), {"rejects": rejects, "stats": stats, "rows": table.num_rows if table is not None else 0})
 
+    def _committed_shards(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.partial.glob("shard-*.json"))
+
     def shard_metas(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted(self.partial.glob("shard-*.json"))]
+        return [json.loads(self._meta_path(shard).read_text()) for shard in self._committed_shards()]
 
     def finalize(self, schema: pa.Schema, manifest: dict, stats: dict) -> None:
-        shards = sorted(self.partial.glob("shard-*.arrow"))
-        if not shards:  # every row rejected: still a dataset, with no rows
-            empty = self.partial / "shard-empty.arrow"
-            write_arrow_atomic(empty, schema.empty_table())
-            shards = [empty]
-        names = [f"data-{i:05d}-of-{len(shards):05d}.arrow" for i in range(len(shards))]
-        for shard, name in zip(shards, names):
-            os.replace(shard, self.folder / name)
-        rejects = [reject for meta in self.shard_metas() for reject in meta["rejects"]]
+        """Move the shards into place and write the metadata. Idempotent: a run killed in the
+        middle of it finishes it when rerun, since every step can be done again or skipped."""
+        metas = self.shard_metas()
+        with_rows = [shard for shard, meta in zip(self._committed_shards(), metas) if meta["rows"]]
+        sources = [self._data_path(shard) for shard in with_rows]
+        if not sources:  # every row rejected: still a dataset, with no rows
+            sources = [self.partial / "shard-empty.arrow"]
+            write_arrow_atomic(sources[0], schema.empty_table())
+        names = [f"data-{i:05d}-of-{len(sources):05d}.arrow" for i in range(len(sources))]
+        for source, name in zip(sources, names):
+            if source.exists():
+                os.replace(source, self.folder / name)
+        rejects = [reject for meta in metas for reject in meta["rejects"]]
         write_dataset_metadata(self.folder, names, pa.ipc.open_stream(self.folder / names[0]).schema)
         write_jsonl_atomic(self.folder / "rejects.jsonl", rejects)
         write_json_atomic(self.folder / "stats.json", stats)
-        shutil.rmtree(self.partial)
         write_json_atomic(self.folder / MANIFEST, {**manifest, "run_identity": self.identity})
+        shutil.rmtree(self.partial)
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:

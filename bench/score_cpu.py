@@ -119,7 +119,7 @@ def logprob_diff(table: pa.Table, work: Path, name: str, rows: int) -> float:
     not_first[offsets[:-1]] = False
     hf = np.load(work / "hf_logprobs.npy")[: offsets[-1]][not_first]
     other = np.load(work / f"{name}_logprobs.npy")
-    if name.startswith("hf"):
+    if not name.startswith("naive"):  # scorer outputs hold every position of every row
         other = other[: offsets[-1]][not_first]
     # naive files hold each row's positions 1.., rows concatenated
     keep = mask[: offsets[-1]][not_first]

@@ -9,3 +9,9 @@ def flat_values(table: pa.Table, name: str) -> np.ndarray:
     column = table.column(name).combine_chunks()
     offsets = column.offsets.to_numpy()
     return column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+
+
+def row_offsets(table: pa.Table, name: str = "input_ids") -> np.ndarray:
+    """Where each row starts in the flat values of a list column, from 0 (slices included)."""
+    offsets = table.column(name).combine_chunks().offsets.to_numpy().astype(np.int64)
+    return offsets - offsets[0]

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import MaskConfig
-from stages import flat_values
+from stages import flat_values, row_offsets
 
 STRATEGIES = ("threshold", "quantile", "soft", "none")
 WEIGHT_FNS = ("gauss", "prob")
@@ -40,13 +40,10 @@ class TokenView:
 
     @classmethod
     def of(cls, table: pa.Table, end_of_turn_ids) -> "TokenView":
-        input_ids = table.column("input_ids").combine_chunks()
-        offsets = input_ids.offsets.to_numpy().astype(np.int64)
-        flat_ids = input_ids.values.to_numpy()[offsets[0] : offsets[-1]]
-        offsets = offsets - offsets[0]
+        flat_ids = flat_values(table, "input_ids")
         assistant = flat_values(table, "assistant_mask").astype(bool)
         return cls(
-            offsets=offsets,
+            offsets=row_offsets(table),
             input_ids=flat_ids,
             assistant=assistant,
             logprobs=flat_values(table, "logprobs").astype(np.float32),

@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 
 
-
 def default_batch_tokens(device: str) -> int:
     """Measured on a 2-core CPU: ~1k-token batches keep fp32 matmuls in cache and padding low
     (bench/score_cpu.py); a GPU needs far larger batches to fill."""
@@ -22,12 +21,6 @@ def positions_to_score(offsets: np.ndarray, assistant_mask: np.ndarray, score_pr
     wanted = np.ones(offsets[-1], dtype=bool) if score_prompt else assistant_mask.astype(bool)
     wanted[offsets[:-1][np.diff(offsets) > 0]] = False
     return np.flatnonzero(wanted)
-
-
-def row_offsets(table: pa.Table, name: str = "input_ids") -> np.ndarray:
-    """Where each row starts in the flat values of a list column, from 0 (slices included)."""
-    offsets = table.column(name).combine_chunks().offsets.to_numpy().astype(np.int64)
-    return offsets - offsets[0]
 
 
 def score_columns(offsets: np.ndarray, positions: np.ndarray, logprobs, entropy, rank, topk_ids=None, topk_logprobs=None) -> dict:

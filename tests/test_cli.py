@@ -33,6 +33,7 @@ def test_bad_rows_are_rejected_with_reasons_and_good_rows_go_through(tmp_path):
     manifest = json.loads((out / "ftprep.json").read_text())
     assert manifest["counts"] == {"rows_in": 12, "rows_out": 5, "rows_rejected": 7}
     assert manifest["entropy_kind"] == "full" and manifest["tokenizer"]["end_of_turn_ids"] == [2]
+    assert manifest["model"]["backend"] == "hf"  # --backend auto without a CUDA GPU
 
 
 def test_score_mask_inspect_end_to_end(tmp_path):

@@ -66,3 +66,20 @@ def test_both_backends_give_the_same_masks(scored_by_both):
     agreement = (hf_labels[assistant] == vllm_labels[assistant]).mean()
     print(f"threshold masks agree on {agreement:.2%} of assistant tokens")
     assert agreement >= 0.99
+
+
+def test_older_vllm_dict_logprobs_parse_like_flat_ones():
+    from collections import namedtuple
+
+    from stages.score.vllm import returned_entries
+
+    Logprob = namedtuple("Logprob", "logprob rank")
+    Flat = namedtuple("Flat", "start_indices token_ids logprobs ranks")
+    # Two positions, k = 2. At the first the ground truth (7) is also the top token.
+    dicts = [None, {7: Logprob(-0.1, 1), 3: Logprob(-2.5, 2)}, {9: Logprob(-4.0, 5), 1: Logprob(-0.5, 1), 2: Logprob(-1.5, 2)}]
+    flat = Flat([0, 0, 3], [7, 7, 3, 9, 1, 2], [-0.1, -0.1, -2.5, -4.0, -0.5, -1.5], [1, 1, 2, 5, 1, 2])
+    targets = np.array([7, 9])
+    for got in (returned_entries(dicts, targets, 3), returned_entries(flat, targets, 3)):
+        np.testing.assert_array_equal(got[0], [[7, 7, 3], [9, 1, 2]])
+        np.testing.assert_allclose(got[1], [[-0.1, -0.1, -2.5], [-4.0, -0.5, -1.5]])
+        np.testing.assert_array_equal(got[2], [1, 5])

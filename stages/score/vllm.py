@@ -35,6 +35,35 @@ def default_engine_settings(device: str) -> dict:
     return {"gpu_memory_utilization": 0.85, "max_num_batched_tokens": 8192}
 
 
+def _has_flat_logprobs() -> bool:
+    try:
+        from vllm import SamplingParams
+    except ImportError:
+        return False
+    return "flat_logprobs" in getattr(SamplingParams, "__struct_fields__", ())
+
+
+FLAT_LOGPROBS = _has_flat_logprobs()
+
+
+def returned_entries(prompt_logprobs, targets: np.ndarray, width: int):
+    """[positions, 1 + k] token ids and logprobs (the ground truth first, then the top-k by
+    rank) and the ground truth's rank, for positions 1.. of one row."""
+    count = len(targets)
+    if hasattr(prompt_logprobs, "start_indices"):  # FlatLogprobs: already [gt, top-1..top-k] per position
+        return (np.asarray(prompt_logprobs.token_ids, np.int64).reshape(count, width),
+                np.asarray(prompt_logprobs.logprobs, np.float32).reshape(count, width),
+                np.asarray(prompt_logprobs.ranks, np.int64).reshape(count, width)[:, 0])
+    # Older vLLM: one dict {token id: Logprob} per position, the ground truth merged into the top-k.
+    ids, values, ranks = np.empty((count, width), np.int64), np.empty((count, width), np.float32), np.empty(count, np.int64)
+    for index, (target, entries) in enumerate(zip(targets, prompt_logprobs[1:])):
+        by_rank = sorted(entries.items(), key=lambda item: item[1].rank)[: width - 1]
+        ids[index] = [target] + [token for token, _ in by_rank]
+        values[index] = [entries[target].logprob] + [entry.logprob for _, entry in by_rank]
+        ranks[index] = entries[target].rank
+    return ids, values, ranks
+
+
 class VLLMScorer:
     def __init__(self, model_dir: str, dtype: str = "bfloat16", device: str = "cuda", top_k: int = 0,
                  score_prompt: bool = False, gpu_memory_utilization: float | None = None,
@@ -67,7 +96,8 @@ class VLLMScorer:
         flat_ids = flat_values(table, "input_ids").astype(np.int64)
         positions = positions_to_score(offsets, flat_values(table, "assistant_mask"), self.score_prompt)
         rows = np.unique(np.searchsorted(offsets, positions, side="right") - 1)
-        params = SamplingParams(max_tokens=1, prompt_logprobs=self.returned_k, detokenize=False, flat_logprobs=True)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=self.returned_k, detokenize=False,
+                                **({"flat_logprobs": True} if FLAT_LOGPROBS else {}))
         prompts = [TokensPrompt(prompt_token_ids=flat_ids[offsets[row] : offsets[row + 1]].tolist()) for row in rows]
         outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
 
@@ -78,12 +108,12 @@ class VLLMScorer:
         logprobs = np.empty((len(every), width), np.float32)
         ranks = np.empty(len(every), np.int32)
         cursor = 0
-        for output in outputs:
-            flat = output.prompt_logprobs
-            count = len(flat) - 1  # position 0 has no prediction
-            token_ids[cursor : cursor + count] = np.asarray(flat.token_ids, np.int64).reshape(count, width)
-            logprobs[cursor : cursor + count] = np.asarray(flat.logprobs, np.float32).reshape(count, width)
-            ranks[cursor : cursor + count] = np.asarray(flat.ranks, np.int64).reshape(count, width)[:, 0]
+        for row, output in zip(rows, outputs):
+            count = offsets[row + 1] - offsets[row] - 1  # position 0 has no prediction
+            ids, values, row_ranks = returned_entries(output.prompt_logprobs, flat_ids[offsets[row] + 1 : offsets[row + 1]], width)
+            token_ids[cursor : cursor + count] = ids
+            logprobs[cursor : cursor + count] = values
+            ranks[cursor : cursor + count] = row_ranks
             cursor += count
 
         pick = np.searchsorted(every, positions)

@@ -16,7 +16,7 @@ import click
 from pipeline.config import MaskConfig, ScoreConfig
 from pipeline.errors import FtprepError
 from pipeline.models import DEFAULT_MODEL
-from stages.mask import STRATEGIES, WEIGHT_FNS
+from stages.mask import STRATEGIES, TARGETS, WEIGHT_FNS
 from stages.normalize import FORMATS
 
 
@@ -80,15 +80,16 @@ def score(input, output, model, fmt, split, limit, train_on, max_length, overlon
 @click.option("--keep-eos/--no-keep-eos", default=True, help="Keep end-of-turn tokens supervised (so the model learns to stop).")
 @click.option("--min-kept", type=click.IntRange(0), default=1, help="Reject rows left with fewer supervised tokens.")
 @click.option("--weights/--no-weights", default=None, help="Write loss_weights (default: only for soft).")
+@click.option("--target", type=click.Choice(TARGETS), default="hf", help="Trainer the columns are for: hf keeps loss_weights; trl, axolotl and llama-factory get input_ids, attention_mask, labels only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def mask(scored, output, strategy, threshold, quantile, scope, weight_fn, sigma, alpha, min_weight, keep_eos,
-         min_kept, weights, overwrite):
+         min_kept, weights, target, overwrite):
     """Turn SCORED into a training dataset: input_ids, attention_mask, labels (and loss_weights)."""
     from pipeline.runner import run_mask
 
     config = MaskConfig(scored=scored, output=output, strategy=strategy, threshold=threshold, quantile=quantile,
                         scope=scope, weight_fn=weight_fn, sigma=sigma, alpha=alpha, min_weight=min_weight,
-                        keep_eos=keep_eos, min_kept=min_kept, weights=weights)
+                        keep_eos=keep_eos, min_kept=min_kept, weights=weights, target=target)
     manifest = run_mask(config, overwrite=overwrite, echo=click.echo)
     click.echo(_summary(output, manifest))
 

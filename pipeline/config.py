@@ -51,6 +51,7 @@ class MaskConfig:
     keep_eos: bool = True
     min_kept: int = 1
     weights: bool | None = None  # None: write loss_weights only when the strategy makes weights
+    target: str = "hf"  # hf keeps loss_weights; trl, axolotl, llama-factory take exactly their columns
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -233,6 +233,9 @@ def _batched(iterable, size: int):
 def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
     from stages.mask import MaskStage, TokenView, dataset_quantile, mask_candidates
 
+    if config.target != "hf" and (config.strategy == "soft" or config.weights):
+        raise FtprepError(f"--target {config.target} cannot read loss_weights: use --target hf and train with pipeline.trainer, "
+                          "or a hard strategy (threshold, quantile, none)")
     scored_dir = Path(config.scored)
     scored = read_manifest(scored_dir)
     if scored is None or scored.get("stage") != "score":

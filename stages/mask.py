@@ -22,6 +22,9 @@ from pipeline.config import MaskConfig
 from stages import flat_values, row_offsets
 
 STRATEGIES = ("threshold", "quantile", "soft", "none")
+# Trainers that take input_ids/attention_mask/labels as they are, and whose batching breaks on
+# any other column; only `hf` (with pipeline.trainer) reads loss_weights.
+TARGETS = ("hf", "trl", "axolotl", "llama-factory")
 WEIGHT_FNS = ("gauss", "prob")
 IGNORE_INDEX = -100
 # Perplexity histogram edges: fine below the usual thresholds, coarse in the tail.
@@ -139,6 +142,8 @@ class MaskStage:
 
     @property
     def writes_weights(self) -> bool:
+        if self.config.target != "hf":
+            return False
         return self.config.weights if self.config.weights is not None else self.config.strategy == "soft"
 
     def __call__(self, table: pa.Table, shard: int = 0, first_row: int = 0) -> tuple[pa.Table, list[dict], dict]:

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import flat, load_table
 from pipeline.config import MaskConfig
+from pipeline.errors import FtprepError
 from pipeline.runner import run_mask
 from stages.mask import IGNORE_INDEX
 
@@ -128,3 +129,16 @@ def test_rejects_name_the_scored_row(scored_sample, tmp_path):
     scored_ids = load_table(scored_sample).column("id").to_pylist()
     for reject in (json.loads(line) for line in (folder / "rejects.jsonl").read_text().splitlines()):
         assert scored_ids[reject["index"]] == reject["id"] and reject["stage"] == "mask"
+
+
+@pytest.mark.parametrize("target", ["trl", "axolotl", "llama-factory"])
+def test_trainer_targets_get_exactly_their_columns(scored_sample, tmp_path, target):
+    table, _, _ = training_arrays(mask(scored_sample, tmp_path, target=target))
+    assert table.column_names == ["input_ids", "attention_mask", "labels"]
+    with pytest.raises(FtprepError, match="cannot read loss_weights"):
+        mask(scored_sample, tmp_path, "soft", strategy="soft", target=target)
+
+
+def test_hf_target_keeps_loss_weights(scored_sample, tmp_path):
+    table, _, _ = training_arrays(mask(scored_sample, tmp_path, strategy="soft", target="hf"))
+    assert table.column_names == ["input_ids", "attention_mask", "labels", "loss_weights"]

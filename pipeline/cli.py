@@ -119,6 +119,16 @@ def inspect(folder, row, threshold, color):
     click.echo(inspect_row(Path(folder), row, threshold, use_color), color=use_color)
 
 
+@cli.command("export-config")
+@click.argument("folder")
+@click.option("--target", type=click.Choice(TARGETS), default="trl", help="Trainer to print a snippet for (hf and trl print the same TRL Python).")
+def export_config(folder, target):
+    """Print a ready-to-use training snippet for FOLDER (TRL Python, Axolotl or LLaMA-Factory YAML)."""
+    from pipeline.export import export_config as snippet
+
+    click.echo(snippet(Path(folder), target), nl=False)
+
+
 def _summary(output: str, manifest: dict) -> str:
     counts = manifest["counts"]
     return f"{output}: {counts['rows_out']} rows written, {counts['rows_rejected']} rejected (see rejects.jsonl)"

@@ -91,3 +91,30 @@ def test_trl_trains_one_step_on_soft_weights(scored_sample, tmp_path, model_dir)
     assert "loss_weights" in batch and batch["loss_weights"].dtype == torch.float32
     result = trainer.train()
     assert math.isfinite(result.training_loss) and result.training_loss > 0
+
+
+@pytest.mark.parametrize("strategy", ["threshold", "soft"])
+def test_exported_trl_snippet_trains_one_step(scored_sample, tmp_path, strategy):
+    folder = tmp_path / strategy
+    run_cli("mask", scored_sample, "-o", folder, "--strategy", strategy)
+    snippet = run_cli("export-config", folder, "--target", "trl").stdout
+    assert ("with_token_weights(SFTTrainer)" in snippet) == (strategy == "soft")
+    # Only the run length changes for the test: one CPU step, no reports, nothing saved.
+    quick = snippet.replace("num_train_epochs=1", "max_steps=1, use_cpu=True, report_to=[], save_strategy='no'")
+    quick = quick.replace('output_dir="ftprep-sft"', f'output_dir="{tmp_path / "run"}"')
+    assert quick != snippet
+    namespace = {}
+    exec(compile(quick, "snippet.py", "exec"), namespace)
+    assert namespace["trainer"].state.global_step == 1
+
+
+def test_exported_yaml_names_the_folder(scored_sample, tmp_path):
+    folder = tmp_path / "train"
+    run_cli("mask", scored_sample, "-o", folder, "--target", "axolotl")
+    axolotl = run_cli("export-config", folder, "--target", "axolotl").stdout
+    assert f"  - path: {folder.resolve()}\n" in axolotl and "    type:\n" in axolotl
+    factory = run_cli("export-config", folder, "--target", "llama-factory").stdout
+    assert f"tokenized_path: {folder.resolve()}\n" in factory
+    run_cli("mask", scored_sample, "-o", tmp_path / "soft", "--strategy", "soft")
+    refused = run_cli("export-config", tmp_path / "soft", "--target", "axolotl", check=False)
+    assert refused.returncode == 1 and "cannot read" in refused.stderr

@@ -1,0 +1,90 @@
+"""Ready-to-use training snippets for a training folder written by `ftprep mask`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.errors import FtprepError
+from pipeline.writers import read_manifest, read_shards
+
+TRL_SNIPPET = '''\
+# Train with TRL on {folder} ({strategy} strategy{weights_note}).
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+{weights_import}
+model_path = {model!r}
+tokenizer = AutoTokenizer.from_pretrained(model_path)
+model = AutoModelForCausalLM.from_pretrained(model_path)
+dataset = load_from_disk({folder!r})  # input_ids, attention_mask, labels{weights_column}: used as they are
+
+args = SFTConfig(output_dir="ftprep-sft", num_train_epochs=1, per_device_train_batch_size=4{weights_args})
+trainer = {trainer}(model=model, args=args, train_dataset=dataset, processing_class=tokenizer{weights_collator})
+trainer.train()
+'''
+
+AXOLOTL_SNIPPET = '''\
+# Axolotl: {folder} is already tokenized; an empty `type:` makes Axolotl use its columns as they are.
+base_model: {model}
+datasets:
+  - path: {folder}
+    ds_type: arrow
+    type:
+sequence_len: {sequence_len}
+output_dir: ./ftprep-axolotl
+micro_batch_size: 4
+num_epochs: 1
+learning_rate: 2.0e-5
+'''
+
+LLAMA_FACTORY_SNIPPET = '''\
+# LLaMA-Factory: tokenized_path loads {folder} as it is and skips its own preprocessing.
+model_name_or_path: {model}
+stage: sft
+do_train: true
+finetuning_type: full
+tokenized_path: {folder}
+cutoff_len: {sequence_len}
+output_dir: ./ftprep-llama-factory
+per_device_train_batch_size: 4
+num_train_epochs: 1.0
+learning_rate: 2.0e-5
+'''
+
+
+def longest_row(folder: Path) -> int:
+    import pyarrow.compute as pc
+
+    lengths = [pc.max(pc.list_value_length(table.column("input_ids"))).as_py() or 0 for table in read_shards(folder)]
+    return max(lengths, default=0)
+
+
+def export_config(folder: Path, target: str) -> str:
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("stage") != "mask":
+        raise FtprepError(f"{folder} is not a training dataset (no ftprep.json from ftprep mask): run ftprep mask first")
+    features = json.loads((folder / "dataset_info.json").read_text())["features"]
+    has_weights = "loss_weights" in features
+    if has_weights and target in ("axolotl", "llama-factory"):
+        raise FtprepError(f"{folder} has loss_weights, which {target} cannot read: rerun ftprep mask with --target {target}")
+    values = {
+        "folder": str(folder.resolve()),
+        "model": manifest["model"]["path"],
+        "strategy": manifest["config"]["strategy"],
+        "sequence_len": longest_row(folder),
+    }
+    if target == "axolotl":
+        return AXOLOTL_SNIPPET.format(**values)
+    if target == "llama-factory":
+        return LLAMA_FACTORY_SNIPPET.format(**values)
+    weighted = {
+        "weights_note": ", per-token loss_weights",
+        "weights_import": "from pipeline.trainer import TokenWeightCollator, with_token_weights  # pip install ftprep\n",
+        "weights_column": ", loss_weights",
+        "weights_args": ", remove_unused_columns=False",
+        "trainer": "with_token_weights(SFTTrainer)",
+        "weights_collator": ", data_collator=TokenWeightCollator(tokenizer.pad_token_id)",
+    }
+    plain = dict.fromkeys(weighted, "") | {"trainer": "SFTTrainer"}
+    return TRL_SNIPPET.format(**values, **(weighted if has_weights else plain))

@@ -25,11 +25,11 @@ trainer.train()
 '''
 
 AXOLOTL_SNIPPET = '''\
-# Axolotl: {folder} is already tokenized; an empty `type:` makes Axolotl use its columns as they are.
+# Axolotl: {folder} is a save_to_disk folder, already tokenized (Axolotl opens a local folder
+# with load_from_disk); an empty `type:` makes it use the columns as they are.
 base_model: {model}
 datasets:
   - path: {folder}
-    ds_type: arrow
     type:
 sequence_len: {sequence_len}
 output_dir: ./ftprep-axolotl

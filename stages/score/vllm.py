@@ -35,17 +35,6 @@ def default_engine_settings(device: str) -> dict:
     return {"gpu_memory_utilization": 0.85, "max_num_batched_tokens": 8192}
 
 
-def _has_flat_logprobs() -> bool:
-    try:
-        from vllm import SamplingParams
-    except ImportError:
-        return False
-    return "flat_logprobs" in getattr(SamplingParams, "__struct_fields__", ())
-
-
-FLAT_LOGPROBS = _has_flat_logprobs()
-
-
 def returned_entries(prompt_logprobs, targets: np.ndarray, width: int):
     """[positions, 1 + k] token ids and logprobs (the ground truth first, then the top-k by
     rank) and the ground truth's rank, for positions 1.. of one row."""
@@ -96,8 +85,9 @@ class VLLMScorer:
         flat_ids = flat_values(table, "input_ids").astype(np.int64)
         positions = positions_to_score(offsets, flat_values(table, "assistant_mask"), self.score_prompt)
         rows = np.unique(np.searchsorted(offsets, positions, side="right") - 1)
-        params = SamplingParams(max_tokens=1, prompt_logprobs=self.returned_k, detokenize=False,
-                                **({"flat_logprobs": True} if FLAT_LOGPROBS else {}))
+        # Flat logprobs (a few arrays per row, not a dict per token) where this vLLM has them.
+        flat = {"flat_logprobs": True} if "flat_logprobs" in getattr(SamplingParams, "__struct_fields__", ()) else {}
+        params = SamplingParams(max_tokens=1, prompt_logprobs=self.returned_k, detokenize=False, **flat)
         prompts = [TokensPrompt(prompt_token_ids=flat_ids[offsets[row] : offsets[row + 1]].tolist()) for row in rows]
         outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
 

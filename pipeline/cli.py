@@ -119,6 +119,19 @@ def inspect(folder, row, threshold, color):
     click.echo(inspect_row(Path(folder), row, threshold, use_color), color=use_color)
 
 
+@cli.command()
+@click.argument("folder")
+@click.option("-o", "--output", default="report.html", help="HTML file to write.")
+@click.option("--threshold", type=float, default=2.5, help="Scored datasets: the perplexity threshold to show.")
+def report(folder, output, threshold):
+    """Write one self-contained HTML page with plots and examples for FOLDER."""
+    from pipeline.report import render_report
+    from pipeline.writers import write_text_atomic
+
+    write_text_atomic(Path(output), render_report(Path(folder), threshold))
+    click.echo(f"wrote {output}")
+
+
 @cli.command("export-config")
 @click.argument("folder")
 @click.option("--target", type=click.Choice(TARGETS), default="trl", help="Trainer to print a snippet for (hf and trl print the same TRL Python).")

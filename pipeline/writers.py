@@ -22,10 +22,14 @@ PARTIAL = ".ftprep-partial"
 MANIFEST = "ftprep.json"
 
 
-def write_json_atomic(path: Path, data) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def write_arrow_atomic(path: Path, table: pa.Table) -> None:

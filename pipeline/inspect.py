@@ -25,18 +25,23 @@ def read_row(folder: Path, row: int) -> dict:
     raise FtprepError(f"row {row} does not exist: {folder} has {seen} rows (0 to {seen - 1})")
 
 
+def rows_mask_rejected(train_dir: Path) -> set[int]:
+    """Scored-row indices that `ftprep mask` rejected: training rows are the others, in order."""
+    return {json.loads(line)["index"] for line in (train_dir / "rejects.jsonl").read_text().splitlines() if line}
+
+
 def scored_row_for_training_row(train_dir: Path, scored_dir: Path, row: int) -> dict | None:
-    """The scored row a training row came from: training rows are the scored rows mask kept, in order."""
+    """The scored row a training row came from."""
     if read_manifest(scored_dir) is None:
         return None
-    rejected = {json.loads(line)["id"] for line in (train_dir / "rejects.jsonl").read_text().splitlines() if line}
-    kept = -1
+    rejected = rows_mask_rejected(train_dir)
+    kept, first_row = -1, 0
     for table in read_shards(scored_dir):
-        ids = table.column("id").to_pylist()
-        for index, row_id in enumerate(ids):
-            kept += row_id not in rejected
+        for index in range(table.num_rows):
+            kept += first_row + index not in rejected
             if kept == row:
                 return table.slice(index, 1).to_pylist()[0]
+        first_row += table.num_rows
     return None
 
 

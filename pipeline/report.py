@@ -8,13 +8,13 @@ masked tokens and three example rows with their masked tokens highlighted.
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import FtprepError
+from pipeline.inspect import rows_mask_rejected
 from pipeline.models import load_tokenizer
 from pipeline.writers import read_manifest, read_shards
 from stages import flat_values, row_offsets
@@ -46,7 +46,7 @@ def load_report_data(folder: Path, threshold: float) -> tuple[ReportData, dict]:
         scored_dir = Path(manifest["scored"]["path"])
         if read_manifest(scored_dir) is None:
             raise FtprepError(f"the scored dataset {scored_dir} behind {folder} is gone: the report needs its scores")
-        rejected = {json.loads(line)["index"] for line in (folder / "rejects.jsonl").read_text().splitlines() if line}
+        rejected = rows_mask_rejected(folder)
     scored = _concat_scored(scored_dir, rejected)
     ppl = np.exp(-scored["logprobs"].astype(np.float64))
     if manifest["stage"] == "score":

@@ -142,3 +142,14 @@ def test_trainer_targets_get_exactly_their_columns(scored_sample, tmp_path, targ
 def test_hf_target_keeps_loss_weights(scored_sample, tmp_path):
     table, _, _ = training_arrays(mask(scored_sample, tmp_path, strategy="soft", target="hf"))
     assert table.column_names == ["input_ids", "attention_mask", "labels", "loss_weights"]
+
+
+def test_training_rows_map_back_to_their_scored_rows(scored_sample, tmp_path):
+    from pipeline.inspect import rows_mask_rejected, scored_row_for_training_row
+
+    folder = mask(scored_sample, tmp_path, threshold=1.5, min_kept=20)
+    scored_ids = load_table(scored_sample).column("id").to_pylist()
+    kept = [index for index in range(len(scored_ids)) if index not in rows_mask_rejected(folder)]
+    assert len(kept) < len(scored_ids)
+    for row in (0, len(kept) // 2, len(kept) - 1):
+        assert scored_row_for_training_row(folder, scored_sample, row)["id"] == scored_ids[kept[row]]

@@ -18,8 +18,9 @@ from pipeline.inspect import rows_mask_rejected
 from pipeline.models import load_tokenizer
 from pipeline.writers import read_manifest, read_shards
 from stages import flat_values, row_offsets
+from stages.mask import PPL_BIN_EDGES
 
-PPL_EDGES = np.array([1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0, np.inf])
+PPL_EDGES = np.array([*PPL_BIN_EDGES, np.inf])  # the bins of stats.json
 EXAMPLE_ROWS = 3
 LOW_WEIGHT = 0.5
 

@@ -10,6 +10,7 @@ import numpy as np
 from pipeline.errors import FtprepError
 from pipeline.models import load_tokenizer
 from pipeline.writers import read_manifest, read_shards
+from stages import perplexity
 
 STYLE = {"prompt": "\x1b[2m", "masked": "\x1b[1;31m", "low": "\x1b[33m", "reset": "\x1b[0m"}
 BRACKETS = {"masked": ("[", "]"), "low": ("{", "}")}
@@ -55,7 +56,7 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
     if manifest["stage"] == "score":
         scored = record
         assistant = np.asarray(record["assistant_mask"], dtype=bool)
-        masked = assistant & (_perplexity(record) > threshold)
+        masked = assistant & (perplexity(record["logprobs"]) > threshold)
         weights = None
         rule = f"perplexity > {threshold:g}"
     else:
@@ -75,7 +76,7 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
     numbers = [f"row {row}", f"id {record.get('id', scored.get('id') if scored else '?')}", f"{len(ids)} tokens",
                f"{int(assistant.sum())} assistant", f"{int(masked.sum())} masked ({rule})"]
     if scored is not None:
-        ppl = _perplexity(scored)[np.asarray(scored["assistant_mask"], dtype=bool)]
+        ppl = perplexity(scored["logprobs"])[np.asarray(scored["assistant_mask"], dtype=bool)]
         ppl = ppl[~np.isnan(ppl)]
         if len(ppl):
             numbers.append(f"assistant perplexity mean {np.exp(np.mean(np.log(ppl))):.2f}, max {ppl.max():.1f}")
@@ -84,12 +85,6 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
     legend = ("dim: prompt, red: masked, yellow: weight < 0.5" if color
               else "[masked]  {weight < 0.5}  prompt and kept tokens plain")
     return " · ".join(numbers) + "\n\n" + body + "\n\n" + legend
-
-
-def _perplexity(record: dict) -> np.ndarray:
-    logprobs = np.asarray(record["logprobs"], dtype=np.float64)
-    with np.errstate(over="ignore"):
-        return np.exp(-logprobs)
 
 
 def _render(piece: str, kind: str, color: bool) -> str:

@@ -17,7 +17,7 @@ from pipeline.errors import FtprepError
 from pipeline.inspect import rows_mask_rejected
 from pipeline.models import load_tokenizer
 from pipeline.writers import read_manifest, read_shards
-from stages import flat_values, row_offsets
+from stages import flat_values, perplexity, row_offsets
 from stages.mask import PPL_BIN_EDGES
 
 PPL_EDGES = np.array([*PPL_BIN_EDGES, np.inf])  # the bins of stats.json
@@ -49,7 +49,7 @@ def load_report_data(folder: Path, threshold: float) -> tuple[ReportData, dict]:
             raise FtprepError(f"the scored dataset {scored_dir} behind {folder} is gone: the report needs its scores")
         rejected = rows_mask_rejected(folder)
     scored = _concat_scored(scored_dir, rejected)
-    ppl = np.exp(-scored["logprobs"].astype(np.float64))
+    ppl = perplexity(scored["logprobs"])
     if manifest["stage"] == "score":
         masked = scored["assistant"] & (ppl > threshold)
         weights, rule = None, f"perplexity > {threshold:g}"

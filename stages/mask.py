@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import MaskConfig
-from stages import flat_values, row_offsets
+from stages import flat_values, perplexity, row_offsets
 
 STRATEGIES = ("threshold", "quantile", "soft", "none")
 # Trainers that take input_ids/attention_mask/labels as they are, and whose batching breaks on
@@ -59,8 +59,7 @@ class TokenView:
 
     @property
     def perplexity(self) -> np.ndarray:
-        with np.errstate(over="ignore"):
-            return np.exp(-self.logprobs.astype(np.float64))
+        return perplexity(self.logprobs)
 
 
 def mask_candidates(view: TokenView, keep_eos: bool) -> np.ndarray:

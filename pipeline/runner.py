@@ -282,14 +282,5 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
         "versions": library_versions(),
         "counts": {key: stats.get(key, 0) for key in ("rows_in", "rows_out", "rows_rejected")},
     }
-    output.finalize(training_schema(stage.writes_weights), manifest, stats)
+    output.finalize(stage.schema, manifest, stats)
     return manifest
-
-
-def training_schema(with_weights: bool):
-    import pyarrow as pa
-
-    fields = [("input_ids", pa.list_(pa.int32())), ("attention_mask", pa.list_(pa.int8())), ("labels", pa.list_(pa.int32()))]
-    if with_weights:
-        fields.append(("loss_weights", pa.list_(pa.float32())))
-    return pa.schema(fields)

@@ -179,20 +179,23 @@ class MaskStage:
             masked = no_mask
         return masked, (view.assistant & ~masked).astype(np.float32)
 
+    @property
+    def schema(self) -> pa.Schema:
+        """The training columns this stage writes (also the schema of an output with no rows)."""
+        fields = [("input_ids", pa.list_(pa.int32())), ("attention_mask", pa.list_(pa.int8())), ("labels", pa.list_(pa.int32()))]
+        if self.writes_weights:
+            fields.append(("loss_weights", pa.list_(pa.float32())))
+        return pa.schema(fields)
+
     def _training_table(self, view: TokenView, labels: np.ndarray, weights: np.ndarray) -> pa.Table:
         offsets = pa.array(view.offsets.astype(np.int32))
-
-        def column(values, arrow_type):
-            return pa.ListArray.from_arrays(offsets, pa.array(values, arrow_type))
-
-        columns = {
-            "input_ids": column(view.input_ids.astype(np.int32), pa.int32()),
-            "attention_mask": column(np.ones(len(view.input_ids), np.int8), pa.int8()),
-            "labels": column(labels, pa.int32()),
-        }
-        if self.writes_weights:
-            columns["loss_weights"] = column(weights, pa.float32())
-        return pa.table(columns)
+        values = {"input_ids": view.input_ids, "attention_mask": np.ones(len(view.input_ids)), "labels": labels,
+                  "loss_weights": weights}
+        schema = self.schema
+        return pa.table(
+            [pa.ListArray.from_arrays(offsets, pa.array(values[field.name], field.type.value_type)) for field in schema],
+            schema=schema,
+        )
 
     def _stats(self, view, masked, supervised, weights, keep_row, rejected) -> dict:
         assistant_ppl = view.perplexity[view.assistant & ~np.isnan(view.logprobs)]

@@ -18,6 +18,8 @@ from pipeline.errors import FtprepError
 from pipeline.models import DEFAULT_MODEL
 from stages.mask import STRATEGIES, TARGETS, WEIGHT_FNS
 from stages.normalize import FORMATS
+from stages.regen.checks import VERIFIERS
+from stages.regen.prompts import MODES
 
 
 def positive(ctx, param, value):
@@ -63,6 +65,59 @@ def score(input, output, model, fmt, split, limit, train_on, max_length, overlon
                          score_prompt=score_prompt, shard_rows=shard_rows,
                          gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens)
     manifest = run_score(config, overwrite=overwrite, echo=click.echo)
+    click.echo(_summary(output, manifest))
+
+
+@cli.command()
+@click.argument("input", required=False)
+@click.option("-o", "--output", help="Folder for the regenerated dataset (messages format).")
+@click.option("--model", default=DEFAULT_MODEL, help="Alias, model folder, .gguf file or hub id (the model you will fine-tune).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Input format (default: detected).")
+@click.option("--split", help="Split of a dataset folder or hub dataset (default: train).")
+@click.option("--limit", type=int, callback=positive, help="Only the first N rows.")
+@click.option("--train-on", type=click.Choice(["all", "last"]), default="all", help="Which assistant turns to rewrite.")
+@click.option("--mode", type=click.Choice(MODES), default="rephrase", help="rephrase: the model sees the reference answer as a guide (SDFT); self: the original prompt alone.")
+@click.option("--template", type=click.Path(), help="rephrase: text file with {instruction} and {reference} (see --print-template).")
+@click.option("--print-template", is_flag=True, help="Print the built-in rephrase template and exit.")
+@click.option("--n", "n", type=click.IntRange(1, 64), default=4, help="Candidates sampled per turn.")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=0.7, help="Sampling temperature.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, help="Nucleus sampling mass.")
+@click.option("--max-new-tokens", type=int, default=512, callback=positive, help="Longest candidate; longer ones are rejected.")
+@click.option("--seed", type=int, default=0, help="Sampling seed: the same seed gives the same output.")
+@click.option("--length-ratio", type=click.FloatRange(1), default=3.0, help="Reject candidates more than this many times longer or shorter than the reference.")
+@click.option("--beat-ground-truth/--no-beat-ground-truth", default=True, help="Accept only rewrites the model finds likelier (lower perplexity) than the ground truth.")
+@click.option("--verify", type=click.Choice(VERIFIERS), default="none", help="math: same final number as the reference; exact: same normalized text; regex: same --pattern capture.")
+@click.option("--pattern", help="--verify regex: the answer's pattern; group 1 (or the whole match) is compared.")
+@click.option("--backend", type=click.Choice(["auto", "hf", "vllm"]), default="auto", help="Generation and scoring engine; auto: vllm on a CUDA GPU when installed, else hf.")
+@click.option("--batch-tokens", type=int, callback=positive, help="hf scoring: token budget of one forward pass.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", help="auto: float32 on CPU, bfloat16 on GPU.")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--shard-rows", type=int, default=1000, callback=positive, help="Input rows per output shard (the unit of resume).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 0.99), help="vllm: share of GPU memory (of RAM on CPU) vLLM takes.")
+@click.option("--max-num-batched-tokens", type=int, callback=positive, help="vllm: tokens per engine step.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output instead of resuming it.")
+def regen(input, output, model, fmt, split, limit, train_on, mode, template, print_template, n, temperature, top_p,
+          max_new_tokens, seed, length_ratio, beat_ground_truth, verify, pattern, backend, batch_tokens, dtype, device,
+          shard_rows, gpu_memory_utilization, max_num_batched_tokens, overwrite):
+    """Rewrite the assistant turns of INPUT with the model itself; keep the best checked rewrite, else the ground truth."""
+    if print_template:
+        from stages.regen.prompts import DEFAULT_TEMPLATE
+
+        click.echo(DEFAULT_TEMPLATE)
+        return
+    if not input or not output:
+        raise click.UsageError("give INPUT and -o OUTPUT")
+    from pipeline.config import RegenConfig
+    from pipeline.runner import run_regen
+
+    config = RegenConfig(input=input, output=output, model=model, format=fmt, split=split, limit=limit, train_on=train_on,
+                         mode=mode, template=template, n=n, temperature=temperature, top_p=top_p,
+                         max_new_tokens=max_new_tokens, seed=seed, length_ratio=length_ratio,
+                         beat_ground_truth=beat_ground_truth, verify=verify,
+                         pattern=pattern, backend=backend, batch_tokens=batch_tokens, dtype=dtype, device=device,
+                         shard_rows=shard_rows, gpu_memory_utilization=gpu_memory_utilization,
+                         max_num_batched_tokens=max_num_batched_tokens)
+    manifest = run_regen(config, overwrite=overwrite, echo=click.echo)
     click.echo(_summary(output, manifest))
 
 

@@ -55,3 +55,47 @@ class MaskConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RegenConfig:
+    input: str
+    output: str
+    model: str = "smollm2-135m"
+    format: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    train_on: str = "all"
+    mode: str = "rephrase"  # rephrase: the prompt shows the reference; self: the original prompt alone
+    template: str | None = None  # file with {instruction} and {reference}; None: the built-in one
+    n: int = 4
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    seed: int = 0
+    length_ratio: float = 3.0
+    beat_ground_truth: bool = True
+    verify: str = "none"
+    pattern: str | None = None
+    backend: str = "auto"
+    batch_tokens: int | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    shard_rows: int = 1000
+    gpu_memory_utilization: float | None = None
+    max_num_batched_tokens: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def result_settings(self) -> dict:
+        settings = self.to_dict()
+        settings.pop("output")
+        return settings
+
+    def score_config(self) -> ScoreConfig:
+        """How the rewrites are scored: like `ftprep score` with the same engine settings."""
+        return ScoreConfig(input=self.input, output=self.output, model=self.model, backend=self.backend,
+                           batch_tokens=self.batch_tokens, dtype=self.dtype, device=self.device,
+                           gpu_memory_utilization=self.gpu_memory_utilization,
+                           max_num_batched_tokens=self.max_num_batched_tokens)

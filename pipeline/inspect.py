@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import textwrap
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,8 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
     manifest = read_manifest(folder)
     if manifest is None:
         raise FtprepError(f"{folder} is not an ftprep output (no ftprep.json)")
+    if manifest["stage"] == "regen":
+        return side_by_side_row(read_row(folder, row), row, shutil.get_terminal_size((100, 24)).columns)
     tokenizer = load_tokenizer(manifest["model"]["path"])
     record = read_row(folder, row)
     ids = np.asarray(record["input_ids"])
@@ -85,6 +90,28 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
     legend = ("dim: prompt, red: masked, yellow: weight < 0.5" if color
               else "[masked]  {weight < 0.5}  prompt and kept tokens plain")
     return " · ".join(numbers) + "\n\n" + body + "\n\n" + legend
+
+
+def side_by_side_row(record: dict, row: int, width: int) -> str:
+    """A regenerated row: each rewritten turn's ground truth beside what was kept."""
+    numbers = [f"row {row}", f"id {record['id']}", f"kept: {record['source']}",
+               f"{record['candidates_accepted']} of {record['candidates_tried']} candidates accepted",
+               f"perplexity ground truth {record['ground_truth_perplexity']:.2f}, kept {record['kept_perplexity']:.2f}"]
+    column = max(20, (width - 3) // 2)
+    blocks = []
+    for turn in record["rewritten_turns"]:
+        kept = record["messages"][turn["index"]]["content"]
+        left = _wrapped(turn["ground_truth"], column)
+        right = _wrapped(kept, column)
+        heading = f"{'ground truth':<{column}} | kept ({turn['source']}), turn {turn['index']}"
+        lines = [f"{a:<{column}} | {b}" for a, b in zip_longest(left, right, fillvalue="")]
+        blocks.append("\n".join([heading, "-" * len(heading), *lines]))
+    prompt = next((m["content"] for m in reversed(record["messages"]) if m["role"] == "user"), "")
+    return " · ".join(numbers) + "\n\nprompt: " + prompt + "\n\n" + "\n\n".join(blocks)
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    return [line for paragraph in text.splitlines() or [""] for line in textwrap.wrap(paragraph, width) or [""]]
 
 
 def _render(piece: str, kind: str, color: bool) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import pipeline
-from pipeline.config import MaskConfig, ScoreConfig
+from pipeline.config import MaskConfig, RegenConfig, ScoreConfig
 from pipeline.errors import FtprepError, RowError
 from pipeline.models import context_length, fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_model
 from pipeline.progress import Progress
@@ -65,13 +65,13 @@ def entropy_kind(backend: str) -> str:
     return "full" if backend == "hf" else f"topk-{ENTROPY_TOP_K}"
 
 
-def make_scorer(config: ScoreConfig, backend: str, model_dir: str, device: str, dtype: str, batch_tokens: int):
+def make_scorer(config: ScoreConfig, backend: str, model_dir: str, device: str, dtype: str, batch_tokens: int, seed: int = 0):
     if backend == "vllm":
         from stages.score.vllm import VLLMScorer
 
         return VLLMScorer(model_dir, dtype=dtype, device=device, top_k=config.top_k, score_prompt=config.score_prompt,
                           gpu_memory_utilization=config.gpu_memory_utilization,
-                          max_num_batched_tokens=config.max_num_batched_tokens)
+                          max_num_batched_tokens=config.max_num_batched_tokens, seed=seed)
     from stages.score.hf import HFScorer
 
     return HFScorer(model_dir, dtype=dtype, device=device, batch_tokens=batch_tokens,
@@ -104,12 +104,7 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
         echo(f"{config.output} is already complete (same input and settings): nothing to do")
         return read_manifest(Path(config.output))
 
-    rows = source.rows()
-    sample = list(itertools.islice(rows, FORMAT_SAMPLE_ROWS))
-    if not sample:
-        raise FtprepError(f"{config.input} has no rows")
-    fmt = config.format or detect_format(row for _, row in sample if isinstance(row, dict))
-    rows = itertools.chain(sample, rows)
+    rows, fmt = rows_and_format(source, config.format)
     # Rows longer than the model's context cannot be scored: they take the --overlong path too.
     limits = [limit for limit in (config.max_length, context_length(model_dir)) if limit]
     chat = ChatTokenizer(tokenizer, config.train_on, min(limits) if limits else None, config.overlong)
@@ -151,8 +146,18 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
     return manifest
 
 
-def prepare_shard(chunk, fmt: str, chat: ChatTokenizer):
-    """Normalize and tokenize one shard of source rows; bad rows become rejects."""
+def rows_and_format(source, fmt: str | None):
+    """The source's rows and their format (detected from the first rows unless given)."""
+    rows = source.rows()
+    sample = list(itertools.islice(rows, FORMAT_SAMPLE_ROWS))
+    if not sample:
+        raise FtprepError(f"{source.spec} has no rows")
+    fmt = fmt or detect_format(row for _, row in sample if isinstance(row, dict))
+    return itertools.chain(sample, rows), fmt
+
+
+def normalize_shard(chunk, fmt: str):
+    """Conversations of the rows that parse, as (source index, id) and messages; the others as rejects."""
     rejects, accepted, conversations = [], [], []
     for index, row in chunk:
         try:
@@ -163,6 +168,17 @@ def prepare_shard(chunk, fmt: str, chat: ChatTokenizer):
         except RowError as error:
             rejects.append({"index": index, "id": row_id(row, index) if isinstance(row, dict) else str(index),
                             "stage": "read" if isinstance(row, RowError) else "normalize", "reason": str(error)})
+    return accepted, conversations, rejects
+
+
+def reject_stats(rows_in: int, rows_out: int, rejects: list[dict]) -> dict:
+    return {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": len(rejects),
+            "reject_reasons": dict(Counter(_reason_key(reject["reason"]) for reject in rejects))}
+
+
+def prepare_shard(chunk, fmt: str, chat: ChatTokenizer):
+    """Normalize and tokenize one shard of source rows; bad rows become rejects."""
+    accepted, conversations, rejects = normalize_shard(chunk, fmt)
     chat.stats.clear()
     chat.end_of_turn_ids.clear()
     kept = []
@@ -173,10 +189,7 @@ def prepare_shard(chunk, fmt: str, chat: ChatTokenizer):
             kept.append((identifier, conversation, result))
     rejects.sort(key=lambda reject: reject["index"])
     stats = {
-        "rows_in": len(chunk),
-        "rows_out": len(kept),
-        "rows_rejected": len(rejects),
-        "reject_reasons": dict(Counter(_reason_key(reject["reason"]) for reject in rejects)),
+        **reject_stats(len(chunk), len(kept), rejects),
         "overlong_truncated": chat.stats["overlong_truncated"],
         "overlong_dropped": chat.stats["overlong_dropped"],
         "end_of_turn_ids": {str(token): 1 for token in chat.end_of_turn_ids},
@@ -284,3 +297,119 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
     }
     output.finalize(stage.schema, manifest, stats)
     return manifest
+
+
+# -- regen --------------------------------------------------------------------------------
+
+
+def default_generation_tokens(device: str) -> int:
+    """Sequences x (prompt + new tokens) per transformers `generate` call: bounds its KV cache."""
+    return 32768 if device == "cpu" else 131072
+
+
+def read_template(config: RegenConfig) -> str:
+    from stages.regen.prompts import DEFAULT_TEMPLATE, check_template
+
+    if config.mode != "rephrase":
+        return ""
+    if config.template is None:
+        return DEFAULT_TEMPLATE
+    path = Path(config.template)
+    if not path.is_file():
+        raise FtprepError(f"--template {config.template} does not exist: give a text file with {{instruction}} and {{reference}}")
+    return check_template(path.read_text())
+
+
+def make_regen_stage(config: RegenConfig, settings, backend: str, model_dir: str, tokenizer, device: str, dtype: str):
+    from stages.regen import RegenStage
+    from stages.regen.generate import HFGenerator, Sampling, VLLMGenerator
+
+    sampling = Sampling(n=config.n, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens)
+    score_config = config.score_config()
+    scorer = make_scorer(score_config, backend, model_dir, device, dtype, config.batch_tokens or default_batch_tokens(device),
+                         seed=config.seed)
+    # One model for sampling and scoring, as the scorer loaded it.
+    if backend == "vllm":
+        from transformers import GenerationConfig
+
+        try:
+            generation_config = GenerationConfig.from_pretrained(model_dir)
+        except OSError:
+            generation_config = None
+        generator = VLLMGenerator(scorer.llm, tokenizer, sampling, generation_config, per_request_seeds=device != "cpu")
+    else:
+        generator = HFGenerator(scorer.model, tokenizer, sampling, default_generation_tokens(device))
+    return RegenStage(settings, tokenizer, generator, scorer, context_length(model_dir))
+
+
+def run_regen(config: RegenConfig, overwrite: bool = False, echo=print) -> dict:
+    from stages.regen import RegenSettings, regen_schema
+    from stages.regen.checks import compile_pattern
+
+    source = open_source(config.input, config.split, config.limit)
+    template = read_template(config)
+    compile_pattern(config.pattern, config.verify)  # a bad pattern fails before the model loads
+    settings = RegenSettings(mode=config.mode, template=template, train_on=config.train_on, length_ratio=config.length_ratio,
+                             beat_ground_truth=config.beat_ground_truth, verify=config.verify, pattern=config.pattern, seed=config.seed,
+                             max_new_tokens=config.max_new_tokens)
+    model_dir = resolve_model(config.model)
+    tokenizer = load_tokenizer(model_dir)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    backend = resolve_backend(config.backend, device)
+    model_identity = {"model": fingerprint_model(model_dir), "tokenizer": fingerprint_tokenizer(tokenizer)}
+    identity = {"command": "regen", "settings": config.result_settings(), "template": template, "input": source.identity(),
+                "backend": backend, "device": device, "dtype": dtype, **model_identity}
+    output = ShardedOutput(config.output, identity, overwrite=overwrite)
+    if output.complete:
+        echo(f"{config.output} is already complete (same input and settings): nothing to do")
+        return read_manifest(Path(config.output))
+
+    rows, fmt = rows_and_format(source, config.format)
+    stage = None
+    progress = Progress("regen", source.count())
+    for shard, chunk in enumerate(_batched(rows, config.shard_rows)):
+        if output.has_shard(shard):
+            progress.update(len(chunk))
+            continue
+        started = time.perf_counter()
+        accepted, conversations, rejects = normalize_shard(chunk, fmt)
+        stats = reject_stats(len(chunk), len(accepted), rejects)
+        table = None
+        if accepted:
+            stage = stage or make_regen_stage(config, settings, backend, model_dir, tokenizer, device, dtype)
+            table, regen_stats = stage([identifier for _, identifier in accepted], conversations)
+            stats.update(regen_stats)
+        stats["seconds"] = time.perf_counter() - started
+        output.write_shard(shard, table, rejects, stats)
+        progress.update(len(chunk), stats.get("generated_tokens", 0))
+    progress.close()
+
+    stats = _finish_regen_stats(merge_counters([meta["stats"] for meta in output.shard_metas()]))
+    manifest = {
+        "stage": "regen",
+        "config": config.to_dict(),
+        "format": fmt,
+        "template": template,
+        "model": {"spec": config.model, "path": model_dir, "fingerprint": model_identity["model"],
+                  "backend": backend, "device": device, "dtype": dtype},
+        "tokenizer": {"fingerprint": model_identity["tokenizer"]},
+        "versions": library_versions(),
+        "counts": {key: stats.get(key, 0) for key in ("rows_in", "rows_out", "rows_rejected")},
+    }
+    output.finalize(regen_schema(), manifest, stats)
+    return manifest
+
+
+def _finish_regen_stats(stats: dict) -> dict:
+    stats = dict(stats)
+    if stats.get("candidates_tried"):
+        stats["acceptance_rate"] = stats["candidates_accepted"] / stats["candidates_tried"]
+    if stats.get("turns"):
+        stats["generated_share"] = stats.get("turns_generated", 0) / stats["turns"]
+    if stats.get("perplexity_turns"):
+        stats["ground_truth_mean_perplexity"] = stats["ground_truth_perplexity_sum"] / stats["perplexity_turns"]
+        stats["kept_mean_perplexity"] = stats["kept_perplexity_sum"] / stats["perplexity_turns"]
+    if stats.get("seconds"):
+        stats["generated_tokens_per_second"] = stats.get("generated_tokens", 0) / stats["seconds"]
+    return stats

@@ -83,3 +83,21 @@ def test_older_vllm_dict_logprobs_parse_like_flat_ones():
         np.testing.assert_array_equal(got[0], [[7, 7, 3], [9, 1, 2]])
         np.testing.assert_allclose(got[1], [[-0.1, -0.1, -2.5], [-4.0, -0.5, -1.5]])
         np.testing.assert_array_equal(got[2], [1, 5])
+
+
+@needs_vllm
+def test_regen_samples_and_scores_on_one_vllm_engine(tmp_path):
+    output = tmp_path / "regen"
+    run_cli("regen", DATA / "arithmetic.jsonl", "-o", output, "--backend", "vllm", "--limit", 6, "--n", 4,
+            "--max-new-tokens", 64, "--verify", "math", "--dtype", "float32", "--no-beat-ground-truth")
+    rows = load_table(output).to_pylist()
+    stats = json.loads((output / "stats.json").read_text())
+    assert len(rows) == 6 and stats["candidates_tried"] == 24
+    assert json.loads((output / "ftprep.json").read_text())["model"]["backend"] == "vllm"
+    # The engine was told where a turn ends: some candidates stop on their own.
+    assert stats["candidates_tried"] - stats["candidate_rejections"].get("token_limit", 0) > 0
+    assert sum(stats["candidate_rejections"].values()) + stats["candidates_accepted"] == stats["candidates_tried"]
+    kept = [row for row in rows if row["source"] == "generated"]
+    assert kept, "vLLM's samples of the 135M model pass the math check on some of these"
+    for row in kept:
+        assert row["kept_perplexity"] > 0 and row["ground_truth_perplexity"] > 0

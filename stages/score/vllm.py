@@ -56,7 +56,7 @@ def returned_entries(prompt_logprobs, targets: np.ndarray, width: int):
 class VLLMScorer:
     def __init__(self, model_dir: str, dtype: str = "bfloat16", device: str = "cuda", top_k: int = 0,
                  score_prompt: bool = False, gpu_memory_utilization: float | None = None,
-                 max_num_batched_tokens: int | None = None):
+                 max_num_batched_tokens: int | None = None, seed: int = 0):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         from vllm import LLM
 
@@ -74,7 +74,7 @@ class VLLMScorer:
             gpu_memory_utilization=gpu_memory_utilization or settings["gpu_memory_utilization"],
             max_num_batched_tokens=max_num_batched_tokens or settings["max_num_batched_tokens"],
             max_logprobs=self.returned_k,
-            seed=0,
+            seed=seed,  # scoring draws nothing; regen's sampling does
         )
 
     def __call__(self, table: pa.Table) -> pa.Table:

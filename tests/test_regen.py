@@ -1,0 +1,133 @@
+"""`ftprep regen` end to end on CPU with the embedded model and data/arithmetic.jsonl."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import DATA, load_table, read_jsonl, run_cli
+from stages.regen.checks import final_number
+
+ARITHMETIC = DATA / "arithmetic.jsonl"
+FAST = ["--max-new-tokens", "64", "--n", "4", "--verify", "math"]
+
+
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory):
+    output = tmp_path_factory.mktemp("regen") / "arithmetic"
+    run_cli("regen", ARITHMETIC, "-o", output, "--limit", 12, "--seed", 1, *FAST)
+    return output
+
+
+def test_every_row_is_kept_and_rewrites_pass_the_checks(regenerated):
+    rows = load_table(regenerated).to_pylist()
+    source = read_jsonl(ARITHMETIC)[:12]
+    stats = json.loads((regenerated / "stats.json").read_text())
+    assert [row["id"] for row in rows] == [row["id"] for row in source]  # nothing dropped, order kept
+    assert stats["rows_in"] == stats["rows_out"] == 12 and stats["candidates_tried"] == 48
+    for row, original in zip(rows, source):
+        kept, truth = row["messages"][-1]["content"], original["messages"][-1]["content"]
+        assert row["messages"][:-1] == original["messages"][:-1]
+        assert row["rewritten_turns"][0]["ground_truth"] == truth
+        if row["source"] == "generated":
+            assert kept != truth or row["candidates_accepted"] > 0
+            assert final_number(kept) == final_number(truth)  # --verify math held
+            assert "reference" not in kept.lower()
+            assert 1 / 3 <= len(kept) / len(truth) <= 3
+            assert row["kept_perplexity"] < row["ground_truth_perplexity"]
+        else:
+            assert kept == truth and row["candidates_accepted"] == 0
+    generated = sum(row["source"] == "generated" for row in rows)
+    assert 0 < generated < 12, "the 135M model gets some of these right and some wrong"
+    assert stats["turns_generated"] == generated
+    assert stats["candidates_accepted"] == sum(row["candidates_accepted"] for row in rows)
+    assert sum(stats["candidate_rejections"].values()) + stats["candidates_accepted"] == stats["candidates_tried"]
+    assert stats["acceptance_rate"] == pytest.approx(stats["candidates_accepted"] / 48)
+
+
+def mean_perplexities(folder):
+    rows = [row for row in load_table(folder).to_pylist() if row["source"] == "generated"]
+    stats = json.loads((folder / "stats.json").read_text())
+    kept = np.array([row["kept_perplexity"] for row in rows])
+    truth = np.array([row["ground_truth_perplexity"] for row in rows])
+    print(f"\n{folder.name}: mean perplexity over the {len(rows)} rewritten rows: ground truth {truth.mean():.3f}, "
+          f"kept {kept.mean():.3f}; over all {stats['turns']} turns: ground truth "
+          f"{stats['ground_truth_mean_perplexity']:.3f}, kept {stats['kept_mean_perplexity']:.3f}")
+    return kept, truth, stats
+
+
+def test_kept_rewrites_are_likelier_than_the_ground_truth(regenerated):
+    kept, truth, stats = mean_perplexities(regenerated)
+    assert (kept < truth).all()  # the default rule, checked on every kept rewrite
+    assert stats["kept_mean_perplexity"] < stats["ground_truth_mean_perplexity"]
+
+
+def test_the_models_own_answers_are_likelier_even_without_the_rule(tmp_path):
+    # Self-distillation's premise, measured without --beat-ground-truth deciding it: the
+    # model's own verified answers to the original prompt have lower perplexity than the data's.
+    output = tmp_path / "self"
+    run_cli("regen", ARITHMETIC, "-o", output, "--limit", 12, "--seed", 1, "--mode", "self", "--no-beat-ground-truth", *FAST)
+    kept, truth, stats = mean_perplexities(output)
+    assert len(kept) >= 1 and stats["candidate_rejections"].get("not_likelier") is None
+    assert kept.mean() < truth.mean()
+
+
+def test_same_seed_same_output_and_another_seed_differs(regenerated, tmp_path):
+    again = tmp_path / "again"
+    run_cli("regen", ARITHMETIC, "-o", again, "--limit", 12, "--seed", 1, *FAST)
+    first, second = load_table(regenerated), load_table(again)
+    assert first.column("messages").to_pylist() == second.column("messages").to_pylist()
+    assert first.column("candidates_accepted").to_pylist() == second.column("candidates_accepted").to_pylist()
+
+    other = tmp_path / "other"
+    run_cli("regen", ARITHMETIC, "-o", other, "--limit", 12, "--seed", 2, *FAST)
+    assert load_table(other).column("messages").to_pylist() != first.column("messages").to_pylist()
+
+
+def test_candidates_that_cannot_finish_fall_back_to_the_ground_truth(tmp_path):
+    output = tmp_path / "short"
+    run_cli("regen", ARITHMETIC, "-o", output, "--limit", 3, "--max-new-tokens", 3, "--n", 2)
+    rows = load_table(output).to_pylist()
+    assert [row["messages"] for row in rows] == [row["messages"] for row in read_jsonl(ARITHMETIC)[:3]]
+    assert {row["source"] for row in rows} == {"ground_truth"}
+    stats = json.loads((output / "stats.json").read_text())
+    assert stats["candidate_rejections"] == {"token_limit": 6}
+
+
+def test_regen_then_score_then_mask(regenerated, tmp_path):
+    scored, train = tmp_path / "scored", tmp_path / "train"
+    run_cli("score", regenerated, "-o", scored)
+    run_cli("mask", scored, "-o", train)
+    table = load_table(scored)
+    assert table.column("messages").to_pylist() == load_table(regenerated).column("messages").to_pylist()
+    assert load_table(train).num_rows == 12
+    shown = run_cli("inspect", regenerated, "--row", 0).stdout
+    row = load_table(regenerated).slice(0, 1).to_pylist()[0]
+    assert "ground truth" in shown and f"kept ({row['source']})" in shown
+    assert row["rewritten_turns"][0]["ground_truth"].split()[0] in shown
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--template", "missing.txt"], "--template missing.txt does not exist"),
+    (["--verify", "regex"], "--verify regex needs --pattern"),
+    (["--verify", "regex", "--pattern", "(oops"], "--pattern is not a valid regular expression"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, args, message):
+    result = run_cli("regen", ARITHMETIC, "-o", tmp_path / "out", *args, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"error: {message}" or result.stderr.strip().startswith(f"error: {message}")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_user_template_is_used_and_checked(tmp_path):
+    template = tmp_path / "template.txt"
+    template.write_text("Question: {instruction}\nA model answer: {reference}\nWrite a better one.")
+    output = tmp_path / "custom"
+    run_cli("regen", ARITHMETIC, "-o", output, "--limit", 2, "--template", template, "--max-new-tokens", 8, "--n", 1)
+    manifest = json.loads((output / "ftprep.json").read_text())
+    assert manifest["template"] == template.read_text()
+    template.write_text("Question only: {instruction}")
+    result = run_cli("regen", ARITHMETIC, "-o", tmp_path / "bad", "--template", template, check=False)
+    assert result.returncode != 0 and "lacks {reference}" in result.stderr and "Traceback" not in result.stderr
+    assert "{reference}" in run_cli("regen", "--print-template").stdout

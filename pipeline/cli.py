@@ -142,6 +142,25 @@ def export_config(folder, target):
     click.echo(snippet(Path(folder), target), nl=False)
 
 
+@cli.command("hft-plan")
+@click.option("-o", "--output", required=True, help="JSON file for the plan.")
+@click.option("--model", default=DEFAULT_MODEL, help="Alias, model folder or hub id; only its config is read.")
+@click.option("--ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, help="Share of each layer's attention and feed-forward projections that trains.")
+@click.option("--seed", type=int, default=0, help="Seed of the random choice of projections.")
+@click.option("--train-embeddings", is_flag=True, help="Also train the token embeddings (and an untied lm_head).")
+@click.option("--train-norms", is_flag=True, help="Also train the norm weights.")
+@click.option("--axolotl-yaml", type=click.Path(dir_okay=False), help="Also write the plan as Axolotl `unfrozen_parameters` to this file.")
+def hft_plan(output, model, ratio, seed, train_embeddings, train_norms, axolotl_yaml):
+    """Half fine-tuning (HFT): choose per layer which half of the projections trains; the rest stays frozen."""
+    from pipeline.hft_plan import make_hft_plan, plan_summary, write_hft_plan
+
+    plan = make_hft_plan(model, ratio, seed, train_embeddings, train_norms)
+    write_hft_plan(plan, Path(output), Path(axolotl_yaml) if axolotl_yaml else None)
+    click.echo(plan_summary(output, plan))
+    if axolotl_yaml:
+        click.echo(f"wrote {axolotl_yaml}")
+
+
 def _summary(output: str, manifest: dict) -> str:
     counts = manifest["counts"]
     return f"{output}: {counts['rows_out']} rows written, {counts['rows_rejected']} rejected (see rejects.jsonl)"

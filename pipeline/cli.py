@@ -81,15 +81,18 @@ def score(input, output, model, fmt, split, limit, train_on, max_length, overlon
 @click.option("--min-kept", type=click.IntRange(0), default=1, help="Reject rows left with fewer supervised tokens.")
 @click.option("--weights/--no-weights", default=None, help="Write loss_weights (default: only for soft).")
 @click.option("--target", type=click.Choice(TARGETS), default="hf", help="Trainer the columns are for: hf keeps loss_weights; trl, axolotl and llama-factory get input_ids, attention_mask, labels only.")
+@click.option("--against", help="delta: the same input scored with a second model (ftprep score --model B).")
+@click.option("--delta", type=float, default=2.5, help="delta: mask assistant tokens whose perplexity under the --against model exceeds the one in SCORED by more than this.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def mask(scored, output, strategy, threshold, quantile, scope, weight_fn, sigma, alpha, min_weight, keep_eos,
-         min_kept, weights, target, overwrite):
+         min_kept, weights, target, against, delta, overwrite):
     """Turn SCORED into a training dataset: input_ids, attention_mask, labels (and loss_weights)."""
     from pipeline.runner import run_mask
 
     config = MaskConfig(scored=scored, output=output, strategy=strategy, threshold=threshold, quantile=quantile,
                         scope=scope, weight_fn=weight_fn, sigma=sigma, alpha=alpha, min_weight=min_weight,
-                        keep_eos=keep_eos, min_kept=min_kept, weights=weights, target=target)
+                        keep_eos=keep_eos, min_kept=min_kept, weights=weights, target=target, against=against,
+                        delta=delta)
     manifest = run_mask(config, overwrite=overwrite, echo=click.echo)
     click.echo(_summary(output, manifest))
 

@@ -53,7 +53,8 @@ class AgainstScores:
     folder: Path
     manifest: dict
     # id, input_ids and logprobs of every row of B. The shards are memory-mapped and these
-    # columns are not copied, so memory holds what `take` touches, not the whole of B.
+    # columns are not copied: memory holds B's ids (one string per row, for the matching) and
+    # what `take` touches, not the whole of B.
     table: pa.Table
 
     @classmethod

@@ -72,6 +72,10 @@ def layer_projections(shapes: dict[str, tuple[int, ...]]) -> dict[str, dict[int,
     for category, expected in (("attention", ATTENTION), ("ffn", FFN)):
         for layer in layer_ids:
             found = tuple(sorted(layers[category][layer]))
+            weights = [sum(name.endswith(".weight") for name in names) for names in layers[category][layer].values()]
+            if any(count != 1 for count in weights):
+                raise FtprepError(f"cannot make an HFT plan for this model: layer {layer} holds more than one {category} "
+                                  f"projection of a kind (several layer stacks?); {SUPPORTED}")
             if found != tuple(sorted(expected)):
                 raise FtprepError(f"cannot make an HFT plan for this model: layer {layer} has the {category} projections "
                                   f"{list(found)}, not {list(expected)}; {SUPPORTED}")

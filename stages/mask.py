@@ -106,6 +106,8 @@ def masked_by_threshold(view: TokenView, candidates: np.ndarray, threshold: floa
 
 def masked_by_delta(view: TokenView, candidates: np.ndarray, delta: float) -> np.ndarray:
     """Candidates whose perplexity under the --against model exceeds this one by more than delta."""
+    if view.against_logprobs is None:
+        raise ValueError(f"the delta strategy needs the {AGAINST_LOGPROBS} column (run_mask adds it from --against)")
     with np.errstate(invalid="ignore"):  # inf - inf is NaN: both models find the token impossible, no rise
         rise = perplexity(view.against_logprobs) - view.perplexity
     return candidates & (rise > delta)

@@ -104,6 +104,16 @@ def test_biases_follow_their_projection_and_the_share_holds(tmp_path):
     assert sum(len(layer["ffn"]) for layer in plan["per_layer"]) == 35
 
 
+@pytest.mark.parametrize("model_type", ["mistral", "qwen3"])
+def test_other_llama_style_architectures_get_plans(tmp_path, model_type):
+    # Qwen3 adds q_norm/k_norm inside attention: norms, frozen like the others.
+    config = {**QWEN2_SMALL, "model_type": model_type, "num_hidden_layers": 4, "head_dim": 32}
+    shapes, _ = parameter_shapes(str(config_folder(tmp_path, model_type, config)))
+    plan = hft_plan(shapes)
+    assert plan["parameters"]["attention_and_ffn"]["share"] == 0.5
+    assert plan["parameters"]["by_category"]["norms"]["trainable"] == 0
+
+
 def test_cli_writes_plan_and_axolotl_config_for_an_8b_model_without_weights(tmp_path):
     folder = config_folder(tmp_path, "llama-8b", LLAMA_8B)
     result = run_cli("hft-plan", "--model", folder, "-o", tmp_path / "plan.json", "--axolotl-yaml", tmp_path / "axolotl.yml")

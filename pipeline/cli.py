@@ -136,15 +136,18 @@ def regen(input, output, model, fmt, split, limit, train_on, mode, template, pri
 @click.option("--min-kept", type=click.IntRange(0), default=1, help="Reject rows left with fewer supervised tokens.")
 @click.option("--weights/--no-weights", default=None, help="Write loss_weights (default: only for soft).")
 @click.option("--target", type=click.Choice(TARGETS), default="hf", help="Trainer the columns are for: hf keeps loss_weights; trl, axolotl and llama-factory get input_ids, attention_mask, labels only.")
+@click.option("--against", help="delta: the same input scored with a second model (ftprep score --model B).")
+@click.option("--delta", type=float, default=2.5, help="delta: mask assistant tokens whose perplexity under the --against model exceeds the one in SCORED by more than this.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def mask(scored, output, strategy, threshold, quantile, scope, weight_fn, sigma, alpha, min_weight, keep_eos,
-         min_kept, weights, target, overwrite):
+         min_kept, weights, target, against, delta, overwrite):
     """Turn SCORED into a training dataset: input_ids, attention_mask, labels (and loss_weights)."""
     from pipeline.runner import run_mask
 
     config = MaskConfig(scored=scored, output=output, strategy=strategy, threshold=threshold, quantile=quantile,
                         scope=scope, weight_fn=weight_fn, sigma=sigma, alpha=alpha, min_weight=min_weight,
-                        keep_eos=keep_eos, min_kept=min_kept, weights=weights, target=target)
+                        keep_eos=keep_eos, min_kept=min_kept, weights=weights, target=target, against=against,
+                        delta=delta)
     manifest = run_mask(config, overwrite=overwrite, echo=click.echo)
     click.echo(_summary(output, manifest))
 
@@ -195,6 +198,25 @@ def export_config(folder, target):
     from pipeline.export import export_config as snippet
 
     click.echo(snippet(Path(folder), target), nl=False)
+
+
+@cli.command("hft-plan")
+@click.option("-o", "--output", required=True, help="JSON file for the plan.")
+@click.option("--model", default=DEFAULT_MODEL, help="Alias, model folder or hub id; only its config is read.")
+@click.option("--ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, help="Share of each layer's attention and feed-forward projections that trains.")
+@click.option("--seed", type=int, default=0, help="Seed of the random choice of projections.")
+@click.option("--train-embeddings", is_flag=True, help="Also train the token embeddings (and an untied lm_head).")
+@click.option("--train-norms", is_flag=True, help="Also train the norm weights.")
+@click.option("--axolotl-yaml", type=click.Path(dir_okay=False), help="Also write the plan as Axolotl `unfrozen_parameters` to this file.")
+def hft_plan(output, model, ratio, seed, train_embeddings, train_norms, axolotl_yaml):
+    """Half fine-tuning (HFT): choose per layer which half of the projections trains; the rest stays frozen."""
+    from pipeline.hft_plan import make_hft_plan, plan_summary, write_hft_plan
+
+    plan = make_hft_plan(model, ratio, seed, train_embeddings, train_norms)
+    write_hft_plan(plan, Path(output), Path(axolotl_yaml) if axolotl_yaml else None)
+    click.echo(plan_summary(output, plan))
+    if axolotl_yaml:
+        click.echo(f"wrote {axolotl_yaml}")
 
 
 def _summary(output: str, manifest: dict) -> str:

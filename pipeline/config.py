@@ -52,6 +52,8 @@ class MaskConfig:
     min_kept: int = 1
     weights: bool | None = None  # None: write loss_weights only when the strategy makes weights
     target: str = "hf"  # hf keeps loss_weights; trl, axolotl, llama-factory take exactly their columns
+    against: str | None = None  # delta: the same rows scored under a second model
+    delta: float = 2.5  # delta: mask when perplexity under `against` minus perplexity here exceeds this
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -165,6 +165,24 @@ def load_model(model_dir: str, dtype: str, device: str):
     return model.to(device).eval()
 
 
+def parameter_shapes(model_dir: str) -> tuple[dict[str, tuple[int, ...]], str]:
+    """Names and shapes of the model's parameters in model order, and its model_type.
+
+    The model is built from its config on the meta device: no weights are read and no memory
+    is taken, so an 8B model's layout costs what a small one's does. Tied weights appear once.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=_local_only(model_dir))
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except Exception as exc:
+        raise FtprepError(f"cannot build the model {model_dir} from its config: {_first_line(exc)}") from exc
+    return {name: tuple(param.shape) for name, param in skeleton.named_parameters()}, config.model_type
+
+
 def context_length(model_dir: str) -> int | None:
     """The longest sequence the model takes, from its config (None when it does not say)."""
     config_path = Path(model_dir) / "config.json"

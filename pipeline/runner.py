@@ -244,7 +244,7 @@ def _batched(iterable, size: int):
 
 
 def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
-    from stages.mask import MaskStage, TokenView, dataset_quantile, mask_candidates
+    from stages.mask import AGAINST_LOGPROBS, MaskStage, TokenView, dataset_quantile, mask_candidates
 
     if config.target != "hf" and (config.strategy == "soft" or config.weights):
         raise FtprepError(f"--target {config.target} cannot read loss_weights: use --target hf and train with pipeline.trainer, "
@@ -254,8 +254,11 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
     if scored is None or scored.get("stage") != "score":
         raise FtprepError(f"{config.scored} is not a scored dataset (no ftprep.json from ftprep score): run ftprep score first")
     end_of_turn_ids = scored["tokenizer"]["end_of_turn_ids"]
+    against, against_rows = _against_scores(config, scored_dir)
     identity = {"command": "mask", "settings": {k: v for k, v in config.to_dict().items() if k != "output"},
                 "scored": scored.get("run_identity")}
+    if against is not None:
+        identity["against"] = against.manifest.get("run_identity")
     output = ShardedOutput(config.output, identity, overwrite=overwrite)
     if output.complete:
         echo(f"{config.output} is already complete (same scores and settings): nothing to do")
@@ -275,6 +278,8 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
     for shard, table in enumerate(read_shards(scored_dir)):
         if not output.has_shard(shard):
             started = time.perf_counter()
+            if against is not None:
+                table = table.append_column(AGAINST_LOGPROBS, against.logprobs_for(against_rows[shard]))
             result, rejects, stats = stage(table, shard, first_row)
             stats["seconds"] = time.perf_counter() - started
             output.write_shard(shard, result, rejects, stats)
@@ -295,8 +300,29 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
         "versions": library_versions(),
         "counts": {key: stats.get(key, 0) for key in ("rows_in", "rows_out", "rows_rejected")},
     }
+    if against is not None:
+        manifest["against"] = {"path": str(against.folder.resolve()), "run_identity": against.manifest.get("run_identity"),
+                               "model": against.manifest["model"]}
     output.finalize(stage.schema, manifest, stats)
     return manifest
+
+
+def _against_scores(config: MaskConfig, scored_dir: Path):
+    """For --strategy delta: the --against scores and, per scored shard, the rows that go with it.
+
+    Checked in full before any output exists, so a mismatch leaves nothing half-written behind.
+    """
+    from pipeline.against import AgainstScores
+
+    if config.strategy != "delta":
+        if config.against:
+            raise FtprepError(f"--against is read only by --strategy delta, not {config.strategy}: drop it or use --strategy delta")
+        return None, None
+    if not config.against:
+        raise FtprepError("--strategy delta needs --against SCORED_B: the same input scored with the second model")
+    against = AgainstScores.open(config.against)
+    columns = ["id", "input_ids", "assistant_mask", "logprobs"]
+    return against, against.rows_for(scored_dir, [table.select(columns) for table in read_shards(scored_dir)])
 
 
 # -- regen --------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ Strategies:
 - threshold: STM, label -100 on assistant tokens with perplexity above the threshold.
 - quantile:  the share q of assistant tokens with the highest perplexity, per row or over the dataset.
 - soft:      every assistant token keeps its label and gets a weight from its perplexity.
+- delta:     assistant tokens whose perplexity rose by more than `delta` from this scoring to a
+             second one of the same rows under another model (the STM authors' "dpf" variant);
+             the runner puts the second model's logprobs beside the first in `against_logprobs`.
 - none:      assistant tokens only (the plain SFT baseline).
 End-of-turn tokens stay supervised with weight 1 unless keep_eos is off.
 """
@@ -21,7 +24,9 @@ import pyarrow as pa
 from pipeline.config import MaskConfig
 from stages import flat_values, perplexity, row_offsets
 
-STRATEGIES = ("threshold", "quantile", "soft", "none")
+STRATEGIES = ("threshold", "quantile", "soft", "delta", "none")
+# The --against model's logprobs, aligned token for token with `logprobs` (strategy delta).
+AGAINST_LOGPROBS = "against_logprobs"
 # Trainers that take input_ids/attention_mask/labels as they are, and whose batching breaks on
 # any other column; only `hf` (with pipeline.trainer) reads loss_weights.
 TARGETS = ("hf", "trl", "axolotl", "llama-factory")
@@ -40,6 +45,7 @@ class TokenView:
     assistant: np.ndarray  # bool
     logprobs: np.ndarray  # float32, NaN where unscored
     end_of_turn: np.ndarray  # bool, assistant end-of-turn tokens
+    against_logprobs: np.ndarray | None = None  # float32, the --against model's, when the table has them
 
     @classmethod
     def of(cls, table: pa.Table, end_of_turn_ids) -> "TokenView":
@@ -51,6 +57,8 @@ class TokenView:
             assistant=assistant,
             logprobs=flat_values(table, "logprobs").astype(np.float32),
             end_of_turn=assistant & np.isin(flat_ids, np.asarray(list(end_of_turn_ids), dtype=np.int64)),
+            against_logprobs=(flat_values(table, AGAINST_LOGPROBS).astype(np.float32)
+                              if AGAINST_LOGPROBS in table.column_names else None),
         )
 
     @property
@@ -94,6 +102,15 @@ def dataset_quantile(candidate_ppls: list[np.ndarray], quantile: float) -> Datas
 
 def masked_by_threshold(view: TokenView, candidates: np.ndarray, threshold: float) -> np.ndarray:
     return candidates & (view.perplexity > threshold)
+
+
+def masked_by_delta(view: TokenView, candidates: np.ndarray, delta: float) -> np.ndarray:
+    """Candidates whose perplexity under the --against model exceeds this one by more than delta."""
+    if view.against_logprobs is None:
+        raise ValueError(f"the delta strategy needs the {AGAINST_LOGPROBS} column (run_mask adds it from --against)")
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN: both models find the token impossible, no rise
+        rise = perplexity(view.against_logprobs) - view.perplexity
+    return candidates & (rise > delta)
 
 
 def masked_by_row_quantile(view: TokenView, candidates: np.ndarray, quantile: float) -> np.ndarray:
@@ -175,6 +192,8 @@ class MaskStage:
             masked = masked_by_dataset_quantile(view, candidates, self.dataset_cutoff.cutoff, self.dataset_cutoff.ties[shard])
         elif strategy == "quantile":
             masked = masked_by_row_quantile(view, candidates, self.config.quantile)
+        elif strategy == "delta":
+            masked = masked_by_delta(view, candidates, self.config.delta)
         else:
             masked = no_mask
         return masked, (view.assistant & ~masked).astype(np.float32)

@@ -1,0 +1,42 @@
+"""`ftprep hft-plan`: a half fine-tuning plan for a model, as JSON and as Axolotl config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.models import fingerprint_model, parameter_shapes, resolve_model
+from pipeline.writers import write_json_atomic, write_text_atomic
+from stages.hft import hft_plan
+
+
+def make_hft_plan(model: str, ratio: float, seed: int, train_embeddings: bool, train_norms: bool) -> dict:
+    model_dir = resolve_model(model)
+    shapes, model_type = parameter_shapes(model_dir)
+    plan = hft_plan(shapes, ratio, seed, train_embeddings, train_norms)
+    return {"model": {"spec": model, "path": model_dir, "model_type": model_type,
+                      "fingerprint": fingerprint_model(model_dir)}, **plan}
+
+
+def axolotl_yaml(plan: dict) -> str:
+    """The `unfrozen_parameters` block of an Axolotl config; every other parameter is frozen."""
+    header = (f"# HFT plan for {plan['model']['spec']}: ratio {plan['ratio']}, seed {plan['seed']}; "
+              f"{plan['parameters']['trainable']:,} of {plan['parameters']['total']:,} parameters train.\n")
+    # Single quotes: a pattern is then a plain string to YAML whatever characters it holds.
+    entries = "".join(f"  - '{pattern}'\n" for pattern in plan["axolotl"]["unfrozen_parameters"])
+    return f"{header}unfrozen_parameters:\n{entries}"
+
+
+def write_hft_plan(plan: dict, output: Path, axolotl_output: Path | None = None) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output, plan)
+    if axolotl_output is not None:
+        axolotl_output.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(axolotl_output, axolotl_yaml(plan))
+
+
+def plan_summary(output: str, plan: dict) -> str:
+    params = plan["parameters"]
+    selected = params["attention_and_ffn"]
+    return (f"{output}: {plan['tensors']['trainable']} of {plan['tensors']['total']} tensors train, "
+            f"{params['trainable'] / 1e6:.1f}M of {params['total'] / 1e6:.1f}M parameters ({params['share']:.1%}); "
+            f"attention + feed-forward: {selected['share']:.1%} (ratio {plan['ratio']}, seed {plan['seed']})")

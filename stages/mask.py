@@ -149,6 +149,13 @@ def soft_weights(view: TokenView, candidates: np.ndarray, config: MaskConfig) ->
     return weights.astype(np.float32)
 
 
+def perplexity_histogram(perplexities: np.ndarray, edges=PPL_BIN_EDGES) -> dict[str, int]:
+    """Token counts per perplexity bin, keyed "lo-hi" (the last bin is open: "1000-inf")."""
+    counts, _ = np.histogram(perplexities, bins=[*edges, np.inf])
+    labels = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges, [*edges[1:], np.inf])]
+    return dict(zip(labels, counts.tolist()))
+
+
 @dataclass
 class MaskStage:
     config: MaskConfig
@@ -218,8 +225,6 @@ class MaskStage:
 
     def _stats(self, view, masked, supervised, weights, keep_row, rejected) -> dict:
         assistant_ppl = view.perplexity[view.assistant & ~np.isnan(view.logprobs)]
-        counts, _ = np.histogram(assistant_ppl, bins=[*self.histogram_edges, np.inf])
-        labels = [f"{lo:g}-{hi:g}" for lo, hi in zip(self.histogram_edges, [*self.histogram_edges[1:], np.inf])]
         reasons = {"fewer supervised tokens than --min-kept": rejected} if rejected else {}
         return {
             "rows_in": len(keep_row),
@@ -230,5 +235,5 @@ class MaskStage:
             "masked_tokens": int(masked.sum()),
             "supervised_tokens": int(supervised.sum()),
             "weight_sum": float(weights[view.assistant].sum()),
-            "perplexity_histogram": dict(zip(labels, counts.tolist())),
+            "perplexity_histogram": perplexity_histogram(assistant_ppl, self.histogram_edges),
         }

@@ -125,6 +125,8 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
         output.write_shard(shard, table, rejects, stats)
         progress.update(len(chunk), stats.get("tokens", 0))
     progress.close()
+    if scorer is not None:
+        scorer.close()
 
     stats = _finish_stats(merge_counters([meta["stats"] for meta in output.shard_metas()]))
     # Collected per shard, so that a resumed run knows the ones its earlier part saw.
@@ -410,6 +412,8 @@ def run_regen(config: RegenConfig, overwrite: bool = False, echo=print) -> dict:
         output.write_shard(shard, table, rejects, stats)
         progress.update(len(chunk), stats.get("generated_tokens", 0))
     progress.close()
+    if stage is not None:
+        stage.scorer.close()
 
     stats = _finish_regen_stats(merge_counters([meta["stats"] for meta in output.shard_metas()]))
     manifest = {

@@ -36,6 +36,9 @@ class HFScorer:
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self.chunk_positions = max(1, CHUNK_ELEMENTS // self.head.weight.shape[0])
 
+    def close(self) -> None:
+        """Nothing to stop: the model goes with the object."""
+
     def __call__(self, table: pa.Table) -> pa.Table:
         offsets = row_offsets(table)
         flat_ids = flat_values(table, "input_ids").astype(np.int64)

@@ -77,6 +77,13 @@ class VLLMScorer:
             seed=seed,  # scoring draws nothing; regen's sampling does
         )
 
+    def close(self) -> None:
+        """Stop the engine's processes now: left to interpreter exit, their teardown can abort
+        the process ("terminate called without an active exception") after the work is done."""
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None:
+            engine_core.shutdown()
+
     def __call__(self, table: pa.Table) -> pa.Table:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt

@@ -5,8 +5,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
+class Settings:
+    """What every command's configuration can say about itself."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def result_settings(self) -> dict:
+        """Settings that change the output; a resumed run must share all of them."""
+        settings = self.to_dict()
+        settings.pop("output")
+        return settings
+
+
 @dataclass(frozen=True)
-class ScoreConfig:
+class ScoreConfig(Settings):
     input: str
     output: str
     model: str = "smollm2-135m"
@@ -26,18 +39,9 @@ class ScoreConfig:
     gpu_memory_utilization: float | None = None  # vllm backend; None: chosen for the device
     max_num_batched_tokens: int | None = None  # vllm backend; None: chosen for the device
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def result_settings(self) -> dict:
-        """Settings that change the output; a resumed run must share all of them."""
-        settings = self.to_dict()
-        settings.pop("output")
-        return settings
-
 
 @dataclass(frozen=True)
-class MaskConfig:
+class MaskConfig(Settings):
     scored: str
     output: str
     strategy: str = "threshold"
@@ -55,12 +59,9 @@ class MaskConfig:
     against: str | None = None  # delta: the same rows scored under a second model
     delta: float = 2.5  # delta: mask when perplexity under `against` minus perplexity here exceeds this
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class RegenConfig:
+class RegenConfig(Settings):
     input: str
     output: str
     model: str = "smollm2-135m"
@@ -86,14 +87,6 @@ class RegenConfig:
     shard_rows: int = 1000
     gpu_memory_utilization: float | None = None
     max_num_batched_tokens: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def result_settings(self) -> dict:
-        settings = self.to_dict()
-        settings.pop("output")
-        return settings
 
     def score_config(self) -> ScoreConfig:
         """How the rewrites are scored: like `ftprep score` with the same engine settings."""

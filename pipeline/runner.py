@@ -109,24 +109,18 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
     limits = [limit for limit in (config.max_length, context_length(model_dir)) if limit]
     chat = ChatTokenizer(tokenizer, config.train_on, min(limits) if limits else None, config.overlong)
 
-    scorer = None
-    progress = Progress("score", source.count())
-    for shard, chunk in enumerate(_batched(rows, config.shard_rows)):
-        if output.has_shard(shard):
-            progress.update(len(chunk))
-            continue
-        started = time.perf_counter()
+    scorer = Lazy(lambda: make_scorer(config, backend, model_dir, device, dtype, batch_tokens))
+
+    def score_chunk(chunk):
         table, rejects, stats = prepare_shard(chunk, fmt, chat)
         if table is not None:
-            scorer = scorer or make_scorer(config, backend, model_dir, device, dtype, batch_tokens)
-            table = scorer(table)
+            table = scorer.get()(table)
             stats.update(_score_stats(table))
-        stats["seconds"] = time.perf_counter() - started
-        output.write_shard(shard, table, rejects, stats)
-        progress.update(len(chunk), stats.get("tokens", 0))
-    progress.close()
-    if scorer is not None:
-        scorer.close()
+        return table, rejects, stats
+
+    commit_shards(output, rows, config.shard_rows, Progress("score", source.count()), score_chunk)
+    if scorer.built:
+        scorer.get().close()
 
     stats = _finish_stats(merge_counters([meta["stats"] for meta in output.shard_metas()]))
     # Collected per shard, so that a resumed run knows the ones its earlier part saw.
@@ -236,6 +230,38 @@ def _eos_ids(tokenizer) -> list[int]:
     return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
 
+class Lazy:
+    """Builds its value on first use: a resumed run whose shards are all done loads no model."""
+
+    def __init__(self, build):
+        self.build = build
+        self.value = None
+
+    @property
+    def built(self) -> bool:
+        return self.value is not None
+
+    def get(self):
+        if self.value is None:
+            self.value = self.build()
+        return self.value
+
+
+def commit_shards(output: ShardedOutput, rows, shard_rows: int, progress: Progress, process, tokens_key: str = "tokens") -> None:
+    """Run `process(chunk) -> (table, rejects, stats)` on each shard of input rows not committed
+    yet, and commit it: the loop that makes every command resumable shard by shard."""
+    for shard, chunk in enumerate(_batched(rows, shard_rows)):
+        if output.has_shard(shard):
+            progress.update(len(chunk))
+            continue
+        started = time.perf_counter()
+        table, rejects, stats = process(chunk)
+        stats["seconds"] = time.perf_counter() - started
+        output.write_shard(shard, table, rejects, stats)
+        progress.update(len(chunk), stats.get(tokens_key, 0))
+    progress.close()
+
+
 def _batched(iterable, size: int):
     iterator = iter(iterable)
     while chunk := list(itertools.islice(iterator, size)):
@@ -257,7 +283,7 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
         raise FtprepError(f"{config.scored} is not a scored dataset (no ftprep.json from ftprep score): run ftprep score first")
     end_of_turn_ids = scored["tokenizer"]["end_of_turn_ids"]
     against, against_rows = _against_scores(config, scored_dir)
-    identity = {"command": "mask", "settings": {k: v for k, v in config.to_dict().items() if k != "output"},
+    identity = {"command": "mask", "settings": config.result_settings(),
                 "scored": scored.get("run_identity")}
     if against is not None:
         identity["against"] = against.manifest.get("run_identity")
@@ -394,26 +420,20 @@ def run_regen(config: RegenConfig, overwrite: bool = False, echo=print) -> dict:
         return read_manifest(Path(config.output))
 
     rows, fmt = rows_and_format(source, config.format)
-    stage = None
-    progress = Progress("regen", source.count())
-    for shard, chunk in enumerate(_batched(rows, config.shard_rows)):
-        if output.has_shard(shard):
-            progress.update(len(chunk))
-            continue
-        started = time.perf_counter()
+    stage = Lazy(lambda: make_regen_stage(config, settings, backend, model_dir, tokenizer, device, dtype))
+
+    def regenerate_chunk(chunk):
         accepted, conversations, rejects = normalize_shard(chunk, fmt)
         stats = reject_stats(len(chunk), len(accepted), rejects)
         table = None
         if accepted:
-            stage = stage or make_regen_stage(config, settings, backend, model_dir, tokenizer, device, dtype)
-            table, regen_stats = stage([identifier for _, identifier in accepted], conversations)
+            table, regen_stats = stage.get()([identifier for _, identifier in accepted], conversations)
             stats.update(regen_stats)
-        stats["seconds"] = time.perf_counter() - started
-        output.write_shard(shard, table, rejects, stats)
-        progress.update(len(chunk), stats.get("generated_tokens", 0))
-    progress.close()
-    if stage is not None:
-        stage.scorer.close()
+        return table, rejects, stats
+
+    commit_shards(output, rows, config.shard_rows, Progress("regen", source.count()), regenerate_chunk, "generated_tokens")
+    if stage.built:
+        stage.get().scorer.close()
 
     stats = _finish_regen_stats(merge_counters([meta["stats"] for meta in output.shard_metas()]))
     manifest = {

@@ -106,8 +106,11 @@ def regen(input, output, model, fmt, split, limit, train_on, mode, template, pri
 
         click.echo(DEFAULT_TEMPLATE)
         return
-    if not input or not output:
-        raise click.UsageError("give INPUT and -o OUTPUT")
+    # INPUT and -o are optional to click only so that --print-template works alone.
+    if not input:
+        raise click.UsageError("Missing argument 'INPUT'.")
+    if not output:
+        raise click.UsageError("Missing option '-o' / '--output'.")
     from pipeline.config import RegenConfig
     from pipeline.runner import run_regen
 

@@ -211,13 +211,17 @@ def _score_stats(table) -> dict:
     logprobs = flat_values(table, "logprobs")
     assistant = flat_values(table, "assistant_mask").astype(bool)
     scored = ~np.isnan(logprobs)
-    return {
+    stats = {
         "tokens": len(logprobs),
         "assistant_tokens": int(assistant.sum()),
         "scored_tokens": int(scored.sum()),
         "assistant_logprob_sum": float(logprobs[assistant & scored].sum()),
         "assistant_greedy_hits": int((flat_values(table, "rank")[assistant & scored] == 1).sum()),
     }
+    if "topk_ids" in table.column_names:
+        # What the top-k columns take in Arrow buffers, offsets included: what the shards hold.
+        stats["topk_bytes"] = sum(table.column(name).nbytes for name in ("topk_ids", "topk_logprobs"))
+    return stats
 
 
 def _finish_stats(stats: dict) -> dict:
@@ -227,6 +231,8 @@ def _finish_stats(stats: dict) -> dict:
         stats["assistant_mean_logprob"] = stats["assistant_logprob_sum"] / scored
         stats["assistant_perplexity"] = float(np.exp(-stats["assistant_mean_logprob"]))
         stats["assistant_greedy_share"] = stats["assistant_greedy_hits"] / scored
+    if stats.get("scored_tokens") and "topk_bytes" in stats:
+        stats["topk_bytes_per_token"] = stats["topk_bytes"] / stats["scored_tokens"]
     if stats.get("seconds"):
         stats["tokens_per_second"] = stats.get("tokens", 0) / stats["seconds"]
     return stats

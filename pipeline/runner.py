@@ -261,6 +261,7 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
     scored = read_manifest(scored_dir)
     if scored is None or scored.get("stage") != "score":
         raise FtprepError(f"{config.scored} is not a scored dataset (no ftprep.json from ftprep score): run ftprep score first")
+    _check_anchor_settings(config, scored)
     end_of_turn_ids = scored["tokenizer"]["end_of_turn_ids"]
     against, against_rows = _against_scores(config, scored_dir)
     identity = {"command": "mask", "settings": {k: v for k, v in config.to_dict().items() if k != "output"},
@@ -313,6 +314,21 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
                                "model": against.manifest["model"]}
     output.finalize(stage.schema, manifest, stats)
     return manifest
+
+
+def _check_anchor_settings(config: MaskConfig, scored: dict) -> None:
+    """--strategy anchor needs the reference top-k, and a trainer that reads KL targets."""
+    if config.strategy != "anchor":
+        return
+    if not scored["config"].get("top_k"):
+        raise FtprepError(f"--strategy anchor needs the reference model's top-k, which {config.scored} lacks: "
+                          "rescore with ftprep score --top-k 20")
+    if config.target in ("trl", "llama-factory"):
+        raise FtprepError(f"--target {config.target} cannot read the KL targets of --strategy anchor: use --target hf "
+                          "and train with pipeline.trainer, or --target axolotl (its KD plugin)")
+    if config.target == "axolotl" and config.confidence < 1:
+        raise FtprepError("--target axolotl takes --confidence 1 only (its KD trainer puts plain cross-entropy on every "
+                          "label): use --target hf and train with pipeline.trainer")
 
 
 def _against_scores(config: MaskConfig, scored_dir: Path):

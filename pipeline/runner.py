@@ -300,6 +300,8 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
     if stats.get("assistant_tokens"):
         stats["masked_share"] = stats["masked_tokens"] / stats["assistant_tokens"]
         stats["mean_weight"] = stats["weight_sum"] / stats["assistant_tokens"]
+        if "anchor_tokens" in stats:
+            stats["anchor_share"] = stats["anchor_tokens"] / stats["assistant_tokens"]
     manifest = {
         "stage": "mask",
         "config": config.to_dict(),

@@ -121,7 +121,8 @@ def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: 
         "weights_note": ", cross-entropy on anchors and KL to the reference top-k elsewhere",
         "weights_import": "from pipeline.trainer import AnchorKLCollator, with_anchor_kl  # pip install ftprep\n",
         "weights_column": ", ref_topk_ids, ref_topk_logprobs, kl_mask, anchor_confidence",
-        "weights_args": ", remove_unused_columns=False",
+        # max_length=None: TRL would cut input_ids and labels alone, and drop rows with KL targets only.
+        "weights_args": ", remove_unused_columns=False, max_length=None",
         "trainer": "with_anchor_kl(SFTTrainer)",
         "weights_collator": ", data_collator=AnchorKLCollator(tokenizer.pad_token_id)",
     }

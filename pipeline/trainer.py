@@ -135,6 +135,9 @@ class AnchorKLCollator:
         kl_mask = torch.zeros((size, longest), dtype=torch.bool)
         confidence = torch.zeros((size, longest), dtype=torch.float32)
         for index, (row, width) in enumerate(zip(rows, widths)):
+            if not len(row["input_ids"]) == len(width) == len(row["kl_mask"]):
+                raise ValueError(f"a row has {len(row['input_ids'])} input_ids but {len(width)} KL targets: something cut one "
+                                 "and not the other (TRL's SFTConfig: set max_length=None; ftprep score --max-length bounds rows)")
             held = torch.from_numpy(np.flatnonzero(width))
             if len(held):
                 ids[index, held] = torch.from_numpy(np.fromiter(chain.from_iterable(row["ref_topk_ids"]), np.int64).reshape(-1, k))

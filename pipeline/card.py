@@ -165,7 +165,7 @@ def usage_section(manifest: dict, repo_id: str, config_name: str, columns: list[
         code = SCORED_SNIPPET.format(end_of_turn_ids=manifest["tokenizer"]["end_of_turn_ids"], load=load, threshold=STM_THRESHOLD)
         return f"### How to use\n\nThese are scores, not labels yet. Turn them into a training set:\n\n```python\n{code}```\n"
     code = trl_snippet(model_name(manifest["model"]), manifest["config"]["strategy"], "loss_weights" in columns,
-                       f"{repo_id}, config {config_name}", load)
+                       f"{repo_id}, config {config_name}", load, anchors="kl_mask" in columns)
     note = ("`labels` hold -100 where there is no loss (not shifted); TRL's SFTTrainer, Axolotl (`type:` left empty) "
             "and LLaMA-Factory read `input_ids`, `attention_mask` and `labels` as they are.")
     return f"### How to train\n\n{note}\n\n```python\n{code}```\n"

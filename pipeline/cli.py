@@ -17,6 +17,7 @@ import click
 from pipeline.config import MaskConfig, ScoreConfig
 from pipeline.errors import FtprepError
 from pipeline.models import DEFAULT_MODEL
+from stages.anchor import ANCHOR_RULES
 from stages.mask import STRATEGIES, TARGETS, WEIGHT_FNS
 from stages.normalize import FORMATS
 from stages.regen.checks import VERIFIERS
@@ -139,19 +140,21 @@ def regen(input, output, model, fmt, split, limit, train_on, mode, template, pri
 @click.option("--keep-eos/--no-keep-eos", default=True, help="Keep end-of-turn tokens supervised (so the model learns to stop).")
 @click.option("--min-kept", type=click.IntRange(0), default=1, help="Reject rows left with fewer supervised tokens.")
 @click.option("--weights/--no-weights", default=None, help="Write loss_weights (default: only for soft).")
-@click.option("--target", type=click.Choice(TARGETS), default="hf", help="Trainer the columns are for: hf keeps loss_weights; trl, axolotl and llama-factory get input_ids, attention_mask, labels only.")
+@click.option("--target", type=click.Choice(TARGETS), default="hf", help="Trainer the columns are for: hf keeps loss_weights; trl, axolotl and llama-factory get input_ids, attention_mask, labels only (axolotl with --strategy anchor: also its KD plugin's target_* columns).")
 @click.option("--against", help="delta: the same input scored with a second model (ftprep score --model B).")
 @click.option("--delta", type=float, default=2.5, help="delta: mask assistant tokens whose perplexity under the --against model exceeds the one in SCORED by more than this.")
+@click.option("--anchors", type=click.Choice(ANCHOR_RULES), default="first", help="anchor: label the first token of each assistant turn the model ranks below its greedy choice, or all of them.")
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="anchor: c_t, the anchors' target is c_t x their label + (1 - c_t) x the reference distribution.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def mask(scored, output, strategy, threshold, quantile, scope, weight_fn, sigma, alpha, min_weight, keep_eos,
-         min_kept, weights, target, against, delta, overwrite):
+         min_kept, weights, target, against, delta, anchors, confidence, overwrite):
     """Turn SCORED into a training dataset: input_ids, attention_mask, labels (and loss_weights)."""
     from pipeline.runner import run_mask
 
     config = MaskConfig(scored=scored, output=output, strategy=strategy, threshold=threshold, quantile=quantile,
                         scope=scope, weight_fn=weight_fn, sigma=sigma, alpha=alpha, min_weight=min_weight,
                         keep_eos=keep_eos, min_kept=min_kept, weights=weights, target=target, against=against,
-                        delta=delta)
+                        delta=delta, anchors=anchors, confidence=confidence)
     manifest = run_mask(config, overwrite=overwrite, echo=click.echo)
     click.echo(_summary(output, manifest))
 

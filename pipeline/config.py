@@ -58,6 +58,8 @@ class MaskConfig(Settings):
     target: str = "hf"  # hf keeps loss_weights; trl, axolotl, llama-factory take exactly their columns
     against: str | None = None  # delta: the same rows scored under a second model
     delta: float = 2.5  # delta: mask when perplexity under `against` minus perplexity here exceeds this
+    anchors: str = "first"  # anchor: the first token of each turn with rank > 1, or all of them
+    confidence: float = 1.0  # anchor: c_t, the weight of the label against the reference distribution
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,30 @@ num_epochs: 1
 learning_rate: 2.0e-5
 '''
 
+AXOLOTL_KD_SNIPPET = '''\
+# Axolotl's KD plugin on {folder} (ftprep mask --strategy anchor --target axolotl): labels on the
+# anchors take cross-entropy; target_token_ids/target_logprobs/target_mask hold the reference
+# model's top-k on the other assistant tokens (position i: the distribution of token i + 1,
+# renormalized), which the plugin's KL keeps the model close to.
+base_model: {model}
+plugins:
+  - axolotl.integrations.kd.KDPlugin
+kd_trainer: true
+kd_ce_alpha: 1.0          # cross-entropy on the anchors
+kd_alpha: 1.0             # KL on the other assistant tokens
+kd_beta: 1.0              # reverse KL, KL(p_theta || p_ref), as ftprep's anchor_kl_loss; 0.0: forward KL
+kd_normalize_topk: true   # p_theta renormalized over the top-k, as anchor_kl_loss
+kd_temperature: 1.0
+datasets:
+  - path: {folder}
+    type:
+sequence_len: {sequence_len}
+output_dir: ./ftprep-axolotl
+micro_batch_size: 4
+num_epochs: 1
+learning_rate: 2.0e-5
+'''
+
 LLAMA_FACTORY_SNIPPET = '''\
 # LLaMA-Factory: tokenized_path loads {folder} as it is and skips its own preprocessing.
 model_name_or_path: {model}
@@ -66,8 +90,16 @@ def export_config(folder: Path, target: str) -> str:
         raise FtprepError(f"{folder} is not a training dataset (no ftprep.json from ftprep mask): run ftprep mask first")
     features = json.loads((folder / "dataset_info.json").read_text())["features"]
     has_weights = "loss_weights" in features
+    has_anchors = "kl_mask" in features  # ftprep's KL-target layout, for pipeline.trainer
+    has_kd_targets = "target_token_ids" in features  # Axolotl's KD layout
     if has_weights and target in ("axolotl", "llama-factory"):
         raise FtprepError(f"{folder} has loss_weights, which {target} cannot read: rerun ftprep mask with --target {target}")
+    if has_anchors and target in ("axolotl", "llama-factory"):
+        raise FtprepError(f"{folder} holds KL targets in ftprep's layout, which {target} cannot read: "
+                          "rerun ftprep mask --strategy anchor with --target axolotl (its KD plugin), or train with TRL")
+    if has_kd_targets and target != "axolotl":
+        raise FtprepError(f"{folder} holds KL targets in Axolotl's KD layout: print its config with --target axolotl, "
+                          "or rerun ftprep mask --strategy anchor with --target hf for TRL")
     values = {
         "folder": str(folder.resolve()),
         "model": manifest["model"]["path"],
@@ -75,14 +107,25 @@ def export_config(folder: Path, target: str) -> str:
         "sequence_len": longest_row(folder),
     }
     if target == "axolotl":
-        return AXOLOTL_SNIPPET.format(**values)
+        return (AXOLOTL_KD_SNIPPET if has_kd_targets else AXOLOTL_SNIPPET).format(**values)
     if target == "llama-factory":
         return LLAMA_FACTORY_SNIPPET.format(**values)
-    return trl_snippet(values["model"], values["strategy"], has_weights, values["folder"], f"load_from_disk({values['folder']!r})")
+    return trl_snippet(values["model"], values["strategy"], has_weights, values["folder"], f"load_from_disk({values['folder']!r})",
+                       anchors=has_anchors)
 
 
-def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: str) -> str:
-    """TRL training code for data that `load` (a `datasets` call, e.g. load_from_disk('train')) opens."""
+def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: str, anchors: bool = False) -> str:
+    """TRL training code for data that `load` (a `datasets` call, e.g. load_from_disk('train')) opens;
+    `anchors`: the data holds KL targets (--strategy anchor), trained with pipeline.trainer's anchor loss."""
+    anchored = {
+        "weights_note": ", cross-entropy on anchors and KL to the reference top-k elsewhere",
+        "weights_import": "from pipeline.trainer import AnchorKLCollator, with_anchor_kl  # pip install ftprep\n",
+        "weights_column": ", ref_topk_ids, ref_topk_logprobs, kl_mask, anchor_confidence",
+        # max_length=None: TRL would cut input_ids and labels alone, and drop rows with KL targets only.
+        "weights_args": ", remove_unused_columns=False, max_length=None",
+        "trainer": "with_anchor_kl(SFTTrainer)",
+        "weights_collator": ", data_collator=AnchorKLCollator(tokenizer.pad_token_id)",
+    }
     weighted = {
         "weights_note": ", per-token loss_weights",
         "weights_import": "from pipeline.trainer import TokenWeightCollator, with_token_weights  # pip install ftprep\n",
@@ -94,4 +137,4 @@ def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: 
     plain = dict.fromkeys(weighted, "") | {"trainer": "SFTTrainer"}
     loader = load.split("(")[0]
     return TRL_SNIPPET.format(model=model, strategy=strategy, where=where, loader=loader, load=load,
-                              **(weighted if has_weights else plain))
+                              **(anchored if anchors else weighted if has_weights else plain))

@@ -205,13 +205,17 @@ def _score_stats(table) -> dict:
     logprobs = flat_values(table, "logprobs")
     assistant = flat_values(table, "assistant_mask").astype(bool)
     scored = ~np.isnan(logprobs)
-    return {
+    stats = {
         "tokens": len(logprobs),
         "assistant_tokens": int(assistant.sum()),
         "scored_tokens": int(scored.sum()),
         "assistant_logprob_sum": float(logprobs[assistant & scored].sum()),
         "assistant_greedy_hits": int((flat_values(table, "rank")[assistant & scored] == 1).sum()),
     }
+    if "topk_ids" in table.column_names:
+        # What the top-k columns take in Arrow buffers, offsets included: what the shards hold.
+        stats["topk_bytes"] = sum(table.column(name).nbytes for name in ("topk_ids", "topk_logprobs"))
+    return stats
 
 
 def _finish_stats(stats: dict) -> dict:
@@ -221,6 +225,8 @@ def _finish_stats(stats: dict) -> dict:
         stats["assistant_mean_logprob"] = stats["assistant_logprob_sum"] / scored
         stats["assistant_perplexity"] = float(np.exp(-stats["assistant_mean_logprob"]))
         stats["assistant_greedy_share"] = stats["assistant_greedy_hits"] / scored
+    if stats.get("scored_tokens") and "topk_bytes" in stats:
+        stats["topk_bytes_per_token"] = stats["topk_bytes"] / stats["scored_tokens"]
     if stats.get("seconds"):
         stats["tokens_per_second"] = stats.get("tokens", 0) / stats["seconds"]
     return stats
@@ -281,6 +287,7 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
     scored = read_manifest(scored_dir)
     if scored is None or scored.get("stage") != "score":
         raise FtprepError(f"{config.scored} is not a scored dataset (no ftprep.json from ftprep score): run ftprep score first")
+    _check_anchor_settings(config, scored)
     end_of_turn_ids = scored["tokenizer"]["end_of_turn_ids"]
     against, against_rows = _against_scores(config, scored_dir)
     identity = {"command": "mask", "settings": config.result_settings(),
@@ -319,6 +326,8 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
     if stats.get("assistant_tokens"):
         stats["masked_share"] = stats["masked_tokens"] / stats["assistant_tokens"]
         stats["mean_weight"] = stats["weight_sum"] / stats["assistant_tokens"]
+        if "anchor_tokens" in stats:
+            stats["anchor_share"] = stats["anchor_tokens"] / stats["assistant_tokens"]
     manifest = {
         "stage": "mask",
         "config": config.to_dict(),
@@ -333,6 +342,21 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
                                "model": against.manifest["model"]}
     output.finalize(stage.schema, manifest, stats)
     return manifest
+
+
+def _check_anchor_settings(config: MaskConfig, scored: dict) -> None:
+    """--strategy anchor needs the reference top-k, and a trainer that reads KL targets."""
+    if config.strategy != "anchor":
+        return
+    if not scored["config"].get("top_k"):
+        raise FtprepError(f"--strategy anchor needs the reference model's top-k, which {config.scored} lacks: "
+                          "rescore with ftprep score --top-k 20")
+    if config.target in ("trl", "llama-factory"):
+        raise FtprepError(f"--target {config.target} cannot read the KL targets of --strategy anchor: use --target hf "
+                          "and train with pipeline.trainer, or --target axolotl (its KD plugin)")
+    if config.target == "axolotl" and config.confidence < 1:
+        raise FtprepError("--target axolotl takes --confidence 1 only (its KD trainer puts plain cross-entropy on every "
+                          "label): use --target hf and train with pipeline.trainer")
 
 
 def _against_scores(config: MaskConfig, scored_dir: Path):

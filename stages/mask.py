@@ -10,6 +10,8 @@ Strategies:
 - delta:     assistant tokens whose perplexity rose by more than `delta` from this scoring to a
              second one of the same rows under another model (the STM authors' "dpf" variant);
              the runner puts the second model's logprobs beside the first in `against_logprobs`.
+- anchor:    AnchorLwF: only anchors (rank > 1, see stages.anchor) keep labels; the other scored
+             assistant tokens keep the reference top-k as KL targets (`kl_mask`).
 - none:      assistant tokens only (the plain SFT baseline).
 End-of-turn tokens stay supervised with weight 1 unless keep_eos is off.
 """
@@ -23,8 +25,9 @@ import pyarrow as pa
 
 from pipeline.config import MaskConfig
 from stages import flat_values, perplexity, row_offsets
+from stages.anchor import AXOLOTL_COLUMNS, HF_COLUMNS, anchor_tokens, axolotl_columns, hf_columns
 
-STRATEGIES = ("threshold", "quantile", "soft", "delta", "none")
+STRATEGIES = ("threshold", "quantile", "soft", "delta", "anchor", "none")
 # The --against model's logprobs, aligned token for token with `logprobs` (strategy delta).
 AGAINST_LOGPROBS = "against_logprobs"
 # Trainers that take input_ids/attention_mask/labels as they are, and whose batching breaks on
@@ -46,6 +49,7 @@ class TokenView:
     logprobs: np.ndarray  # float32, NaN where unscored
     end_of_turn: np.ndarray  # bool, assistant end-of-turn tokens
     against_logprobs: np.ndarray | None = None  # float32, the --against model's, when the table has them
+    rank: np.ndarray | None = None  # int32, 1 = the model's greedy choice, 0 where unscored
 
     @classmethod
     def of(cls, table: pa.Table, end_of_turn_ids) -> "TokenView":
@@ -59,6 +63,7 @@ class TokenView:
             end_of_turn=assistant & np.isin(flat_ids, np.asarray(list(end_of_turn_ids), dtype=np.int64)),
             against_logprobs=(flat_values(table, AGAINST_LOGPROBS).astype(np.float32)
                               if AGAINST_LOGPROBS in table.column_names else None),
+            rank=flat_values(table, "rank") if "rank" in table.column_names else None,
         )
 
     @property
@@ -176,6 +181,12 @@ class MaskStage:
         masked, weights = self._apply(view, candidates, shard)
         supervised = view.assistant & ~masked & (weights > 0)
         labels = np.where(view.assistant & ~masked, view.input_ids, IGNORE_INDEX).astype(np.int32)
+        extra, kl_mask = {}, None
+        if self.config.strategy == "anchor":
+            # Every scored assistant token that is not an anchor keeps the reference distribution.
+            kl_mask = masked & (view.rank > 0)
+            supervised |= kl_mask
+            extra = self._kl_columns(table, view, kl_mask, ~masked & view.assistant)
 
         kept_per_row = np.bincount(view.row_of_token[supervised], minlength=table.num_rows)
         keep_row = kept_per_row >= self.config.min_kept
@@ -185,8 +196,11 @@ class MaskStage:
              "reason": f"only {int(kept_per_row[row])} supervised tokens left (--min-kept {self.config.min_kept})"}
             for row in np.flatnonzero(~keep_row)
         ]
-        output = self._training_table(view, labels, weights).filter(pa.array(keep_row))
-        return output, rejects, self._stats(view, masked, supervised, weights, keep_row, len(rejects))
+        output = self._training_table(view, labels, weights, extra).filter(pa.array(keep_row))
+        stats = self._stats(view, masked, supervised, weights, keep_row, len(rejects))
+        if kl_mask is not None:
+            stats.update(anchor_tokens=int((view.assistant & ~masked).sum()), kl_tokens=int(kl_mask.sum()))
+        return output, rejects, stats
 
     def _apply(self, view: TokenView, candidates: np.ndarray, shard: int):
         strategy = self.config.strategy
@@ -201,6 +215,9 @@ class MaskStage:
             masked = masked_by_row_quantile(view, candidates, self.config.quantile)
         elif strategy == "delta":
             masked = masked_by_delta(view, candidates, self.config.delta)
+        elif strategy == "anchor":
+            masked = view.assistant & ~anchor_tokens(view.assistant, view.rank, view.end_of_turn, view.offsets,
+                                                     self.config.anchors, self.config.keep_eos)
         else:
             masked = no_mask
         return masked, (view.assistant & ~masked).astype(np.float32)
@@ -211,15 +228,23 @@ class MaskStage:
         fields = [("input_ids", pa.list_(pa.int32())), ("attention_mask", pa.list_(pa.int8())), ("labels", pa.list_(pa.int32()))]
         if self.writes_weights:
             fields.append(("loss_weights", pa.list_(pa.float32())))
+        if self.config.strategy == "anchor":
+            fields += list((AXOLOTL_COLUMNS if self.config.target == "axolotl" else HF_COLUMNS).items())
         return pa.schema(fields)
 
-    def _training_table(self, view: TokenView, labels: np.ndarray, weights: np.ndarray) -> pa.Table:
+    def _kl_columns(self, table: pa.Table, view: TokenView, kl_mask: np.ndarray, anchors: np.ndarray) -> dict[str, pa.Array]:
+        if self.config.target == "axolotl":
+            return axolotl_columns(table, view.offsets, kl_mask)
+        return hf_columns(table, view.offsets, kl_mask, anchors, self.config.confidence)
+
+    def _training_table(self, view: TokenView, labels: np.ndarray, weights: np.ndarray, extra: dict) -> pa.Table:
         offsets = pa.array(view.offsets.astype(np.int32))
         values = {"input_ids": view.input_ids, "attention_mask": np.ones(len(view.input_ids)), "labels": labels,
                   "loss_weights": weights}
         schema = self.schema
         return pa.table(
-            [pa.ListArray.from_arrays(offsets, pa.array(values[field.name], field.type.value_type)) for field in schema],
+            [extra[field.name] if field.name in extra else
+             pa.ListArray.from_arrays(offsets, pa.array(values[field.name], field.type.value_type)) for field in schema],
             schema=schema,
         )
 

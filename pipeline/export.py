@@ -19,7 +19,9 @@ tokenizer = AutoTokenizer.from_pretrained(model_path)
 model = AutoModelForCausalLM.from_pretrained(model_path)
 dataset = {load}  # input_ids, attention_mask, labels{weights_column}: used as they are
 
-args = SFTConfig(output_dir="ftprep-sft", num_train_epochs=1, per_device_train_batch_size=4{weights_args})
+# max_length=None: the rows are as long as ftprep score allowed (--max-length); TRL's own
+# truncation would cut input_ids and labels but not the other per-token columns.
+args = SFTConfig(output_dir="ftprep-sft", num_train_epochs=1, per_device_train_batch_size=4, max_length=None{weights_args})
 trainer = {trainer}(model=model, args=args, train_dataset=dataset, processing_class=tokenizer{weights_collator})
 trainer.train()
 '''
@@ -121,8 +123,7 @@ def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: 
         "weights_note": ", cross-entropy on anchors and KL to the reference top-k elsewhere",
         "weights_import": "from pipeline.trainer import AnchorKLCollator, with_anchor_kl  # pip install ftprep\n",
         "weights_column": ", ref_topk_ids, ref_topk_logprobs, kl_mask, anchor_confidence",
-        # max_length=None: TRL would cut input_ids and labels alone, and drop rows with KL targets only.
-        "weights_args": ", remove_unused_columns=False, max_length=None",
+        "weights_args": ", remove_unused_columns=False",
         "trainer": "with_anchor_kl(SFTTrainer)",
         "weights_collator": ", data_collator=AnchorKLCollator(tokenizer.pad_token_id)",
     }

@@ -234,10 +234,12 @@ def head_effects(layout: AttentionLayout, scorer: AnswerScorer, means: torch.Ten
 
 
 def top_heads(effects: torch.Tensor, count: int) -> list[tuple[int, int, float]]:
-    """The `count` measured heads with the largest effect, as (layer, head, effect), largest first;
-    ties go to the lower layer and head (a stable sort), so the choice is reproducible."""
+    """Up to `count` heads with the largest positive effect, as (layer, head, effect), largest first.
+
+    A head whose clean mean does not raise the answer's probability is not carrying the task, so
+    fewer heads come back when fewer help. Ties go to the lower layer and head (a stable sort)."""
     flat = torch.nan_to_num(effects.flatten(), nan=float("-inf"))
-    order = torch.argsort(flat, descending=True, stable=True)[: min(count, int(torch.isfinite(flat).sum()))]
+    order = torch.argsort(flat, descending=True, stable=True)[: min(count, int((flat > 0).sum()))]
     heads = effects.shape[1]
     return [(int(index) // heads, int(index) % heads, float(flat[index])) for index in order]
 

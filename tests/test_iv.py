@@ -12,7 +12,7 @@ from pipeline.config import IVConfig
 from pipeline.iv import extract_instruction_vector, instruction_rows, pick_examples, read_instruction_vector, shuffle_words
 from pipeline.trainer import (IGNORE_INDEX, IVGuidance, TokenWeightCollator, generation_header_ids, iv_kl_terms,
                               prompt_end_positions, with_iv_guidance)
-from stages.iv import AnswerScorer, add_instruction_vector, attention_layout, mean_head_outputs, patch_heads
+from stages.iv import AnswerScorer, add_instruction_vector, attention_layout, mean_head_outputs, patch_heads, top_heads
 from stages.tokenize import ChatTokenizer
 
 ARITHMETIC = [row["messages"] for row in read_jsonl(DATA / "arithmetic.jsonl")]
@@ -123,6 +123,12 @@ def test_last_prompt_token_is_found_when_the_first_answer_tokens_are_masked(toke
     assert without.tolist() == [starts[0] + 2, starts[1] - 1]
 
 
+def test_only_heads_that_help_are_kept_best_first():
+    effects = torch.tensor([[0.2, -0.1, float("nan")], [0.5, 0.2, 0.0]])
+    assert top_heads(effects, 10) == [(1, 0, 0.5), (0, 0, pytest.approx(0.2)), (1, 1, pytest.approx(0.2))]
+    assert top_heads(effects, 1) == [(1, 0, 0.5)]
+
+
 def test_iv_weight_decays_linearly_to_zero():
     guidance = IVGuidance({})
     assert [guidance.scale_at(step, 10) for step in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
@@ -130,17 +136,19 @@ def test_iv_weight_decays_linearly_to_zero():
 
 def test_iv_guided_trainer_trains_and_keeps_its_reference(model_dir, tokenizer, tmp_path):
     import datasets
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     original = copy.deepcopy(model.state_dict())
     guidance = IVGuidance({8: torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3)) * 4},
                           generation_header_ids(tokenizer), kl_floor=0.0)
-    trainer = with_iv_guidance(Trainer)(
+    trainer = with_iv_guidance(SFTTrainer)(  # as the README shows it
         model=model,
-        args=TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, use_cpu=True,
-                               report_to=[], save_strategy="no", remove_unused_columns=False, learning_rate=1e-4),
+        args=SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, use_cpu=True,
+                       report_to=[], save_strategy="no", remove_unused_columns=False, learning_rate=1e-4),
         train_dataset=datasets.Dataset.from_list(training_rows(tokenizer, ARITHMETIC[:4])),
+        processing_class=tokenizer,
         data_collator=TokenWeightCollator(tokenizer.pad_token_id),
         iv_guidance=guidance,
     )
@@ -163,7 +171,7 @@ def test_shuffled_instruction_keeps_its_words_in_another_order():
 
 
 def test_cli_writes_vector_heads_and_scores_reproducibly(tmp_path):
-    settings = {"prompts": 6, "layers": "0-1", "heads": 4, "seed": 1}
+    settings = {"prompts": 6, "layers": "13-14", "heads": 4, "seed": 1}
     first = run_cli("iv", DATA / "arithmetic.jsonl", "-o", tmp_path / "a.safetensors",
                     *[item for key, value in settings.items() for item in (f"--{key}", value)])
     assert "a.safetensors: 4 heads" in first.stdout
@@ -178,8 +186,8 @@ def test_cli_writes_vector_heads_and_scores_reproducibly(tmp_path):
     heads, scores = report["heads"], report["scores"]
     assert len(heads) == 4 and [h["score"] for h in heads] == sorted((h["score"] for h in heads), reverse=True)
     assert all(scores[h["layer"]][h["head"]] == h["score"] for h in heads)
-    assert all(score is not None for layer in (0, 1) for score in scores[layer]) and scores[2] == [None] * 9
-    assert max(score for row in scores[:2] for score in row) == heads[0]["score"]
+    assert all(score is not None for layer in (13, 14) for score in scores[layer]) and scores[12] == [None] * 9
+    assert max(score for row in scores[13:15] for score in row) == heads[0]["score"] > 0
     assert sorted(vectors) == sorted({h["layer"] for h in heads})
     assert all(vector.shape == (576,) and vector.norm() > 0 for vector in vectors.values())
     assert metadata["model_fingerprint"] == report["model"]["fingerprint"] and len(report["prompts"]) == 6

@@ -4,6 +4,7 @@
     ftprep mask scored -o train --strategy threshold --threshold 2.5
     ftprep inspect train --row 3
     ftprep push train user/my-sft-data --private
+    ftprep iv data.jsonl -o iv.safetensors
 """
 
 from __future__ import annotations
@@ -224,6 +225,30 @@ def hft_plan(output, model, ratio, seed, train_embeddings, train_norms, axolotl_
     click.echo(plan_summary(output, plan))
     if axolotl_yaml:
         click.echo(f"wrote {axolotl_yaml}")
+
+
+@cli.command()
+@click.argument("input")
+@click.option("-o", "--output", required=True, help="The .safetensors file for the vectors; OUT.json beside it gets the heads and scores.")
+@click.option("--model", default=DEFAULT_MODEL, help="Alias, model folder, .gguf file or hub id (the model you will fine-tune).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Input format (default: detected).")
+@click.option("--split", help="Split of a dataset folder or hub dataset (default: train).")
+@click.option("--limit", type=int, callback=positive, help="Only the first N rows.")
+@click.option("--prompts", type=click.IntRange(2), default=16, help="Rows (drawn with --seed) whose prompts are averaged over and patched into.")
+@click.option("--heads", type=click.IntRange(1), default=10, help="Heads kept: those whose patching restores the answer most.")
+@click.option("--answer-tokens", type=click.IntRange(1), default=4, help="First answer tokens whose log-probability measures a head's effect.")
+@click.option("--layers", help="Layers to measure, e.g. 0-9,12 (default: all); fewer layers, less time.")
+@click.option("--seed", type=int, default=0, help="Seed of the rows drawn and of the shuffled instructions.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", help="auto: float32 on CPU, bfloat16 on GPU.")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+def iv(input, output, model, fmt, split, limit, prompts, heads, answer_tokens, layers, seed, dtype, device):
+    """Extract INPUT's instruction vector: the heads that carry its task, summed per layer (arXiv 2406.12227)."""
+    from pipeline.config import IVConfig
+    from pipeline.iv import extract_instruction_vector, iv_summary
+
+    config = IVConfig(input=input, output=output, model=model, format=fmt, split=split, limit=limit, prompts=prompts,
+                      heads=heads, answer_tokens=answer_tokens, layers=layers, seed=seed, dtype=dtype, device=device)
+    click.echo(iv_summary(output, extract_instruction_vector(config)))
 
 
 @cli.command()

@@ -96,3 +96,23 @@ class RegenConfig(Settings):
                            batch_tokens=self.batch_tokens, dtype=self.dtype, device=self.device,
                            gpu_memory_utilization=self.gpu_memory_utilization,
                            max_num_batched_tokens=self.max_num_batched_tokens)
+
+
+@dataclass(frozen=True)
+class IVConfig:
+    input: str
+    output: str  # the .safetensors file; the JSON sidecar goes beside it
+    model: str = "smollm2-135m"
+    format: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    prompts: int = 16  # prompts averaged over and patched into
+    heads: int = 10  # heads kept, largest causal effect first
+    answer_tokens: int = 4  # first answer tokens whose log-probability measures the effect
+    layers: str | None = None  # e.g. "0-9,12"; None: every layer
+    seed: int = 0
+    dtype: str = "auto"
+    device: str = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)

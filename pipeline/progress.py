@@ -7,7 +7,8 @@ import time
 
 
 class Progress:
-    def __init__(self, label: str, total_rows: int | None, interval: float = 10.0, stream=None):
+    def __init__(self, label: str, total_rows: int | None, interval: float = 10.0, stream=None, unit: str = "row"):
+        self.unit = unit
         self.label = label
         self.total = total_rows
         self.stream = stream or sys.stderr
@@ -18,7 +19,7 @@ class Progress:
         if self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_rows, desc=label, unit="row", file=self.stream, dynamic_ncols=True)
+            self.bar = tqdm(total=total_rows, desc=label, unit=unit, file=self.stream, dynamic_ncols=True)
 
     def update(self, rows: int, tokens: int = 0) -> None:
         self.rows += rows
@@ -48,4 +49,4 @@ class Progress:
     def _line(self) -> str:
         total = f"/{self.total}" if self.total is not None else ""
         rate = f", {self.tokens / self.elapsed():,.0f} tok/s" if self.tokens else ""
-        return f"{self.label}: {self.rows}{total} rows, {self.elapsed():.0f}s{rate}"
+        return f"{self.label}: {self.rows}{total} {self.unit}s, {self.elapsed():.0f}s{rate}"

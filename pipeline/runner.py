@@ -10,6 +10,7 @@ import itertools
 import platform
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,37 @@ def resolve_backend(backend: str, device: str) -> str:
     return backend
 
 
+@dataclass(frozen=True)
+class Engine:
+    """The model a command runs and where it runs it: resolved once per run, recorded in the
+    run's identity (for resume) and in its manifest."""
+
+    spec: str
+    model_dir: str
+    tokenizer: object
+    device: str
+    dtype: str
+    backend: str
+    model_fingerprint: str
+    tokenizer_fingerprint: str
+
+    def identity(self) -> dict:
+        return {"backend": self.backend, "device": self.device, "dtype": self.dtype,
+                "model": self.model_fingerprint, "tokenizer": self.tokenizer_fingerprint}
+
+    def manifest(self) -> dict:
+        return {"spec": self.spec, "path": self.model_dir, "fingerprint": self.model_fingerprint,
+                "backend": self.backend, "device": self.device, "dtype": self.dtype}
+
+
+def resolve_engine(model: str, device: str, dtype: str, backend: str) -> Engine:
+    model_dir = resolve_model(model)
+    tokenizer = load_tokenizer(model_dir)
+    device = resolve_device(device)
+    return Engine(model, model_dir, tokenizer, device, resolve_dtype(dtype, device), resolve_backend(backend, device),
+                  fingerprint_model(model_dir), fingerprint_tokenizer(tokenizer))
+
+
 def entropy_kind(backend: str) -> str:
     from stages.score.vllm import ENTROPY_TOP_K
 
@@ -90,15 +122,11 @@ def library_versions() -> dict:
 
 def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
     source = open_source(config.input, config.split, config.limit)
-    model_dir = resolve_model(config.model)
-    tokenizer = load_tokenizer(model_dir)
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    model_identity = {"model": fingerprint_model(model_dir), "tokenizer": fingerprint_tokenizer(tokenizer)}
+    engine = resolve_engine(config.model, config.device, config.dtype, config.backend)
+    model_dir, tokenizer, device, dtype, backend = engine.model_dir, engine.tokenizer, engine.device, engine.dtype, engine.backend
     batch_tokens = config.batch_tokens or default_batch_tokens(device)
-    backend = resolve_backend(config.backend, device)
     identity = {"command": "score", "settings": config.result_settings(), "input": source.identity(),
-                "backend": backend, "device": device, "dtype": dtype, "batch_tokens": batch_tokens, **model_identity}
+                "batch_tokens": batch_tokens, **engine.identity()}
     output = ShardedOutput(config.output, identity, overwrite=overwrite)
     if output.complete:
         echo(f"{config.output} is already complete (same input and settings): nothing to do")
@@ -130,9 +158,8 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
         "stage": "score",
         "config": config.to_dict(),
         "format": fmt,
-        "model": {"spec": config.model, "path": model_dir, "fingerprint": model_identity["model"],
-                  "backend": backend, "device": device, "dtype": dtype},
-        "tokenizer": {"fingerprint": model_identity["tokenizer"], "end_of_turn_ids": end_of_turn_ids,
+        "model": engine.manifest(),
+        "tokenizer": {"fingerprint": engine.tokenizer_fingerprint, "end_of_turn_ids": end_of_turn_ids,
                       "uses_generation_markers": chat.uses_generation_markers},
         "entropy_kind": entropy_kind(backend),
         "versions": library_versions(),
@@ -398,26 +425,27 @@ def read_template(config: RegenConfig) -> str:
     return check_template(path.read_text())
 
 
-def make_regen_stage(config: RegenConfig, settings, backend: str, model_dir: str, tokenizer, device: str, dtype: str):
+def make_regen_stage(config: RegenConfig, settings, engine: Engine):
     from stages.regen import RegenStage
     from stages.regen.generate import HFGenerator, Sampling, VLLMGenerator
 
     sampling = Sampling(n=config.n, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens)
-    score_config = config.score_config()
-    scorer = make_scorer(score_config, backend, model_dir, device, dtype, config.batch_tokens or default_batch_tokens(device),
+    batch_tokens = config.batch_tokens or default_batch_tokens(engine.device)
+    scorer = make_scorer(config.score_config(), engine.backend, engine.model_dir, engine.device, engine.dtype, batch_tokens,
                          seed=config.seed)
     # One model for sampling and scoring, as the scorer loaded it.
-    if backend == "vllm":
+    if engine.backend == "vllm":
         from transformers import GenerationConfig
 
         try:
-            generation_config = GenerationConfig.from_pretrained(model_dir)
+            generation_config = GenerationConfig.from_pretrained(engine.model_dir)
         except OSError:
             generation_config = None
-        generator = VLLMGenerator(scorer.llm, tokenizer, sampling, generation_config, per_request_seeds=device != "cpu")
+        generator = VLLMGenerator(scorer.llm, engine.tokenizer, sampling, generation_config,
+                                  per_request_seeds=engine.device != "cpu")
     else:
-        generator = HFGenerator(scorer.model, tokenizer, sampling, default_generation_tokens(device))
-    return RegenStage(settings, tokenizer, generator, scorer, context_length(model_dir))
+        generator = HFGenerator(scorer.model, engine.tokenizer, sampling, default_generation_tokens(engine.device))
+    return RegenStage(settings, engine.tokenizer, generator, scorer, context_length(engine.model_dir))
 
 
 def run_regen(config: RegenConfig, overwrite: bool = False, echo=print) -> dict:
@@ -430,21 +458,16 @@ def run_regen(config: RegenConfig, overwrite: bool = False, echo=print) -> dict:
     settings = RegenSettings(mode=config.mode, template=template, train_on=config.train_on, length_ratio=config.length_ratio,
                              beat_ground_truth=config.beat_ground_truth, verify=config.verify, pattern=config.pattern, seed=config.seed,
                              max_new_tokens=config.max_new_tokens)
-    model_dir = resolve_model(config.model)
-    tokenizer = load_tokenizer(model_dir)
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    backend = resolve_backend(config.backend, device)
-    model_identity = {"model": fingerprint_model(model_dir), "tokenizer": fingerprint_tokenizer(tokenizer)}
+    engine = resolve_engine(config.model, config.device, config.dtype, config.backend)
     identity = {"command": "regen", "settings": config.result_settings(), "template": template, "input": source.identity(),
-                "backend": backend, "device": device, "dtype": dtype, **model_identity}
+                **engine.identity()}
     output = ShardedOutput(config.output, identity, overwrite=overwrite)
     if output.complete:
         echo(f"{config.output} is already complete (same input and settings): nothing to do")
         return read_manifest(Path(config.output))
 
     rows, fmt = rows_and_format(source, config.format)
-    stage = Lazy(lambda: make_regen_stage(config, settings, backend, model_dir, tokenizer, device, dtype))
+    stage = Lazy(lambda: make_regen_stage(config, settings, engine))
 
     def regenerate_chunk(chunk):
         accepted, conversations, rejects = normalize_shard(chunk, fmt)
@@ -465,9 +488,8 @@ def run_regen(config: RegenConfig, overwrite: bool = False, echo=print) -> dict:
         "config": config.to_dict(),
         "format": fmt,
         "template": template,
-        "model": {"spec": config.model, "path": model_dir, "fingerprint": model_identity["model"],
-                  "backend": backend, "device": device, "dtype": dtype},
-        "tokenizer": {"fingerprint": model_identity["tokenizer"]},
+        "model": engine.manifest(),
+        "tokenizer": {"fingerprint": engine.tokenizer_fingerprint},
         "versions": library_versions(),
         "counts": {key: stats.get(key, 0) for key in ("rows_in", "rows_out", "rows_rejected")},
     }

@@ -31,6 +31,27 @@ def positive(ctx, param, value):
     return value
 
 
+def stacked(*decorators):
+    """Several click options as one decorator, in the order given."""
+    def apply(function):
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+    return apply
+
+
+# What every command that reads an input dataset takes, and every command that runs a model.
+input_options = stacked(
+    click.option("--format", "fmt", type=click.Choice(FORMATS), help="Input format (default: detected)."),
+    click.option("--split", help="Split of a dataset folder or hub dataset (default: train)."),
+    click.option("--limit", type=int, callback=positive, help="Only the first N rows."),
+)
+device_options = stacked(
+    click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", help="auto: float32 on CPU, bfloat16 on GPU."),
+    click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N."),
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="ftprep")
 def cli():
@@ -41,16 +62,13 @@ def cli():
 @click.argument("input")
 @click.option("-o", "--output", required=True, help="Folder for the scored dataset.")
 @click.option("--model", default=DEFAULT_MODEL, help="Alias, model folder, .gguf file or hub id.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Input format (default: detected).")
-@click.option("--split", help="Split of a dataset folder or hub dataset (default: train).")
-@click.option("--limit", type=int, callback=positive, help="Only the first N rows.")
+@input_options
 @click.option("--train-on", type=click.Choice(["all", "last"]), default="all", help="Which assistant turns are trainable.")
 @click.option("--max-length", type=int, callback=positive, help="Longest row in tokens.")
 @click.option("--overlong", type=click.Choice(["drop", "truncate"]), default="drop", help="What to do with longer rows.")
 @click.option("--backend", type=click.Choice(["auto", "hf", "vllm"]), default="auto", help="Scoring engine; auto: vllm on a CUDA GPU when installed, else hf.")
 @click.option("--batch-tokens", type=int, callback=positive, help="Token budget of one forward pass, padding included (default: 1024 on CPU, 16384 on GPU).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", help="auto: float32 on CPU, bfloat16 on GPU.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@device_options
 @click.option("--top-k", type=click.IntRange(0, 1000), default=0, help="Also store the model's top-k ids and logprobs per token.")
 @click.option("--score-prompt", is_flag=True, help="Score every token, not only assistant tokens.")
 @click.option("--shard-rows", type=int, default=1000, callback=positive, help="Input rows per output shard (the unit of resume).")
@@ -75,9 +93,7 @@ def score(input, output, model, fmt, split, limit, train_on, max_length, overlon
 @click.argument("input", required=False)
 @click.option("-o", "--output", help="Folder for the regenerated dataset (messages format).")
 @click.option("--model", default=DEFAULT_MODEL, help="Alias, model folder, .gguf file or hub id (the model you will fine-tune).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Input format (default: detected).")
-@click.option("--split", help="Split of a dataset folder or hub dataset (default: train).")
-@click.option("--limit", type=int, callback=positive, help="Only the first N rows.")
+@input_options
 @click.option("--train-on", type=click.Choice(["all", "last"]), default="all", help="Which assistant turns to rewrite.")
 @click.option("--mode", type=click.Choice(MODES), default="rephrase", help="rephrase: the model sees the reference answer as a guide (SDFT); self: the original prompt alone.")
 @click.option("--template", type=click.Path(), help="rephrase: text file with {instruction} and {reference} (see --print-template).")
@@ -93,8 +109,7 @@ def score(input, output, model, fmt, split, limit, train_on, max_length, overlon
 @click.option("--pattern", help="--verify regex: the answer's pattern; group 1 (or the whole match) is compared.")
 @click.option("--backend", type=click.Choice(["auto", "hf", "vllm"]), default="auto", help="Generation and scoring engine; auto: vllm on a CUDA GPU when installed, else hf.")
 @click.option("--batch-tokens", type=int, callback=positive, help="hf scoring: token budget of one forward pass.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", help="auto: float32 on CPU, bfloat16 on GPU.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@device_options
 @click.option("--shard-rows", type=int, default=1000, callback=positive, help="Input rows per output shard (the unit of resume).")
 @click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 0.99), help="vllm: share of GPU memory (of RAM on CPU) vLLM takes.")
 @click.option("--max-num-batched-tokens", type=int, callback=positive, help="vllm: tokens per engine step.")
@@ -231,16 +246,13 @@ def hft_plan(output, model, ratio, seed, train_embeddings, train_norms, axolotl_
 @click.argument("input")
 @click.option("-o", "--output", required=True, help="The .safetensors file for the vectors; OUT.json beside it gets the heads and scores.")
 @click.option("--model", default=DEFAULT_MODEL, help="Alias, model folder, .gguf file or hub id (the model you will fine-tune).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Input format (default: detected).")
-@click.option("--split", help="Split of a dataset folder or hub dataset (default: train).")
-@click.option("--limit", type=int, callback=positive, help="Only the first N rows.")
+@input_options
 @click.option("--prompts", type=click.IntRange(2), default=16, help="Rows (drawn with --seed) whose prompts are averaged over and patched into.")
 @click.option("--heads", type=click.IntRange(1), default=10, help="Heads kept: those whose patching restores the answer most.")
 @click.option("--answer-tokens", type=click.IntRange(1), default=4, help="First answer tokens whose log-probability measures a head's effect.")
 @click.option("--layers", help="Layers to measure, e.g. 0-9,12 (default: all); fewer layers, less time.")
 @click.option("--seed", type=int, default=0, help="Seed of the rows drawn and of the shuffled instructions.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", help="auto: float32 on CPU, bfloat16 on GPU.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@device_options
 def iv(input, output, model, fmt, split, limit, prompts, heads, answer_tokens, layers, seed, dtype, device):
     """Extract INPUT's instruction vector: the heads that carry its task, summed per layer (arXiv 2406.12227)."""
     from pipeline.config import IVConfig

@@ -26,10 +26,8 @@ trainer = {trainer}(model=model, args=args, train_dataset=dataset, processing_cl
 trainer.train()
 '''
 
-AXOLOTL_SNIPPET = '''\
-# Axolotl: {folder} is a save_to_disk folder, already tokenized (Axolotl opens a local folder
-# with load_from_disk); an empty `type:` makes it use the columns as they are.
-base_model: {model}
+# The dataset and training part of every Axolotl config ftprep prints.
+AXOLOTL_TRAINING = '''\
 datasets:
   - path: {folder}
     type:
@@ -39,6 +37,12 @@ micro_batch_size: 4
 num_epochs: 1
 learning_rate: 2.0e-5
 '''
+
+AXOLOTL_SNIPPET = '''\
+# Axolotl: {folder} is a save_to_disk folder, already tokenized (Axolotl opens a local folder
+# with load_from_disk); an empty `type:` makes it use the columns as they are.
+base_model: {model}
+''' + AXOLOTL_TRAINING
 
 AXOLOTL_KD_SNIPPET = '''\
 # Axolotl's KD plugin on {folder} (ftprep mask --strategy anchor --target axolotl): labels on the
@@ -54,15 +58,7 @@ kd_alpha: 1.0             # KL on the other assistant tokens
 kd_beta: 1.0              # reverse KL, KL(p_theta || p_ref), as ftprep's anchor_kl_loss; 0.0: forward KL
 kd_normalize_topk: true   # p_theta renormalized over the top-k, as anchor_kl_loss
 kd_temperature: 1.0
-datasets:
-  - path: {folder}
-    type:
-sequence_len: {sequence_len}
-output_dir: ./ftprep-axolotl
-micro_batch_size: 4
-num_epochs: 1
-learning_rate: 2.0e-5
-'''
+''' + AXOLOTL_TRAINING
 
 LLAMA_FACTORY_SNIPPET = '''\
 # LLaMA-Factory: tokenized_path loads {folder} as it is and skips its own preprocessing.

@@ -58,7 +58,7 @@ def task_seed(seed: int, row_id: str, turn: int) -> int:
     return zlib.crc32(f"{seed}:{row_id}:{turn}".encode())
 
 
-def mean_logprobs(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+def assistant_logprob_sums(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the sum of the scored assistant tokens' logprobs and their count."""
     offsets = row_offsets(table)
     logprobs = flat_values(table, "logprobs").astype(np.float64)
@@ -154,7 +154,7 @@ class RegenStage:
         counts = np.zeros(len(scored_texts), dtype=np.int64)
         if kept:
             table = tokenized_table([str(p) for p in kept], [conversations[p] for p in kept], [tokenized[p] for p in kept])
-            sums[kept], counts[kept] = mean_logprobs(self.scorer(table))
+            sums[kept], counts[kept] = assistant_logprob_sums(self.scorer(table))
         with np.errstate(divide="ignore", invalid="ignore"):
             perplexities = np.where(counts > 0, np.exp(-sums / np.maximum(counts, 1)), np.nan)
         return perplexities, sums, counts, failed

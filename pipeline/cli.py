@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from pipeline.config import MaskConfig, ScoreConfig
+from pipeline.engines import ENGINES, EngineOptions
 from pipeline.errors import FtprepError
 from pipeline.models import DEFAULT_MODEL
 from stages.anchor import ANCHOR_RULES
@@ -46,6 +47,19 @@ input_options = stacked(
     click.option("--split", help="Split of a dataset folder or hub dataset (default: train)."),
     click.option("--limit", type=int, callback=positive, help="Only the first N rows."),
 )
+# Where the shards run: here, or on a Ray cluster.
+engine_options = stacked(
+    click.option("--engine", type=click.Choice(ENGINES), default="local", help="local: this process; ray: a Ray cluster (pip install 'ftprep[ray]'), with the same output."),
+    click.option("--ray-address", help="ray: the cluster to join, e.g. auto or HOST:6379 (default: RAY_ADDRESS if set, else a Ray instance started here)."),
+    click.option("--num-workers", type=int, callback=positive, help="ray: model copies, each in its own actor (default: one per GPU in the cluster; 1 on CPU)."),
+    click.option("--gpus-per-worker", type=click.FloatRange(0), help="ray: GPUs each worker holds (default: 1 on GPU, 0 on CPU)."),
+)
+
+
+def engine_settings(engine, ray_address, num_workers, gpus_per_worker) -> EngineOptions:
+    return EngineOptions(engine=engine, ray_address=ray_address, num_workers=num_workers, gpus_per_worker=gpus_per_worker)
+
+
 device_options = stacked(
     click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", help="auto: float32 on CPU, bfloat16 on GPU."),
     click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N."),
@@ -74,9 +88,11 @@ def cli():
 @click.option("--shard-rows", type=int, default=1000, callback=positive, help="Input rows per output shard (the unit of resume).")
 @click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 0.99), help="vllm: share of GPU memory (of RAM on CPU) vLLM takes (default: 0.85 on GPU, 0.3 on CPU).")
 @click.option("--max-num-batched-tokens", type=int, callback=positive, help="vllm: tokens per engine step; the logits peak grows with it (default: 8192 on GPU, 2048 on CPU).")
+@engine_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing output instead of resuming it.")
 def score(input, output, model, fmt, split, limit, train_on, max_length, overlong, backend, batch_tokens, dtype,
-          device, top_k, score_prompt, shard_rows, gpu_memory_utilization, max_num_batched_tokens, overwrite):
+          device, top_k, score_prompt, shard_rows, gpu_memory_utilization, max_num_batched_tokens,
+          engine, ray_address, num_workers, gpus_per_worker, overwrite):
     """Score every ground-truth token of INPUT under the model: logprob, rank, entropy."""
     from pipeline.runner import run_score
 
@@ -85,7 +101,8 @@ def score(input, output, model, fmt, split, limit, train_on, max_length, overlon
                          batch_tokens=batch_tokens, dtype=dtype, device=device, top_k=top_k,
                          score_prompt=score_prompt, shard_rows=shard_rows,
                          gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens)
-    manifest = run_score(config, overwrite=overwrite, echo=click.echo)
+    manifest = run_score(config, overwrite=overwrite, echo=click.echo,
+                         engine=engine_settings(engine, ray_address, num_workers, gpus_per_worker))
     click.echo(_summary(output, manifest))
 
 
@@ -113,10 +130,12 @@ def score(input, output, model, fmt, split, limit, train_on, max_length, overlon
 @click.option("--shard-rows", type=int, default=1000, callback=positive, help="Input rows per output shard (the unit of resume).")
 @click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 0.99), help="vllm: share of GPU memory (of RAM on CPU) vLLM takes.")
 @click.option("--max-num-batched-tokens", type=int, callback=positive, help="vllm: tokens per engine step.")
+@engine_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing output instead of resuming it.")
 def regen(input, output, model, fmt, split, limit, train_on, mode, template, print_template, n, temperature, top_p,
           max_new_tokens, seed, length_ratio, beat_ground_truth, verify, pattern, backend, batch_tokens, dtype, device,
-          shard_rows, gpu_memory_utilization, max_num_batched_tokens, overwrite):
+          shard_rows, gpu_memory_utilization, max_num_batched_tokens, engine, ray_address, num_workers, gpus_per_worker,
+          overwrite):
     """Rewrite the assistant turns of INPUT with the model itself; keep the best checked rewrite, else the ground truth."""
     if print_template:
         from stages.regen.prompts import DEFAULT_TEMPLATE
@@ -138,7 +157,8 @@ def regen(input, output, model, fmt, split, limit, train_on, mode, template, pri
                          pattern=pattern, backend=backend, batch_tokens=batch_tokens, dtype=dtype, device=device,
                          shard_rows=shard_rows, gpu_memory_utilization=gpu_memory_utilization,
                          max_num_batched_tokens=max_num_batched_tokens)
-    manifest = run_regen(config, overwrite=overwrite, echo=click.echo)
+    manifest = run_regen(config, overwrite=overwrite, echo=click.echo,
+                         engine=engine_settings(engine, ray_address, num_workers, gpus_per_worker))
     click.echo(_summary(output, manifest))
 
 
@@ -161,9 +181,11 @@ def regen(input, output, model, fmt, split, limit, train_on, mode, template, pri
 @click.option("--delta", type=float, default=2.5, help="delta: mask assistant tokens whose perplexity under the --against model exceeds the one in SCORED by more than this.")
 @click.option("--anchors", type=click.Choice(ANCHOR_RULES), default="first", help="anchor: label the first token of each assistant turn the model ranks below its greedy choice, or all of them.")
 @click.option("--confidence", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="anchor: c_t, the anchors' target is c_t x their label + (1 - c_t) x the reference distribution.")
+@engine_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def mask(scored, output, strategy, threshold, quantile, scope, weight_fn, sigma, alpha, min_weight, keep_eos,
-         min_kept, weights, target, against, delta, anchors, confidence, overwrite):
+         min_kept, weights, target, against, delta, anchors, confidence, engine, ray_address, num_workers, gpus_per_worker,
+         overwrite):
     """Turn SCORED into a training dataset: input_ids, attention_mask, labels (and loss_weights)."""
     from pipeline.runner import run_mask
 
@@ -171,7 +193,8 @@ def mask(scored, output, strategy, threshold, quantile, scope, weight_fn, sigma,
                         scope=scope, weight_fn=weight_fn, sigma=sigma, alpha=alpha, min_weight=min_weight,
                         keep_eos=keep_eos, min_kept=min_kept, weights=weights, target=target, against=against,
                         delta=delta, anchors=anchors, confidence=confidence)
-    manifest = run_mask(config, overwrite=overwrite, echo=click.echo)
+    manifest = run_mask(config, overwrite=overwrite, echo=click.echo,
+                        engine=engine_settings(engine, ray_address, num_workers, gpus_per_worker))
     click.echo(_summary(output, manifest))
 
 

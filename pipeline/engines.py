@@ -1,0 +1,324 @@
+"""Engines run a command's shards: one after another in this process (local), or spread over
+a Ray cluster (ray). They share one description of the work and one output, so both write
+the same shards, manifest and stats, and either resumes what the other left.
+
+A command describes its work on one shard as a ShardWork:
+  read(where)      -> the shard's input (source rows, a scored shard)
+  prepare(input)   -> (payload or None, rejects, stats)       CPU work: normalize, tokenize
+  build_model()    -> step, with step(payload) -> (table, stats) and step.close()
+                      the model, loaded once per worker (score, generate); None: no model,
+                      and prepare's payload is the shard's table.
+`where` is anything with .shard and .count (the shard's input rows, for progress).
+
+On Ray, reading and preparing run as Ray Data tasks, the model step in a fixed pool of actors
+(one model copy per actor, one actor per GPU), and the driver commits each shard as it comes
+back: shards land in the output folder of the machine that runs ftprep.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from pipeline.errors import FtprepError
+from pipeline.progress import Progress
+from pipeline.writers import ShardedOutput
+
+ENGINES = ("local", "ray")
+PREPARE_TASK_MEMORY = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class ShardWork:
+    read: Callable[[Any], Any]
+    prepare: Callable[[Any], tuple]
+    build_model: Callable[[], Any] | None = None
+    tokens_key: str = "tokens"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    engine: str = "local"
+    ray_address: str | None = None  # None: RAY_ADDRESS if set, else a Ray instance started here
+    num_workers: int | None = None  # model copies; None: one per GPU (ray on GPU), else 1
+    gpus_per_worker: float | None = None  # None: 1 on GPU, 0 on CPU
+
+    def check(self) -> None:
+        if self.engine not in ENGINES:
+            raise FtprepError(f"unknown --engine {self.engine}: use local or ray")
+        if self.engine == "local" and (self.ray_address or self.num_workers or self.gpus_per_worker is not None):
+            raise FtprepError("--ray-address, --num-workers and --gpus-per-worker need --engine ray")
+
+
+def open_engine(options: EngineOptions):
+    """The engine the options ask for, connected (Ray) and ready to say whether it has GPUs."""
+    options.check()
+    return RayEngine(options) if options.engine == "ray" else LocalEngine()
+
+
+def timed(function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - started
+
+
+def prepare_shard_input(work: ShardWork, where) -> tuple:
+    (payload, rejects, stats), seconds = timed(lambda: work.prepare(work.read(where)))
+    stats["seconds"] = seconds
+    return payload, rejects, stats
+
+
+def run_model_step(step, prepared: tuple) -> tuple:
+    """The model half of a shard: (table, rejects, stats) as the output commits them."""
+    payload, rejects, stats = prepared
+    table = None
+    if payload is not None:
+        (table, step_stats), seconds = timed(step, payload)
+        stats.update(step_stats)
+        stats["seconds"] += seconds
+    return table, rejects, stats
+
+
+class _Engine:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+
+class LocalEngine(_Engine):
+    """Shards one after another in this process, read in one pass over the input."""
+
+    name = "local"
+
+    def shard_reads(self, source, shard_rows: int):
+        return source.shard_reads(shard_rows, seekable=False)
+
+    def cuda_available(self) -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    def run(self, output: ShardedOutput, shards: Iterable, work: ShardWork, progress: Progress, device: str = "cpu") -> None:
+        step = None
+        try:
+            for where in shards:
+                if output.has_shard(where.shard):
+                    progress.update(where.count)
+                    continue
+                prepared = prepare_shard_input(work, where)
+                if work.build_model is None:
+                    table, rejects, stats = prepared
+                else:
+                    # Built on the first shard left to do: a finished run loads no model.
+                    if step is None:
+                        step = work.build_model()
+                    table, rejects, stats = run_model_step(step, prepared)
+                output.write_shard(where.shard, table, rejects, stats)
+                progress.update(where.count, stats.get(work.tokens_key, 0))
+        finally:
+            progress.close()
+            if step is not None:
+                step.close()
+
+
+class RayEngine(_Engine):
+    name = "ray"
+
+    def __init__(self, options: EngineOptions):
+        self.options = options
+        self.ray = _import_ray()
+        self.started_here = False
+        self._connect()
+        self.resources = self.ray.cluster_resources()
+
+    def _connect(self) -> None:
+        import logging
+
+        ray = self.ray
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # ftprep's own bar counts rows and tokens
+        context.print_on_execution_start = False
+        context.execution_options.preserve_order = False  # shards are committed by index, in any order
+        if ray.is_initialized():
+            return
+        address = self.options.ray_address or os.environ.get("RAY_ADDRESS")
+        _check_reachable(address)
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+                     configure_logging=True)
+        except (ConnectionError, ValueError, RuntimeError) as error:
+            where = f"the Ray cluster at {address}" if address else "a Ray instance started here"
+            reason = _first_line(error).split(". ")[0].rstrip(".")
+            hint = "start one with `ray start --head`, or leave --ray-address out to start one here"
+            if address not in (None, "auto", "local") and not os.environ.get("RAY_AUTH_MODE"):
+                # Ray turns token authentication on for clusters it starts (2.59 and later); a
+                # client that names the address must then be told to send the token.
+                hint = ("if the cluster uses token authentication, set RAY_AUTH_MODE=token here, "
+                        "with its token in RAY_AUTH_TOKEN (`ray get-auth-token` on the head node)")
+            raise FtprepError(f"cannot connect to {where}: {reason}; {hint}") from error
+        self.started_here = address is None
+
+    def cuda_available(self) -> bool:
+        return self.resources.get("GPU", 0) > 0
+
+    def shard_reads(self, source, shard_rows: int):
+        # Workers read their own shards: the driver only says where each one starts.
+        return source.shard_reads(shard_rows, seekable=True)
+
+    def run(self, output: ShardedOutput, shards: Iterable, work: ShardWork, progress: Progress, device: str = "cpu") -> None:
+        ray = self.ray
+        counts, pending = {}, []
+        for where in shards:
+            if output.has_shard(where.shard):
+                progress.update(where.count)
+            else:
+                counts[where.shard] = where.count
+                pending.append({"shard": where.shard, "where": pickle.dumps(where, protocol=5)})
+        if not pending:
+            progress.close()
+            return
+        dataset = ray.data.from_items(pending, override_num_blocks=len(pending))
+        # Serialized by hand: Ray Data sees a shard number and bytes, never ftprep's tables or dicts.
+        # The memory reservation (a shard's rows and tokens take far less) also keeps Ray Data
+        # from fusing these tasks into the model actors, where tokenizing would wait on the model.
+        dataset = dataset.map(_PrepareShard(work), num_cpus=task_cpus(self.resources), memory=PREPARE_TASK_MEMORY)
+        if work.build_model is not None:
+            workers, worker_cpus, worker_gpus, threads = worker_resources(self.resources, self.options, device)
+            dataset = dataset.map_batches(
+                _ModelWorker, fn_constructor_args=(work.build_model, None if worker_gpus else threads),
+                batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=worker_cpus, num_gpus=worker_gpus or None)
+        try:
+            for row in dataset.iter_rows():
+                shard = int(row["shard"])
+                result = pickle.loads(row["result"])
+                if isinstance(result, WorkerError):
+                    raise FtprepError(result.message)
+                table, rejects, stats = result
+                output.write_shard(shard, table, rejects, stats)
+                progress.update(counts[shard], stats.get(work.tokens_key, 0))
+        finally:
+            progress.close()
+
+    def close(self) -> None:
+        if self.started_here and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def task_cpus(resources: dict) -> float:
+    """CPUs a reading and tokenizing task takes: at most half the cluster's."""
+    return min(1.0, resources.get("CPU", 1) / 2)
+
+
+def worker_resources(resources: dict, options: EngineOptions, device: str) -> tuple[int, float, float, int]:
+    """(workers, CPUs and GPUs each worker reserves, torch threads per worker on CPU).
+
+    Workers leave a task's CPUs free, or reading and tokenizing would wait for ever for one:
+    on a 2-core machine two CPU workers reserve half a core each, and the tasks get the other.
+    A CPU worker still runs cores / workers threads: the tasks are short, the model is not."""
+    cpus, gpus = resources.get("CPU", 1), resources.get("GPU", 0)
+    on_gpu = device.startswith("cuda")
+    per_worker_gpus = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if on_gpu else 0.0)
+    if on_gpu and per_worker_gpus <= 0:
+        raise FtprepError("--gpus-per-worker must be above 0 on GPU: each worker holds one copy of the model")
+    if not on_gpu and per_worker_gpus > 0:
+        raise FtprepError(f"--gpus-per-worker {per_worker_gpus:g} with the model on the CPU: drop it, or use --device cuda")
+    workers = options.num_workers or (int(gpus // per_worker_gpus) if on_gpu else 1)
+    if on_gpu and (workers == 0 or workers * per_worker_gpus > gpus):
+        raise FtprepError(f"{max(workers, 1)} workers x {per_worker_gpus:g} GPUs need {max(workers, 1) * per_worker_gpus:g} "
+                          f"GPUs, the Ray cluster has {gpus:g}: lower --num-workers or --gpus-per-worker")
+    worker_cpus = min(1.0 if on_gpu else cpus, (cpus - task_cpus(resources)) / workers)
+    return workers, worker_cpus, per_worker_gpus, max(1, round(cpus / workers))
+
+
+@dataclass(frozen=True)
+class WorkerError:
+    """A user-facing error (FtprepError) met by a task or worker, sent back as its result: Ray
+    would wrap a raised one in its own exceptions, and the driver prints it as one line."""
+
+    message: str
+
+
+class _PrepareShard:
+    """A Ray Data task: read one shard's input and prepare it."""
+
+    def __init__(self, work: ShardWork):
+        self.work = work
+
+    def __call__(self, row: dict) -> dict:
+        where = pickle.loads(row["where"])
+        try:
+            prepared = prepare_shard_input(self.work, where)
+        except FtprepError as error:
+            prepared = WorkerError(str(error))
+        key = "result" if self.work.build_model is None else "prepared"
+        return {"shard": row["shard"], key: pickle.dumps(prepared, protocol=5)}
+
+
+class _ModelWorker:
+    """A Ray actor: one model copy, loaded once, then one shard per call."""
+
+    def __init__(self, build_model, threads: int | None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(min(threads, os.cpu_count() or threads))
+        self.step, self.error = None, None
+        try:
+            self.step = build_model()
+        except FtprepError as error:
+            self.error = WorkerError(str(error))
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        results = [pickle.dumps(self._run(pickle.loads(prepared)), protocol=5) for prepared in batch["prepared"]]
+        return {"shard": batch["shard"], "result": np.array(results, dtype=object)}
+
+    def _run(self, prepared):
+        if isinstance(prepared, WorkerError) or self.error is not None:
+            return self.error or prepared
+        try:
+            return run_model_step(self.step, prepared)
+        except FtprepError as error:
+            return WorkerError(str(error))
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as error:
+        raise FtprepError("--engine ray needs Ray Data: pip install 'ftprep[ray]'") from error
+    return ray
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail in seconds on a cluster address nothing answers at: Ray itself retries for ever."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise FtprepError(f"--ray-address {address}: give HOST:PORT (the head node's GCS port, 6379 by default), "
+                          "ray://HOST:10001 or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise FtprepError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}; "
+                          "start it with `ray start --head` or check --ray-address") from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,202 @@
+"""--engine ray: the same output as the local engine, on a local Ray instance with two CPU
+workers; resume across engines; resources sized so a 2-core machine cannot deadlock."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA, load_table, read_jsonl, run_cli
+from pipeline.config import ScoreConfig
+from pipeline.engines import EngineOptions, RayEngine, ShardWork, open_engine, worker_resources
+from pipeline.errors import FtprepError
+from pipeline.readers import open_source
+
+FLOAT_COLUMNS = {"logprobs", "entropy", "kept_perplexity", "ground_truth_perplexity", "loss_weights"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray head on this machine, as `ray start --head` makes one: commands join it with --ray-address."""
+    ray = Path(sys.executable).parent / "ray"
+    port = free_port()
+    subprocess.run([str(ray), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                    "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True)
+    yield f"127.0.0.1:{port}"
+    subprocess.run([str(ray), "stop"], capture_output=True)
+
+
+# A client that names the head's address must send the token `ray start` set up (Ray 2.59 and
+# later); `auto` finds a cluster on this machine, token included.
+TOKEN_AUTH = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+@pytest.fixture(scope="module")
+def mixed_input(tmp_path_factory):
+    """data/sample.jsonl with the bad rows in the middle: rejects must line up too."""
+    lines = (DATA / "sample.jsonl").read_text().splitlines(keepends=True)
+    path = tmp_path_factory.mktemp("ray-input") / "mixed.jsonl"
+    path.write_text("".join(lines[:20]) + (DATA / "bad_rows.jsonl").read_text() + "".join(lines[20:]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_scored(tmp_path_factory, mixed_input):
+    output = tmp_path_factory.mktemp("local") / "scored"
+    run_cli("score", mixed_input, "-o", output, "--shard-rows", 7)
+    return output
+
+
+def assert_same_output(local: Path, ray: Path):
+    """Rows, order, columns and values (floats within tolerance), rejects, counts and manifest."""
+    expected, got = load_table(local), load_table(ray)
+    assert got.column_names == expected.column_names and got.num_rows == expected.num_rows
+    for name in expected.column_names:
+        if name in FLOAT_COLUMNS:
+            a, b = expected.column(name).to_pylist(), got.column(name).to_pylist()
+            flat_a = np.array(list(_flatten(a)), dtype=np.float64)
+            flat_b = np.array(list(_flatten(b)), dtype=np.float64)
+            np.testing.assert_allclose(flat_b, flat_a, rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=name)
+        else:
+            assert got.column(name).to_pylist() == expected.column(name).to_pylist(), name
+    assert read_jsonl(ray / "rejects.jsonl") == read_jsonl(local / "rejects.jsonl")
+    assert (sorted(p.name for p in ray.glob("data-*.arrow")) == sorted(p.name for p in local.glob("data-*.arrow")))
+    stats = [json.loads((folder / "stats.json").read_text()) for folder in (local, ray)]
+    assert {k: v for k, v in stats[1].items() if "second" not in k} == {k: v for k, v in stats[0].items() if "second" not in k}
+    manifests = [json.loads((folder / "ftprep.json").read_text()) for folder in (local, ray)]
+    for manifest in manifests:
+        manifest["config"].pop("output")
+    assert manifests[1] == manifests[0]
+
+
+def _flatten(values):
+    for value in values:
+        if isinstance(value, list):
+            yield from _flatten(value)
+        else:
+            yield np.nan if value is None else value
+
+
+def test_score_on_ray_equals_local(tmp_path, mixed_input, local_scored):
+    """The default: a Ray instance started by the command, two CPU workers, one model each."""
+    result = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7, "--engine", "ray", "--num-workers", 2,
+                     timeout=600)
+    assert "45 rows written, 7 rejected" in result.stdout
+    assert_same_output(local_scored, tmp_path / "ray")
+    # Same input and settings: the output is complete whichever engine asks.
+    again = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7)
+    assert "already complete" in again.stdout
+
+
+def test_ray_resumes_a_run_the_local_engine_left(tmp_path, mixed_input, local_scored, ray_cluster, monkeypatch):
+    from pipeline import runner
+
+    output = tmp_path / "scored"
+    calls = []
+    original = runner.ScoreStep.__call__
+
+    def stop_after_two_shards(self, table):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(self, table)
+
+    monkeypatch.setattr(runner.ScoreStep, "__call__", stop_after_two_shards)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_score(ScoreConfig(input=str(mixed_input), output=str(output), shard_rows=7), echo=lambda *_: None)
+    partial = output / ".ftprep-partial"
+    done = sorted(p.name for p in partial.glob("shard-*.arrow"))
+    assert done == ["shard-00000.arrow", "shard-00001.arrow"]
+    inodes = {name: (partial / name).stat().st_ino for name in done}
+
+    run_cli("score", mixed_input, "-o", output, "--shard-rows", 7, "--engine", "ray", "--ray-address", ray_cluster,
+            "--num-workers", 2, timeout=600, env=TOKEN_AUTH)
+    # The shards already done were kept as they were, not scored again.
+    assert {name: (output / f"data-{name[6:11]}-of-00008.arrow").stat().st_ino for name in done} == inodes
+    assert_same_output(local_scored, output)
+
+
+def test_mask_on_ray_equals_local(tmp_path, local_scored, ray_cluster):
+    for args in (["--strategy", "quantile", "--scope", "dataset", "--quantile", "0.3"],
+                 ["--strategy", "delta", "--against", str(local_scored), "--delta", "0"],
+                 ["--strategy", "soft"]):
+        local, ray = tmp_path / f"local-{args[1]}", tmp_path / f"ray-{args[1]}"
+        run_cli("mask", local_scored, "-o", local, *args)
+        run_cli("mask", local_scored, "-o", ray, *args, "--engine", "ray", "--ray-address", "auto", timeout=300)
+        assert_same_output(local, ray)
+
+
+def test_regen_on_ray_equals_local(tmp_path, ray_cluster):
+    args = [DATA / "arithmetic.jsonl", "--limit", 4, "--n", 2, "--max-new-tokens", 24, "--shard-rows", 2,
+            "--verify", "math", "--seed", 3]
+    run_cli("regen", *args, "-o", tmp_path / "local")
+    run_cli("regen", *args, "-o", tmp_path / "ray", "--engine", "ray", "--ray-address", "auto",
+            "--num-workers", 2, timeout=600)
+    assert_same_output(tmp_path / "local", tmp_path / "ray")
+
+
+def test_a_worker_error_is_one_line_on_the_driver(tmp_path, ray_cluster):
+    import ray
+
+    def refuse(chunk):
+        raise FtprepError("row 3 cannot be prepared")
+
+    source = open_source(str(DATA / "sample.jsonl"))
+    engine = open_engine(EngineOptions(engine="ray", ray_address="auto"))
+    try:
+        from pipeline.progress import Progress
+        from pipeline.writers import ShardedOutput
+
+        output = ShardedOutput(str(tmp_path / "out"), {"test": "worker error"})
+        with pytest.raises(FtprepError, match="^row 3 cannot be prepared$"):
+            engine.run(output, engine.shard_reads(source, 16), ShardWork(read=lambda where: where, prepare=refuse),
+                       Progress("test", 40))
+    finally:
+        ray.shutdown()
+
+
+def test_engine_options_are_checked(tmp_path):
+    result = run_cli("score", DATA / "sample.jsonl", "-o", tmp_path / "x", "--num-workers", 2, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: --ray-address, --num-workers and --gpus-per-worker need --engine ray"
+    port = free_port()  # nothing listens there
+    result = run_cli("mask", tmp_path / "x", "-o", tmp_path / "y", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}",
+                     check=False, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: cannot reach the Ray cluster at 127.0.0.1:{port}") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "y").exists()
+
+
+def test_without_ray_installed_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(FtprepError, match=r"pip install 'ftprep\[ray\]'"):
+        RayEngine(EngineOptions(engine="ray"))
+
+
+def test_workers_leave_a_cpu_for_reading_and_tokenizing():
+    # The 2-core case that hangs when two workers take a core each.
+    assert worker_resources({"CPU": 2.0}, EngineOptions(engine="ray", num_workers=2), "cpu") == (2, 0.5, 0.0, 1)
+    assert worker_resources({"CPU": 2.0}, EngineOptions(engine="ray"), "cpu") == (1, 1.0, 0.0, 2)
+    for cpus in (1.0, 2.0, 4.0, 64.0):
+        for workers in (1, 2, 3, 8):
+            count, per_worker, _, threads = worker_resources({"CPU": cpus}, EngineOptions(engine="ray", num_workers=workers), "cpu")
+            assert count * per_worker + min(1.0, cpus / 2) <= cpus + 1e-9 and threads >= 1
+    # On GPU: one worker per GPU by default, or as many as --gpus-per-worker allows.
+    assert worker_resources({"CPU": 16.0, "GPU": 8.0}, EngineOptions(engine="ray"), "cuda") == (8, 1.0, 1.0, 2)
+    assert worker_resources({"CPU": 16.0, "GPU": 8.0}, EngineOptions(engine="ray", gpus_per_worker=2), "cuda")[:3] == (4, 1.0, 2)
+    with pytest.raises(FtprepError, match="the Ray cluster has 8"):
+        worker_resources({"CPU": 16.0, "GPU": 8.0}, EngineOptions(engine="ray", num_workers=9), "cuda")
+    with pytest.raises(FtprepError, match="model on the CPU"):
+        worker_resources({"CPU": 16.0}, EngineOptions(engine="ray", gpus_per_worker=1), "cpu")

@@ -1,0 +1,87 @@
+"""Shard reads: a worker that reads one shard by itself gets exactly the rows one pass over the
+input puts in that shard (what lets the Ray engine write the local engine's output)."""
+
+import itertools
+import json
+
+import pytest
+
+from conftest import DATA
+from pipeline.errors import RowError
+from pipeline.readers import open_source, read_shard
+
+
+def one_pass_shards(source, shard_rows):
+    rows = source.rows()
+    return list(iter(lambda: list(itertools.islice(rows, shard_rows)), []))
+
+
+def comparable(chunk):
+    return [(index, str(row) if isinstance(row, RowError) else row) for index, row in chunk]
+
+
+def assert_same_shards(spec, shard_rows, limit=None):
+    source = open_source(str(spec), limit=limit)
+    expected = one_pass_shards(source, shard_rows)
+    reads = list(source.shard_reads(shard_rows, seekable=True))
+    assert [read.shard for read in reads] == list(range(len(expected)))
+    assert [read.count for read in reads] == [len(chunk) for chunk in expected]
+    # Each read goes through pickle, as it does on its way to a Ray task.
+    import pickle
+
+    got = [read_shard(pickle.loads(pickle.dumps(read))) for read in reads]
+    assert [comparable(chunk) for chunk in got] == [comparable(chunk) for chunk in expected], (spec, shard_rows, limit)
+    return reads
+
+
+@pytest.fixture
+def awkward_jsonl(tmp_path):
+    """Blank lines, a whitespace-only line, malformed JSON, a non-object, non-ASCII text and CRLF endings."""
+    lines = (DATA / "sample.jsonl").read_bytes().splitlines(keepends=True)[:9]
+    bad = (DATA / "bad_rows.jsonl").read_bytes().splitlines(keepends=True)
+    extra = [b"\n", b"   \t\n", "\u00a0\n".encode(), b"[1, 2]\r\n",
+             json.dumps({"prompt": "caf\u00e9 \u2603", "completion": "ok"}, ensure_ascii=False).encode() + b"\r\n"]
+    path = tmp_path / "awkward.jsonl"
+    path.write_bytes(b"".join(lines[:3] + extra + bad + lines[3:]))
+    return path
+
+
+@pytest.mark.parametrize("shard_rows", [1, 3, 7, 1000])
+def test_jsonl_shards_by_byte_offset(awkward_jsonl, shard_rows):
+    reads = assert_same_shards(awkward_jsonl, shard_rows)
+    assert all(read.rows is None for read in reads)  # the rows stay in the file, not in the read
+    assert_same_shards(awkward_jsonl, shard_rows, limit=5)
+
+
+def test_the_limit_cuts_the_last_shard(awkward_jsonl):
+    reads = assert_same_shards(awkward_jsonl, 4, limit=10)
+    assert [read.count for read in reads] == [4, 4, 2]
+
+
+@pytest.mark.parametrize("shard_rows", [1, 4, 7, 100])
+def test_parquet_and_dataset_folders_by_row(tmp_path, shard_rows):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (DATA / "sample.jsonl").read_text().splitlines()]
+    # Row groups of 6: shards start inside groups and span several.
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet", row_group_size=6)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"), num_shards=3)
+    assert len(list((tmp_path / "saved").glob("*.arrow"))) > 1  # rows counted across the dataset's files
+    for spec in (tmp_path / "rows.parquet", tmp_path / "saved"):
+        assert_same_shards(spec, shard_rows)
+        assert_same_shards(spec, shard_rows, limit=9)
+
+
+@pytest.mark.parametrize("name", ["alpaca.csv", "alpaca.json"])
+def test_csv_and_json_rows_travel_with_their_shard(name):
+    reads = assert_same_shards(DATA / "formats" / name, 1)
+    assert all(read.rows is not None for read in reads)
+
+
+def test_one_pass_reads_hold_their_rows():
+    source = open_source(str(DATA / "sample.jsonl"))
+    reads = list(source.shard_reads(16, seekable=False))
+    assert [read.count for read in reads] == [16, 16, 8]
+    assert [comparable(read_shard(read)) for read in reads] == [comparable(chunk) for chunk in one_pass_shards(source, 16)]

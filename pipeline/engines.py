@@ -96,8 +96,6 @@ class _Engine:
 class LocalEngine(_Engine):
     """Shards one after another in this process, read in one pass over the input."""
 
-    name = "local"
-
     def shard_reads(self, source, shard_rows: int):
         return source.shard_reads(shard_rows, seekable=False)
 
@@ -130,7 +128,7 @@ class LocalEngine(_Engine):
 
 
 class RayEngine(_Engine):
-    name = "ray"
+    """Shards spread over a Ray cluster; this process plans them and commits the results."""
 
     def __init__(self, options: EngineOptions):
         self.options = options

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PATH_SETTINGS = ("input", "scored", "against", "template")
 
 
 class Settings:
@@ -12,9 +15,13 @@ class Settings:
         return asdict(self)
 
     def result_settings(self) -> dict:
-        """Settings that change the output; a resumed run must share all of them."""
+        """Settings that change the output; a resumed run must share all of them. Paths count
+        by what they name, so `./data.jsonl` resumes a run of `data.jsonl`, from any directory."""
         settings = self.to_dict()
         settings.pop("output")
+        for key in PATH_SETTINGS:
+            if settings.get(key) and Path(settings[key]).expanduser().exists():
+                settings[key] = str(Path(settings[key]).expanduser().resolve())
         return settings
 
 

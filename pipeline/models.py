@@ -43,7 +43,7 @@ def resolve_model(spec: str) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FtprepError(f"{spec} is not a model folder (no config.json in it)")
-        return str(path)
+        return str(path.resolve())  # absolute: Ray workers do not share this process's working directory
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise FtprepError(
             f"model not found: {spec} (give {DEFAULT_MODEL}, a model folder, a .gguf file or a hub id)"

@@ -126,6 +126,11 @@ def read_shard(read: ShardRead) -> list[SourceRow]:
     return list(_enumerate_batches(table.to_batches(max_chunksize=1024), read.first_index))
 
 
+def _absolute(path: str) -> str:
+    """Paths that other processes read: a Ray worker does not share this one's working directory."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
 def _batched(iterable, size: int):
     iterator = iter(iterable)
     while chunk := list(islice(iterator, size)):
@@ -171,8 +176,9 @@ def _jsonl_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
                     starts.append((index, offset))
                 index += 1
             offset += len(raw)
+    path = _absolute(source.spec)
     for shard, (first, start) in enumerate(starts):
-        yield ShardRead(shard, "jsonl", source.spec, first, min(shard_rows, index - first), offset=start)
+        yield ShardRead(shard, "jsonl", path, first, min(shard_rows, index - first), offset=start)
 
 
 def _read_json(source: Source) -> Iterator[SourceRow]:
@@ -231,13 +237,13 @@ def _table_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
         total, files = _open_parquet(source.spec).metadata.num_rows, ()
     else:
         dataset = _load_dataset(source)
-        total, files = dataset.num_rows, tuple(entry["filename"] for entry in dataset.cache_files)
+        total, files = dataset.num_rows, tuple(_absolute(entry["filename"]) for entry in dataset.cache_files)
         if getattr(dataset, "_indices", None) is not None or not files:  # rows that are not simply the files' rows, in order
             raise FtprepError(f"{source.spec} is not a plain Arrow dataset folder: save it with save_to_disk, or give a .jsonl or .parquet file")
     if source.limit is not None:
         total = min(total, source.limit)
     for shard, first in enumerate(range(0, total, shard_rows)):
-        yield ShardRead(shard, source.kind, source.spec, first, min(shard_rows, total - first), files=files)
+        yield ShardRead(shard, source.kind, _absolute(source.spec), first, min(shard_rows, total - first), files=files)
 
 
 def _arrow_files_table(files: tuple[str, ...]):

@@ -329,7 +329,9 @@ def scored_shards(scored_dir: Path, against, against_rows) -> list[ScoredShardRe
     shards, first_row = [], 0
     for shard, path in enumerate(dataset_files(scored_dir)):
         rows = _arrow_rows(path)
-        shards.append(ScoredShardRead(shard, rows, str(path), first_row, str(against.folder) if against else None,
+        # Absolute paths: a Ray task does not share this process's working directory.
+        shards.append(ScoredShardRead(shard, rows, str(path.resolve()), first_row,
+                                      str(against.folder.resolve()) if against else None,
                                       against_rows[shard] if against else None))
         first_row += rows
     return shards

@@ -179,3 +179,12 @@ def test_hub_ids_fail_fast_and_clearly_without_network(tmp_path):
         result = run_cli(*args, check=False, env=env, timeout=120)
         assert result.returncode == 1 and result.stderr.startswith(message), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_same_input_by_another_path_is_the_same_run(tmp_path):
+    run_cli("score", "data/sample.jsonl", "-o", tmp_path / "scored", "--limit", 3)
+    again = run_cli("score", REPO / "data" / ".." / "data" / "sample.jsonl", "-o", tmp_path / "scored", "--limit", 3)
+    assert "already complete" in again.stdout
+    run_cli("mask", tmp_path / "scored", "-o", tmp_path / "train")
+    again = run_cli("mask", tmp_path / "scored" / ".", "-o", tmp_path / "train")
+    assert "already complete" in again.stdout

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA, load_table, read_jsonl, run_cli
+from conftest import DATA, REPO, load_table, read_jsonl, run_cli
 from pipeline.config import ScoreConfig
 from pipeline.engines import EngineOptions, RayEngine, ShardWork, open_engine, worker_resources
 from pipeline.errors import FtprepError
@@ -27,13 +27,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A Ray head on this machine, as `ray start --head` makes one: commands join it with --ray-address."""
+def ray_cluster(tmp_path_factory):
+    """A Ray head on this machine, as `ray start --head` makes one: commands join it with --ray-address.
+
+    Started in another directory than the commands run in, as on a real cluster: its workers
+    must not depend on the command's working directory (relative paths)."""
     ray = Path(sys.executable).parent / "ray"
     port = free_port()
     subprocess.run([str(ray), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                     "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, cwd=tmp_path_factory.mktemp("ray-head"))
     yield f"127.0.0.1:{port}"
     subprocess.run([str(ray), "stop"], capture_output=True)
 
@@ -77,7 +80,8 @@ def assert_same_output(local: Path, ray: Path):
     assert {k: v for k, v in stats[1].items() if "second" not in k} == {k: v for k, v in stats[0].items() if "second" not in k}
     manifests = [json.loads((folder / "ftprep.json").read_text()) for folder in (local, ray)]
     for manifest in manifests:
-        manifest["config"].pop("output")
+        for given_path in ("output", "input", "scored", "against"):  # as typed; resolved paths are compared
+            manifest["config"].pop(given_path, None)
     assert manifests[1] == manifests[0]
 
 
@@ -134,12 +138,15 @@ def test_mask_on_ray_equals_local(tmp_path, local_scored, ray_cluster):
                  ["--strategy", "soft"]):
         local, ray = tmp_path / f"local-{args[1]}", tmp_path / f"ray-{args[1]}"
         run_cli("mask", local_scored, "-o", local, *args)
-        run_cli("mask", local_scored, "-o", ray, *args, "--engine", "ray", "--ray-address", "auto", timeout=300)
+        # Relative to the command's directory (the repo), which Ray's workers do not share.
+        relative = os.path.relpath(local_scored, REPO)
+        args = [os.path.relpath(arg, REPO) if arg == str(local_scored) else arg for arg in args]
+        run_cli("mask", relative, "-o", ray, *args, "--engine", "ray", "--ray-address", "auto", timeout=300)
         assert_same_output(local, ray)
 
 
 def test_regen_on_ray_equals_local(tmp_path, ray_cluster):
-    args = [DATA / "arithmetic.jsonl", "--limit", 4, "--n", 2, "--max-new-tokens", 24, "--shard-rows", 2,
+    args = ["data/arithmetic.jsonl", "--limit", 4, "--n", 2, "--max-new-tokens", 24, "--shard-rows", 2,
             "--verify", "math", "--seed", 3]
     run_cli("regen", *args, "-o", tmp_path / "local")
     run_cli("regen", *args, "-o", tmp_path / "ray", "--engine", "ray", "--ray-address", "auto",

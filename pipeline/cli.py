@@ -50,7 +50,7 @@ input_options = stacked(
 # Where the shards run: here, or on a Ray cluster.
 engine_options = stacked(
     click.option("--engine", type=click.Choice(ENGINES), default="local", help="local: this process; ray: a Ray cluster (pip install 'ftprep[ray]'), with the same output."),
-    click.option("--ray-address", help="ray: the cluster to join, e.g. auto or HOST:6379 (default: RAY_ADDRESS if set, else a Ray instance started here)."),
+    click.option("--ray-address", help="ray: the cluster to join, e.g. auto or HOST:6379 (default: RAY_ADDRESS, else a cluster started on this machine with `ray start`, else a Ray instance for this run)."),
     click.option("--num-workers", type=int, callback=positive, help="ray: model copies, each in its own actor (default: one per GPU in the cluster; 1 on CPU)."),
     click.option("--gpus-per-worker", type=click.FloatRange(0), help="ray: GPUs each worker holds (default: 1 on GPU, 0 on CPU)."),
 )

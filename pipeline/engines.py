@@ -42,7 +42,7 @@ class ShardWork:
 @dataclass(frozen=True)
 class EngineOptions:
     engine: str = "local"
-    ray_address: str | None = None  # None: RAY_ADDRESS if set, else a Ray instance started here
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a cluster started on this machine, else a new instance
     num_workers: int | None = None  # model copies; None: one per GPU (ray on GPU), else 1
     gpus_per_worker: float | None = None  # None: 1 on GPU, 0 on CPU
 
@@ -133,7 +133,7 @@ class RayEngine(_Engine):
     def __init__(self, options: EngineOptions):
         self.options = options
         self.ray = _import_ray()
-        self.started_here = False
+        self.connected_here = False
         self._connect()
         self.resources = self.ray.cluster_resources()
 
@@ -154,7 +154,7 @@ class RayEngine(_Engine):
             ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
                      configure_logging=True)
         except (ConnectionError, ValueError, RuntimeError) as error:
-            where = f"the Ray cluster at {address}" if address else "a Ray instance started here"
+            where = f"the Ray cluster at {address}" if address else "a Ray instance on this machine"
             reason = _first_line(error).split(". ")[0].rstrip(".")
             hint = "start one with `ray start --head`, or leave --ray-address out to start one here"
             if address not in (None, "auto", "local") and not os.environ.get("RAY_AUTH_MODE"):
@@ -163,7 +163,7 @@ class RayEngine(_Engine):
                 hint = ("if the cluster uses token authentication, set RAY_AUTH_MODE=token here, "
                         "with its token in RAY_AUTH_TOKEN (`ray get-auth-token` on the head node)")
             raise FtprepError(f"cannot connect to {where}: {reason}; {hint}") from error
-        self.started_here = address is None
+        self.connected_here = True
 
     def cuda_available(self) -> bool:
         return self.resources.get("GPU", 0) > 0
@@ -208,7 +208,8 @@ class RayEngine(_Engine):
             progress.close()
 
     def close(self) -> None:
-        if self.started_here and self.ray.is_initialized():
+        # Stops the Ray instance this command started, or only disconnects from a cluster.
+        if self.connected_here and self.ray.is_initialized():
             self.ray.shutdown()
 
 

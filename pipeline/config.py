@@ -106,7 +106,7 @@ class RegenConfig(Settings):
 
 
 @dataclass(frozen=True)
-class IVConfig:
+class IVConfig(Settings):
     input: str
     output: str  # the .safetensors file; the JSON sidecar goes beside it
     model: str = "smollm2-135m"
@@ -120,6 +120,3 @@ class IVConfig:
     seed: int = 0
     dtype: str = "auto"
     device: str = "auto"
-
-    def to_dict(self) -> dict:
-        return asdict(self)

@@ -247,32 +247,27 @@ def _table_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
 
 
 def _arrow_files_table(files: tuple[str, ...]):
-    """The rows of a dataset's Arrow files (datasets writes the IPC stream format), memory-mapped."""
+    """The rows of a dataset's Arrow files, memory-mapped."""
     import pyarrow as pa
 
-    tables = []
-    for path in files:
-        with pa.memory_map(path) as source:
-            tables.append(pa.ipc.open_stream(source).read_all())
-    return pa.concat_tables(tables)
+    from pipeline.writers import read_arrow
+
+    return pa.concat_tables([read_arrow(path) for path in files])
 
 
 def _load_dataset(source: Source):
-    return _READ_DATASETS[source.kind](source)
+    return _disk_dataset(source) if source.kind == "disk" else _hub_dataset(source)
 
 
-def _read_disk(source: Source) -> Iterator[SourceRow]:
-    return _enumerate_batches(_disk_dataset(source).data.to_batches(max_chunksize=1024))
+def _read_dataset(source: Source) -> Iterator[SourceRow]:
+    """A dataset folder's or hub dataset's rows."""
+    return _enumerate_batches(_load_dataset(source).data.to_batches(max_chunksize=1024))
 
 
 def _disk_dataset(source: Source):
     import datasets
 
     return _pick_split(datasets.load_from_disk(source.spec), source)
-
-
-def _read_hub(source: Source) -> Iterator[SourceRow]:
-    return _enumerate_batches(_hub_dataset(source).data.to_batches(max_chunksize=1024))
 
 
 def _hub_dataset(source: Source):
@@ -315,7 +310,6 @@ _READERS = {
     "json": _read_json,
     "csv": _read_csv,
     "parquet": _read_parquet,
-    "disk": _read_disk,
-    "hub": _read_hub,
+    "disk": _read_dataset,
+    "hub": _read_dataset,
 }
-_READ_DATASETS = {"disk": _disk_dataset, "hub": _hub_dataset}

@@ -25,7 +25,7 @@ from pipeline.errors import FtprepError, RowError
 from pipeline.models import context_length, fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_model
 from pipeline.progress import Progress
 from pipeline.readers import open_source, read_shard
-from pipeline.writers import ShardedOutput, dataset_files, merge_counters, read_manifest, read_shards
+from pipeline.writers import ShardedOutput, dataset_files, merge_counters, read_arrow, read_manifest, read_shards
 from stages import flat_values
 from stages.score import default_batch_tokens, scored_schema
 from stages.normalize import detect_format, normalize_row, row_id
@@ -328,7 +328,7 @@ class ScoredShard:
 def scored_shards(scored_dir: Path, against, against_rows) -> list[ScoredShardRead]:
     shards, first_row = [], 0
     for shard, path in enumerate(dataset_files(scored_dir)):
-        rows = _arrow_rows(path)
+        rows = read_arrow(path).num_rows
         # Absolute paths: a Ray task does not share this process's working directory.
         shards.append(ScoredShardRead(shard, rows, str(path.resolve()), first_row,
                                       str(against.folder.resolve()) if against else None,
@@ -338,12 +338,9 @@ def scored_shards(scored_dir: Path, against, against_rows) -> list[ScoredShardRe
 
 
 def read_scored_shard(read: ScoredShardRead) -> ScoredShard:
-    import pyarrow as pa
-
     from stages.mask import AGAINST_LOGPROBS
 
-    with pa.memory_map(read.path) as source:
-        table = pa.ipc.open_stream(source).read_all()
+    table = read_arrow(read.path)
     if read.against is not None:
         from pipeline.against import AgainstScores
 
@@ -351,13 +348,6 @@ def read_scored_shard(read: ScoredShardRead) -> ScoredShard:
         # a Ray task from needing anything but paths.
         table = table.append_column(AGAINST_LOGPROBS, AgainstScores.open(read.against).logprobs_for(read.against_rows))
     return ScoredShard(read.shard, read.first_row, table)
-
-
-def _arrow_rows(path: Path) -> int:
-    import pyarrow as pa
-
-    with pa.memory_map(str(path)) as source:
-        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
 
 
 def _run_mask(config: MaskConfig, overwrite: bool, echo, executor) -> dict:

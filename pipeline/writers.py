@@ -160,11 +160,16 @@ def dataset_files(folder: Path) -> list[Path]:
     return [Path(folder) / entry["filename"] for entry in json.loads(state.read_text())["_data_files"]]
 
 
+def read_arrow(path) -> pa.Table:
+    """One Arrow file as `datasets` writes them (IPC stream format), memory-mapped: no copy."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
 def read_shards(folder: Path):
     """Yield each shard of an output folder as one Arrow table, in order."""
     for path in dataset_files(folder):
-        with pa.memory_map(str(path)) as source:
-            yield pa.ipc.open_stream(source).read_all()
+        yield read_arrow(path)
 
 
 def merge_counters(dicts: list[dict]) -> dict:

@@ -76,11 +76,11 @@ def main() -> None:
 
 def load_table(args) -> pa.Table:
     """Rows of --input, normalized and tokenized by the project's own code, repeated N times."""
-    from pipeline.models import load_tokenizer, resolve_model
-    from pipeline.readers import open_source
-    from pipeline.runner import FORMAT_SAMPLE_ROWS, prepare_shard
-    from stages.normalize import detect_format
-    from stages.tokenize import ChatTokenizer
+    from ftprep.models import load_tokenizer, resolve_model
+    from ftprep.readers import open_source
+    from ftprep.runner import FORMAT_SAMPLE_ROWS, prepare_shard
+    from ftprep.stages.normalize import detect_format
+    from ftprep.stages.tokenization import ChatTokenizer
 
     path = Path(args.input)
     rows = list(open_source(str(path if path.is_absolute() else ROOT / path)).rows())
@@ -179,16 +179,16 @@ def current_rss_mib() -> float:
 
 
 def measure_hf(args, work: Path, dtype: str = "float32", name: str = "hf", backend: str = "hf") -> dict:
-    from pipeline.models import resolve_model
+    from ftprep.models import resolve_model
 
     table = read_rows(work)
     started = time.perf_counter()
     if backend == "vllm":
-        from stages.score.vllm import VLLMScorer
+        from ftprep.stages.score.vllm import VLLMScorer
 
         scorer = VLLMScorer(resolve_model(args.model), dtype=dtype, device="cpu")
     else:
-        from stages.score.hf import HFScorer
+        from ftprep.stages.score.hf import HFScorer
 
         scorer = HFScorer(resolve_model(args.model), dtype=dtype, device="cpu", batch_tokens=args.batch_tokens)
     scorer(table.slice(0, WARMUP_ROWS))
@@ -208,7 +208,7 @@ def measure_naive(args, work: Path, weights: str = "bfloat16", name: str = "naiv
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.models import resolve_model
+    from ftprep.models import resolve_model
 
     rows = read_rows(work).column("input_ids").to_pylist()
     model = AutoModelForCausalLM.from_pretrained(resolve_model(args.model), dtype=getattr(torch, weights)).eval()

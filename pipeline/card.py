@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline.export import trl_snippet
-from pipeline.models import EMBEDDED_MODEL_ORIGINS
-from pipeline.png import bar_chart, png_bytes
-from pipeline.writers import read_shards
-from stages import flat_values, perplexity
-from stages.mask import PPL_BIN_EDGES, perplexity_histogram
+from ftprep.export import trl_snippet
+from ftprep.models import EMBEDDED_MODEL_ORIGINS
+from ftprep.png import bar_chart, png_bytes
+from ftprep.writers import read_shards
+from ftprep.stages import flat_values, perplexity
+from ftprep.stages.mask import PPL_BIN_EDGES, perplexity_histogram
 
 SPLIT = "train"
 STM_THRESHOLD = 2.5  # the STM paper's threshold: what the card of a scored dataset measures against

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import MaskConfig, ScoreConfig
-from pipeline.engines import ENGINES, EngineOptions
-from pipeline.errors import FtprepError
-from pipeline.models import DEFAULT_MODEL
-from stages.anchor import ANCHOR_RULES
-from stages.mask import STRATEGIES, TARGETS, WEIGHT_FNS
-from stages.normalize import FORMATS
-from stages.regen.checks import VERIFIERS
-from stages.regen.prompts import MODES
+from ftprep.config import MaskConfig, ScoreConfig
+from ftprep.engines import ENGINES, EngineOptions
+from ftprep.stages.errors import FtprepError
+from ftprep.models import DEFAULT_MODEL
+from ftprep.stages.anchor import ANCHOR_RULES
+from ftprep.stages.mask import STRATEGIES, TARGETS, WEIGHT_FNS
+from ftprep.stages.normalize import FORMATS
+from ftprep.stages.regen.checks import VERIFIERS
+from ftprep.stages.regen.prompts import MODES
 
 
 def positive(ctx, param, value):
@@ -94,7 +94,7 @@ def score(input, output, model, fmt, split, limit, train_on, max_length, overlon
           device, top_k, score_prompt, shard_rows, gpu_memory_utilization, max_num_batched_tokens,
           engine, ray_address, num_workers, gpus_per_worker, overwrite):
     """Score every ground-truth token of INPUT under the model: logprob, rank, entropy."""
-    from pipeline.runner import run_score
+    from ftprep.runner import run_score
 
     config = ScoreConfig(input=input, output=output, model=model, format=fmt, split=split, limit=limit,
                          train_on=train_on, max_length=max_length, overlong=overlong, backend=backend,
@@ -138,7 +138,7 @@ def regen(input, output, model, fmt, split, limit, train_on, mode, template, pri
           overwrite):
     """Rewrite the assistant turns of INPUT with the model itself; keep the best checked rewrite, else the ground truth."""
     if print_template:
-        from stages.regen.prompts import DEFAULT_TEMPLATE
+        from ftprep.stages.regen.prompts import DEFAULT_TEMPLATE
 
         click.echo(DEFAULT_TEMPLATE)
         return
@@ -147,8 +147,8 @@ def regen(input, output, model, fmt, split, limit, train_on, mode, template, pri
         raise click.UsageError("Missing argument 'INPUT'.")
     if not output:
         raise click.UsageError("Missing option '-o' / '--output'.")
-    from pipeline.config import RegenConfig
-    from pipeline.runner import run_regen
+    from ftprep.config import RegenConfig
+    from ftprep.runner import run_regen
 
     config = RegenConfig(input=input, output=output, model=model, format=fmt, split=split, limit=limit, train_on=train_on,
                          mode=mode, template=template, n=n, temperature=temperature, top_p=top_p,
@@ -187,7 +187,7 @@ def mask(scored, output, strategy, threshold, quantile, scope, weight_fn, sigma,
          min_kept, weights, target, against, delta, anchors, confidence, engine, ray_address, num_workers, gpus_per_worker,
          overwrite):
     """Turn SCORED into a training dataset: input_ids, attention_mask, labels (and loss_weights)."""
-    from pipeline.runner import run_mask
+    from ftprep.runner import run_mask
 
     config = MaskConfig(scored=scored, output=output, strategy=strategy, threshold=threshold, quantile=quantile,
                         scope=scope, weight_fn=weight_fn, sigma=sigma, alpha=alpha, min_weight=min_weight,
@@ -205,7 +205,7 @@ def stats(folder):
     path = Path(folder) / "stats.json"
     if not path.is_file():
         raise FtprepError(f"{folder} has no stats.json: give a folder written by ftprep score or ftprep mask")
-    from pipeline.inspect import format_stats
+    from ftprep.inspection import format_stats
 
     click.echo(format_stats(json.loads(path.read_text())))
 
@@ -217,7 +217,7 @@ def stats(folder):
 @click.option("--color/--no-color", default=None, help="Colour (default: on a terminal).")
 def inspect(folder, row, threshold, color):
     """Show one row's tokens, with masked or low-weight tokens marked, and its numbers."""
-    from pipeline.inspect import inspect_row
+    from ftprep.inspection import inspect_row
 
     use_color = sys.stdout.isatty() if color is None else color
     click.echo(inspect_row(Path(folder), row, threshold, use_color), color=use_color)
@@ -229,8 +229,8 @@ def inspect(folder, row, threshold, color):
 @click.option("--threshold", type=float, default=2.5, help="Scored datasets: the perplexity threshold to show.")
 def report(folder, output, threshold):
     """Write one self-contained HTML page with plots and examples for FOLDER."""
-    from pipeline.report import render_report
-    from pipeline.writers import write_text_atomic
+    from ftprep.report import render_report
+    from ftprep.writers import write_text_atomic
 
     write_text_atomic(Path(output), render_report(Path(folder), threshold))
     click.echo(f"wrote {output}")
@@ -241,7 +241,7 @@ def report(folder, output, threshold):
 @click.option("--target", type=click.Choice(TARGETS), default="trl", help="Trainer to print a snippet for (hf and trl print the same TRL Python).")
 def export_config(folder, target):
     """Print a ready-to-use training snippet for FOLDER (TRL Python, Axolotl or LLaMA-Factory YAML)."""
-    from pipeline.export import export_config as snippet
+    from ftprep.export import export_config as snippet
 
     click.echo(snippet(Path(folder), target), nl=False)
 
@@ -256,7 +256,7 @@ def export_config(folder, target):
 @click.option("--axolotl-yaml", type=click.Path(dir_okay=False), help="Also write the plan as Axolotl `unfrozen_parameters` to this file.")
 def hft_plan(output, model, ratio, seed, train_embeddings, train_norms, axolotl_yaml):
     """Half fine-tuning (HFT): choose per layer which half of the projections trains; the rest stays frozen."""
-    from pipeline.hft_plan import make_hft_plan, plan_summary, write_hft_plan
+    from ftprep.hft_plan import make_hft_plan, plan_summary, write_hft_plan
 
     plan = make_hft_plan(model, ratio, seed, train_embeddings, train_norms)
     write_hft_plan(plan, Path(output), Path(axolotl_yaml) if axolotl_yaml else None)
@@ -278,8 +278,8 @@ def hft_plan(output, model, ratio, seed, train_embeddings, train_norms, axolotl_
 @device_options
 def iv(input, output, model, fmt, split, limit, prompts, heads, answer_tokens, layers, seed, dtype, device):
     """Extract INPUT's instruction vector: the heads that carry its task, summed per layer (arXiv 2406.12227)."""
-    from pipeline.config import IVConfig
-    from pipeline.iv import extract_instruction_vector, iv_summary
+    from ftprep.config import IVConfig
+    from ftprep.iv import extract_instruction_vector, iv_summary
 
     config = IVConfig(input=input, output=output, model=model, format=fmt, split=split, limit=limit, prompts=prompts,
                       heads=heads, answer_tokens=answer_tokens, layers=layers, seed=seed, dtype=dtype, device=device)
@@ -297,7 +297,7 @@ def iv(input, output, model, fmt, split, limit, prompts, heads, answer_tokens, l
 @click.option("--files-per-commit", type=int, default=50, callback=positive, help="Parquet files per commit; a rerun after an interruption skips committed files.")
 def push(folder, repo_id, private, revision, create_pr, config_name, license, files_per_commit):
     """Upload FOLDER to the Hub as dataset REPO_ID: Parquet files and a dataset card."""
-    from pipeline.push import push_folder
+    from ftprep.push import push_folder
 
     click.echo(push_folder(Path(folder), repo_id, private=private, revision=revision, create_pr=create_pr,
                            config_name=config_name, license=license, files_per_commit=files_per_commit, echo=click.echo))

@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from pipeline.errors import FtprepError
-from pipeline.progress import Progress
-from pipeline.writers import ShardedOutput
+from ftprep.stages.errors import FtprepError
+from ftprep.progress import Progress
+from ftprep.writers import ShardedOutput
 
 ENGINES = ("local", "ray")
 PREPARE_TASK_MEMORY = 256 * 2**20

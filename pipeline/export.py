@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.errors import FtprepError
-from pipeline.writers import read_manifest, read_shards
+from ftprep.stages.errors import FtprepError
+from ftprep.writers import read_manifest, read_shards
 
 TRL_SNIPPET = '''\
 # Train with TRL on {where} ({strategy} strategy{weights_note}).
@@ -88,7 +88,7 @@ def export_config(folder: Path, target: str) -> str:
         raise FtprepError(f"{folder} is not a training dataset (no ftprep.json from ftprep mask): run ftprep mask first")
     features = json.loads((folder / "dataset_info.json").read_text())["features"]
     has_weights = "loss_weights" in features
-    has_anchors = "kl_mask" in features  # ftprep's KL-target layout, for pipeline.trainer
+    has_anchors = "kl_mask" in features  # ftprep's KL-target layout, for ftprep.trainer
     has_kd_targets = "target_token_ids" in features  # Axolotl's KD layout
     if has_weights and target in ("axolotl", "llama-factory"):
         raise FtprepError(f"{folder} has loss_weights, which {target} cannot read: rerun ftprep mask with --target {target}")
@@ -114,10 +114,10 @@ def export_config(folder: Path, target: str) -> str:
 
 def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: str, anchors: bool = False) -> str:
     """TRL training code for data that `load` (a `datasets` call, e.g. load_from_disk('train')) opens;
-    `anchors`: the data holds KL targets (--strategy anchor), trained with pipeline.trainer's anchor loss."""
+    `anchors`: the data holds KL targets (--strategy anchor), trained with ftprep.trainer's anchor loss."""
     anchored = {
         "weights_note": ", cross-entropy on anchors and KL to the reference top-k elsewhere",
-        "weights_import": "from pipeline.trainer import AnchorKLCollator, with_anchor_kl  # pip install ftprep\n",
+        "weights_import": "from ftprep.trainer import AnchorKLCollator, with_anchor_kl  # pip install ftprep\n",
         "weights_column": ", ref_topk_ids, ref_topk_logprobs, kl_mask, anchor_confidence",
         "weights_args": ", remove_unused_columns=False",
         "trainer": "with_anchor_kl(SFTTrainer)",
@@ -125,7 +125,7 @@ def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: 
     }
     weighted = {
         "weights_note": ", per-token loss_weights",
-        "weights_import": "from pipeline.trainer import TokenWeightCollator, with_token_weights  # pip install ftprep\n",
+        "weights_import": "from ftprep.trainer import TokenWeightCollator, with_token_weights  # pip install ftprep\n",
         "weights_column": ", loss_weights",
         "weights_args": ", remove_unused_columns=False",
         "trainer": "with_token_weights(SFTTrainer)",

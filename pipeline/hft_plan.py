@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.models import fingerprint_model, parameter_shapes, resolve_model
-from pipeline.writers import write_json_atomic, write_text_atomic
-from stages.hft import hft_plan
+from ftprep.models import fingerprint_model, parameter_shapes, resolve_model
+from ftprep.writers import write_json_atomic, write_text_atomic
+from ftprep.stages.hft import hft_plan
 
 
 def make_hft_plan(model: str, ratio: float, seed: int, train_embeddings: bool, train_norms: bool) -> dict:

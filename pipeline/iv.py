@@ -25,14 +25,14 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import IVConfig
-from pipeline.errors import FtprepError, RowError
-from pipeline.models import fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_model
-from pipeline.progress import Progress
-from pipeline.readers import open_source
-from pipeline.writers import write_bytes_atomic, write_json_atomic
-from stages.normalize import normalize_row, row_id
-from stages.tokenize import ChatTokenizer
+from ftprep.config import IVConfig
+from ftprep.stages.errors import FtprepError, RowError
+from ftprep.models import fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_model
+from ftprep.progress import Progress
+from ftprep.readers import open_source
+from ftprep.writers import write_bytes_atomic, write_json_atomic
+from ftprep.stages.normalize import normalize_row, row_id
+from ftprep.stages.tokenization import ChatTokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -131,8 +131,8 @@ def extract_instruction_vector(config: IVConfig) -> dict:
     import torch
     from safetensors.torch import save
 
-    from pipeline.runner import library_versions, resolve_device, resolve_dtype, rows_and_format
-    from stages.iv import (AnswerScorer, add_instruction_vector, attention_layout, head_effects, heads_side_by_side,
+    from ftprep.runner import library_versions, resolve_device, resolve_dtype, rows_and_format
+    from ftprep.stages.iv import (AnswerScorer, add_instruction_vector, attention_layout, head_effects, heads_side_by_side,
                            layer_vectors, mean_head_outputs, top_heads)
 
     output = Path(config.output)

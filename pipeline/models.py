@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.errors import FtprepError
+from ftprep.stages.errors import FtprepError
 
 DEFAULT_MODEL = "smollm2-135m"
 # alias -> (python package that ships the GGUF file, file name inside it)

@@ -24,10 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.card import SPLIT, data_dir, dataset_card, folder_histogram, histogram_png, image_path, parquet_names, threshold_of
-from pipeline.errors import FtprepError
-from pipeline.progress import Progress
-from pipeline.writers import (dataset_files, read_manifest, read_shards, write_bytes_atomic, write_json_atomic,
+from ftprep.card import SPLIT, data_dir, dataset_card, folder_histogram, histogram_png, image_path, parquet_names, threshold_of
+from ftprep.stages.errors import FtprepError
+from ftprep.progress import Progress
+from ftprep.writers import (dataset_files, read_manifest, read_shards, write_bytes_atomic, write_json_atomic,
                               write_parquet_atomic, write_text_atomic)
 
 STAGING = ".ftprep-push"
@@ -167,7 +167,7 @@ def hub_token() -> str:
 def check_reachable(endpoint: str) -> None:
     import os
 
-    from pipeline.models import hub_reachable
+    from ftprep.models import hub_reachable
 
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise FtprepError("HF_HUB_OFFLINE is set: unset it to push to the Hub")

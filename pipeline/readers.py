@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.errors import FtprepError, RowError
+from ftprep.stages.errors import FtprepError, RowError
 
 SourceRow = tuple[int, "dict | RowError"]
 FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -250,7 +250,7 @@ def _arrow_files_table(files: tuple[str, ...]):
     """The rows of a dataset's Arrow files, memory-mapped."""
     import pyarrow as pa
 
-    from pipeline.writers import read_arrow
+    from ftprep.writers import read_arrow
 
     return pa.concat_tables([read_arrow(path) for path in files])
 
@@ -273,7 +273,7 @@ def _disk_dataset(source: Source):
 def _hub_dataset(source: Source):
     import datasets
 
-    from pipeline.models import hub_reachable
+    from ftprep.models import hub_reachable
 
     online = hub_reachable()
     if not online:

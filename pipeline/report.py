@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import FtprepError
-from pipeline.inspect import rows_mask_rejected
-from pipeline.models import load_tokenizer
-from pipeline.writers import read_manifest, read_shards
-from stages import flat_values, perplexity, row_offsets
-from stages.mask import PPL_BIN_EDGES
+from ftprep.stages.errors import FtprepError
+from ftprep.inspection import rows_mask_rejected
+from ftprep.models import load_tokenizer
+from ftprep.writers import read_manifest, read_shards
+from ftprep.stages import flat_values, perplexity, row_offsets
+from ftprep.stages.mask import PPL_BIN_EDGES
 
 PPL_EDGES = np.array([*PPL_BIN_EDGES, np.inf])  # the bins of stats.json
 EXAMPLE_ROWS = 3

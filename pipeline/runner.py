@@ -5,7 +5,7 @@ regen: read -> normalize -> generate, check, score candidates -> write.
 mask:  scored shards -> mask -> write, shard by shard.
 
 Each command says what it does to one shard (a ShardWork); the engine, local or Ray, says
-where that runs (pipeline.engines).
+where that runs (ftprep.engines).
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-import pipeline
-from pipeline.config import MaskConfig, RegenConfig, ScoreConfig
-from pipeline.engines import EngineOptions, ShardWork, open_engine
-from pipeline.errors import FtprepError, RowError
-from pipeline.models import context_length, fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_model
-from pipeline.progress import Progress
-from pipeline.readers import open_source, read_shard
-from pipeline.writers import ShardedOutput, dataset_files, merge_counters, read_arrow, read_manifest, read_shards
-from stages import flat_values
-from stages.score import default_batch_tokens, scored_schema
-from stages.normalize import detect_format, normalize_row, row_id
-from stages.tokenize import ChatTokenizer, tokenized_table
+import ftprep
+from ftprep.config import MaskConfig, RegenConfig, ScoreConfig
+from ftprep.engines import EngineOptions, ShardWork, open_engine
+from ftprep.stages.errors import FtprepError, RowError
+from ftprep.models import context_length, fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_model
+from ftprep.progress import Progress
+from ftprep.readers import open_source, read_shard
+from ftprep.writers import ShardedOutput, dataset_files, merge_counters, read_arrow, read_manifest, read_shards
+from ftprep.stages import flat_values
+from ftprep.stages.score import default_batch_tokens, scored_schema
+from ftprep.stages.normalize import detect_format, normalize_row, row_id
+from ftprep.stages.tokenization import ChatTokenizer, tokenized_table
 
 FORMAT_SAMPLE_ROWS = 100
 
@@ -56,7 +56,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def resolve_backend(backend: str, device: str) -> str:
-    from stages.score.vllm import vllm_available
+    from ftprep.stages.score.vllm import vllm_available
 
     if backend == "auto":
         return "vllm" if device.startswith("cuda") and vllm_available() else "hf"
@@ -110,19 +110,19 @@ def resolve_runtime(model: str, device: str, dtype: str, backend: str, cuda_avai
 
 
 def entropy_kind(backend: str) -> str:
-    from stages.score.vllm import ENTROPY_TOP_K
+    from ftprep.stages.score.vllm import ENTROPY_TOP_K
 
     return "full" if backend == "hf" else f"topk-{ENTROPY_TOP_K}"
 
 
 def make_scorer(config: ScoreConfig, backend: str, model_dir: str, device: str, dtype: str, batch_tokens: int, seed: int = 0):
     if backend == "vllm":
-        from stages.score.vllm import VLLMScorer
+        from ftprep.stages.score.vllm import VLLMScorer
 
         return VLLMScorer(model_dir, dtype=dtype, device=device, top_k=config.top_k, score_prompt=config.score_prompt,
                           gpu_memory_utilization=config.gpu_memory_utilization,
                           max_num_batched_tokens=config.max_num_batched_tokens, seed=seed)
-    from stages.score.hf import HFScorer
+    from ftprep.stages.score.hf import HFScorer
 
     return HFScorer(model_dir, dtype=dtype, device=device, batch_tokens=batch_tokens,
                     top_k=config.top_k, score_prompt=config.score_prompt)
@@ -134,7 +134,7 @@ def library_versions() -> dict:
     import torch
     import transformers
 
-    return {"ftprep": pipeline.__version__, "python": platform.python_version(), "torch": torch.__version__,
+    return {"ftprep": ftprep.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "datasets": datasets.__version__, "pyarrow": pyarrow.__version__}
 
 
@@ -338,11 +338,11 @@ def scored_shards(scored_dir: Path, against, against_rows) -> list[ScoredShardRe
 
 
 def read_scored_shard(read: ScoredShardRead) -> ScoredShard:
-    from stages.mask import AGAINST_LOGPROBS
+    from ftprep.stages.mask import AGAINST_LOGPROBS
 
     table = read_arrow(read.path)
     if read.against is not None:
-        from pipeline.against import AgainstScores
+        from ftprep.against import AgainstScores
 
         # B's shards are memory-mapped: opening them again per shard costs little, and keeps
         # a Ray task from needing anything but paths.
@@ -351,10 +351,10 @@ def read_scored_shard(read: ScoredShardRead) -> ScoredShard:
 
 
 def _run_mask(config: MaskConfig, overwrite: bool, echo, executor) -> dict:
-    from stages.mask import MaskStage, TokenView, dataset_quantile, mask_candidates
+    from ftprep.stages.mask import MaskStage, TokenView, dataset_quantile, mask_candidates
 
     if config.target != "hf" and (config.strategy == "soft" or config.weights):
-        raise FtprepError(f"--target {config.target} cannot read loss_weights: use --target hf and train with pipeline.trainer, "
+        raise FtprepError(f"--target {config.target} cannot read loss_weights: use --target hf and train with ftprep.trainer, "
                           "or a hard strategy (threshold, quantile, none)")
     scored_dir = Path(config.scored)
     scored = read_manifest(scored_dir)
@@ -414,10 +414,10 @@ def _check_anchor_settings(config: MaskConfig, scored: dict) -> None:
                           "rescore with ftprep score --top-k 20")
     if config.target in ("trl", "llama-factory"):
         raise FtprepError(f"--target {config.target} cannot read the KL targets of --strategy anchor: use --target hf "
-                          "and train with pipeline.trainer, or --target axolotl (its KD plugin)")
+                          "and train with ftprep.trainer, or --target axolotl (its KD plugin)")
     if config.target == "axolotl" and config.confidence < 1:
         raise FtprepError("--target axolotl takes --confidence 1 only (its KD trainer puts plain cross-entropy on every "
-                          "label): use --target hf and train with pipeline.trainer")
+                          "label): use --target hf and train with ftprep.trainer")
 
 
 def _against_scores(config: MaskConfig, scored_dir: Path):
@@ -425,7 +425,7 @@ def _against_scores(config: MaskConfig, scored_dir: Path):
 
     Checked in full before any output exists, so a mismatch leaves nothing half-written behind.
     """
-    from pipeline.against import AgainstScores
+    from ftprep.against import AgainstScores
 
     if config.strategy != "delta":
         if config.against:
@@ -447,7 +447,7 @@ def default_generation_tokens(device: str) -> int:
 
 
 def read_template(config: RegenConfig) -> str:
-    from stages.regen.prompts import DEFAULT_TEMPLATE, check_template
+    from ftprep.stages.regen.prompts import DEFAULT_TEMPLATE, check_template
 
     if config.mode != "rephrase":
         return ""
@@ -474,8 +474,8 @@ class RegenStep:
 
 
 def make_regen_stage(config: RegenConfig, settings, runtime: Runtime):
-    from stages.regen import RegenStage
-    from stages.regen.generate import HFGenerator, Sampling, VLLMGenerator
+    from ftprep.stages.regen import RegenStage
+    from ftprep.stages.regen.generate import HFGenerator, Sampling, VLLMGenerator
 
     sampling = Sampling(n=config.n, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens)
     batch_tokens = config.batch_tokens or default_batch_tokens(runtime.device)
@@ -503,8 +503,8 @@ def run_regen(config: RegenConfig, overwrite: bool = False, echo=print, engine: 
 
 
 def _run_regen(config: RegenConfig, overwrite: bool, echo, executor) -> dict:
-    from stages.regen import RegenSettings, regen_schema
-    from stages.regen.checks import compile_pattern
+    from ftprep.stages.regen import RegenSettings, regen_schema
+    from ftprep.stages.regen.checks import compile_pattern
 
     source = open_source(config.input, config.split, config.limit)
     template = read_template(config)

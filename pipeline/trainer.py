@@ -2,7 +2,7 @@
 
 No mainstream trainer reads a weight column, so this module is what a user adds:
 
-    from pipeline.trainer import TokenWeightCollator, with_token_weights
+    from ftprep.trainer import TokenWeightCollator, with_token_weights
     from trl import SFTConfig, SFTTrainer
 
     trainer = with_token_weights(SFTTrainer)(
@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import FtprepError
-from stages.iv import add_instruction_vector
+from ftprep.stages.errors import FtprepError
+from ftprep.stages.iv import add_instruction_vector
 
 IGNORE_INDEX = -100
 
@@ -294,7 +294,7 @@ class IVGuidance:
 
     @classmethod
     def load(cls, path: str | Path, tokenizer=None, **settings) -> "IVGuidance":
-        from pipeline.iv import read_instruction_vector
+        from ftprep.iv import read_instruction_vector
 
         vectors, _ = read_instruction_vector(path)
         return cls(vectors, generation_header_ids(tokenizer) if tokenizer is not None else None, **settings)

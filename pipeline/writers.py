@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.errors import FtprepError
+from ftprep.stages.errors import FtprepError
 
 PARTIAL = ".ftprep-partial"
 MANIFEST = "ftprep.json"

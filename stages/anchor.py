@@ -7,7 +7,7 @@ model's top-k distribution as a KL target, so training learns the corrections an
 rest of the model's behaviour where it was.
 
 Two layouts of the KL targets:
-- hf (pipeline.trainer.anchor_kl_loss): `ref_topk_ids`, `ref_topk_logprobs`, `kl_mask`,
+- hf (ftprep.trainer.anchor_kl_loss): `ref_topk_ids`, `ref_topk_logprobs`, `kl_mask`,
   `anchor_confidence`, aligned like `labels` (position i: the distribution of token i given the
   tokens before it, as scored), the reference logprobs as scored (raw, not renormalized).
 - axolotl (its KD plugin): `target_token_ids`, `target_logprobs`, `target_mask`, where position
@@ -20,10 +20,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from stages import nested_entries, nested_list_array
+from ftprep.stages import nested_entries, nested_list_array
 
 ANCHOR_RULES = ("first", "all")
-# The hf layout, read by pipeline.trainer.AnchorKLCollator.
+# The hf layout, read by ftprep.trainer.AnchorKLCollator.
 HF_COLUMNS = {
     "ref_topk_ids": pa.list_(pa.list_(pa.int32())),
     "ref_topk_logprobs": pa.list_(pa.list_(pa.float16())),

@@ -27,7 +27,7 @@ import random
 import re
 from collections import defaultdict
 
-from pipeline.errors import FtprepError
+from ftprep.stages.errors import FtprepError
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 FFN = ("gate_proj", "up_proj", "down_proj")

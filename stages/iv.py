@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import FtprepError
+from ftprep.stages.errors import FtprepError
 
 O_PROJ = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.o_proj$")
 

@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import MaskConfig
-from stages import flat_values, perplexity, row_offsets
-from stages.anchor import AXOLOTL_COLUMNS, HF_COLUMNS, anchor_tokens, axolotl_columns, hf_columns
+from ftprep.config import MaskConfig
+from ftprep.stages import flat_values, perplexity, row_offsets
+from ftprep.stages.anchor import AXOLOTL_COLUMNS, HF_COLUMNS, anchor_tokens, axolotl_columns, hf_columns
 
 STRATEGIES = ("threshold", "quantile", "soft", "delta", "anchor", "none")
 # The --against model's logprobs, aligned token for token with `logprobs` (strategy delta).
 AGAINST_LOGPROBS = "against_logprobs"
 # Trainers that take input_ids/attention_mask/labels as they are, and whose batching breaks on
-# any other column; only `hf` (with pipeline.trainer) reads loss_weights.
+# any other column; only `hf` (with ftprep.trainer) reads loss_weights.
 TARGETS = ("hf", "trl", "axolotl", "llama-factory")
 WEIGHT_FNS = ("gauss", "prob")
 IGNORE_INDEX = -100

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from pipeline.errors import FtprepError, RowError
+from ftprep.stages.errors import FtprepError, RowError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 ROLES = ("system", "user", "assistant")

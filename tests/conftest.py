@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ScoreConfig
-from pipeline.models import load_tokenizer, resolve_model
-from pipeline.runner import run_score
-from pipeline.writers import read_shards
+from ftprep.config import ScoreConfig
+from ftprep.models import load_tokenizer, resolve_model
+from ftprep.runner import run_score
+from ftprep.writers import read_shards
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
@@ -18,7 +18,7 @@ DATA = REPO / "data"
 def run_cli(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
     """Run the `ftprep` command as a user would, from the repo root."""
     script = Path(sys.executable).parent / "ftprep"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "ftprep.cli"]
     result = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=REPO, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"ftprep {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
@@ -36,7 +36,7 @@ def read_jsonl(path):
 
 
 def flat(table, name):
-    from stages import flat_values
+    from ftprep.stages import flat_values
 
     return flat_values(table, name)
 

@@ -1,5 +1,5 @@
 """Anchors and reference distributions (AnchorLwF): compact top-k storage, mask --strategy anchor
-in ftprep's and Axolotl's layouts, and the hybrid loss in pipeline.trainer."""
+in ftprep's and Axolotl's layouts, and the hybrid loss in ftprep.trainer."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import DATA, flat, load_table, run_cli
-from pipeline.trainer import AnchorKLCollator, anchor_kl_loss, with_anchor_kl
+from ftprep.trainer import AnchorKLCollator, anchor_kl_loss, with_anchor_kl
 
 K = 20
 
@@ -126,7 +126,7 @@ def synthetic_scored(ranks_by_row, assistant_by_row, ids_by_row, k=2):
     """A scored table without a model: top-k ids 100.. and uniform logprobs on assistant tokens."""
     import pyarrow as pa
 
-    from stages.score import score_columns
+    from ftprep.stages.score import score_columns
 
     offsets = np.concatenate([[0], np.cumsum([len(row) for row in ids_by_row])])
     assistant = np.concatenate(assistant_by_row).astype(bool)
@@ -141,8 +141,8 @@ def synthetic_scored(ranks_by_row, assistant_by_row, ids_by_row, k=2):
 
 
 def test_turns_rows_and_rows_without_anchors_on_a_synthetic_table():
-    from pipeline.config import MaskConfig
-    from stages.mask import MaskStage
+    from ftprep.config import MaskConfig
+    from ftprep.stages.mask import MaskStage
 
     eot = 2
     # Row 0: two turns (3..6 and 8..9, each ending with EOT); row 1: every token the greedy choice.

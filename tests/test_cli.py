@@ -100,7 +100,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     args = ["score", DATA / "sample.jsonl", "--limit", "20", "--shard-rows", "5"]
     killed = tmp_path / "killed"
     script = Path(sys.executable).parent / "ftprep"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "ftprep.cli"]
     process = subprocess.Popen([*command, *map(str, args), "-o", str(killed)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     committed = killed / ".ftprep-partial" / "shard-00001.json"
@@ -160,7 +160,7 @@ def test_training_folder_trains_one_step_in_trl(scored_sample, tmp_path, model_d
 
 
 def test_model_given_as_gguf_file_or_folder(tmp_path, model_dir):
-    from pipeline.models import embedded_gguf_path, resolve_model
+    from ftprep.models import embedded_gguf_path, resolve_model
 
     gguf = embedded_gguf_path("smollm2-135m")
     assert resolve_model(str(gguf)) == model_dir  # converted once, then found in the cache

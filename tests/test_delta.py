@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import DATA, flat, load_table, read_jsonl, run_cli
-from pipeline.against import match_rows
-from pipeline.config import ScoreConfig
-from pipeline.runner import run_score
-from pipeline.writers import dataset_files, write_arrow_atomic
-from stages.mask import IGNORE_INDEX
+from ftprep.against import match_rows
+from ftprep.config import ScoreConfig
+from ftprep.runner import run_score
+from ftprep.writers import dataset_files, write_arrow_atomic
+from ftprep.stages.mask import IGNORE_INDEX
 
 EOT = 2  # <|im_end|> in SmolLM2
 ROWS = 8

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import DATA, read_jsonl, run_cli
-from pipeline.config import IVConfig
-from pipeline.iv import extract_instruction_vector, instruction_rows, pick_examples, read_instruction_vector, shuffle_words
-from pipeline.trainer import (IGNORE_INDEX, IVGuidance, TokenWeightCollator, generation_header_ids, iv_kl_terms,
+from ftprep.config import IVConfig
+from ftprep.iv import extract_instruction_vector, instruction_rows, pick_examples, read_instruction_vector, shuffle_words
+from ftprep.trainer import (IGNORE_INDEX, IVGuidance, TokenWeightCollator, generation_header_ids, iv_kl_terms,
                               prompt_end_positions, with_iv_guidance)
-from stages.iv import AnswerScorer, add_instruction_vector, attention_layout, mean_head_outputs, patch_heads, top_heads
-from stages.tokenize import ChatTokenizer
+from ftprep.stages.iv import AnswerScorer, add_instruction_vector, attention_layout, mean_head_outputs, patch_heads, top_heads
+from ftprep.stages.tokenization import ChatTokenizer
 
 ARITHMETIC = [row["messages"] for row in read_jsonl(DATA / "arithmetic.jsonl")]
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import flat, load_table
-from pipeline.config import MaskConfig
-from pipeline.errors import FtprepError
-from pipeline.runner import run_mask
-from stages.mask import IGNORE_INDEX
+from ftprep.config import MaskConfig
+from ftprep.stages.errors import FtprepError
+from ftprep.runner import run_mask
+from ftprep.stages.mask import IGNORE_INDEX
 
 EOT = 2  # <|im_end|> in SmolLM2
 
@@ -145,7 +145,7 @@ def test_hf_target_keeps_loss_weights(scored_sample, tmp_path):
 
 
 def test_training_rows_map_back_to_their_scored_rows(scored_sample, tmp_path):
-    from pipeline.inspect import rows_mask_rejected, scored_row_for_training_row
+    from ftprep.inspection import rows_mask_rejected, scored_row_for_training_row
 
     folder = mask(scored_sample, tmp_path, threshold=1.5, min_kept=20)
     scored_ids = load_table(scored_sample).column("id").to_pylist()

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from conftest import DATA, read_jsonl
-from pipeline.errors import FtprepError, RowError
-from pipeline.readers import open_source
-from stages.normalize import detect_format, normalize_row, row_id
+from ftprep.stages.errors import FtprepError, RowError
+from ftprep.readers import open_source
+from ftprep.stages.normalize import detect_format, normalize_row, row_id
 
 FORMAT_FILES = {
     "messages.jsonl": "messages",

@@ -407,8 +407,8 @@ def test_the_saved_login_is_used_without_hf_token(train, hub, tmp_path):
 
 
 def staged_card(folder, tmp_path, config_name="default"):
-    from pipeline.push import build_upload_folder, staging_folder, write_card_files
-    from pipeline.writers import read_manifest
+    from ftprep.push import build_upload_folder, staging_folder, write_card_files
+    from ftprep.writers import read_manifest
 
     staging = staging_folder(folder, config_name)
     staged = build_upload_folder(folder, staging, config_name)
@@ -453,7 +453,7 @@ def test_the_scored_card_snippet_gives_the_labels_of_ftprep_mask(scored_sample, 
 def test_stale_shards_of_the_config_are_removed_and_others_kept(tmp_path):
     from huggingface_hub.hf_api import RepoFile
 
-    from pipeline.push import StagedFile, plan_upload
+    from ftprep.push import StagedFile, plan_upload
 
     staging = tmp_path / "staging"
     (staging / "data").mkdir(parents=True)
@@ -469,7 +469,7 @@ def test_stale_shards_of_the_config_are_removed_and_others_kept(tmp_path):
 
 
 def test_png_round_trips_through_pillow():
-    from pipeline.png import bar_chart, png_bytes
+    from ftprep.png import bar_chart, png_bytes
 
     image = bar_chart([3, 0, 7], ["1", "2.5", "10"], marker_at=1.0, width=120, height=60)
     assert (png_pixels(png_bytes(image)) == image).all()

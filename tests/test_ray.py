@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import DATA, REPO, load_table, read_jsonl, run_cli
-from pipeline.config import ScoreConfig
-from pipeline.engines import EngineOptions, RayEngine, ShardWork, open_engine, worker_resources
-from pipeline.errors import FtprepError
-from pipeline.readers import open_source
+from ftprep.config import ScoreConfig
+from ftprep.engines import EngineOptions, RayEngine, ShardWork, open_engine, worker_resources
+from ftprep.stages.errors import FtprepError
+from ftprep.readers import open_source
 
 FLOAT_COLUMNS = {"logprobs", "entropy", "kept_perplexity", "ground_truth_perplexity", "loss_weights"}
 
@@ -105,7 +105,7 @@ def test_score_on_ray_equals_local(tmp_path, mixed_input, local_scored):
 
 
 def test_ray_resumes_a_run_the_local_engine_left(tmp_path, mixed_input, local_scored, ray_cluster, monkeypatch):
-    from pipeline import runner
+    from ftprep import runner
 
     output = tmp_path / "scored"
     calls = []
@@ -163,8 +163,8 @@ def test_a_worker_error_is_one_line_on_the_driver(tmp_path, ray_cluster):
     source = open_source(str(DATA / "sample.jsonl"))
     engine = open_engine(EngineOptions(engine="ray", ray_address="auto"))
     try:
-        from pipeline.progress import Progress
-        from pipeline.writers import ShardedOutput
+        from ftprep.progress import Progress
+        from ftprep.writers import ShardedOutput
 
         output = ShardedOutput(str(tmp_path / "out"), {"test": "worker error"})
         with pytest.raises(FtprepError, match="^row 3 cannot be prepared$"):

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import DATA
-from pipeline.errors import RowError
-from pipeline.readers import open_source, read_shard
+from ftprep.stages.errors import RowError
+from ftprep.readers import open_source, read_shard
 
 
 def one_pass_shards(source, shard_rows):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA, load_table, read_jsonl, run_cli
-from stages.regen.checks import final_number
+from ftprep.stages.regen.checks import final_number
 
 ARITHMETIC = DATA / "arithmetic.jsonl"
 FAST = ["--max-new-tokens", "64", "--n", "4", "--verify", "math"]

@@ -6,12 +6,12 @@ import re
 import numpy as np
 import pytest
 
-from pipeline.errors import FtprepError
-from stages.regen import RegenSettings, RegenStage, task_seed
-from stages.regen.checks import compile_pattern, final_number, rejection_reason, verify_answer
-from stages.regen.generate import Candidate, prompt_batches, split_at_stop
-from stages.regen.prompts import DEFAULT_TEMPLATE, check_template, generation_messages, scaffolding_lines, turn_tasks
-from stages.score.hf import HFScorer
+from ftprep.stages.errors import FtprepError
+from ftprep.stages.regen import RegenSettings, RegenStage, task_seed
+from ftprep.stages.regen.checks import compile_pattern, final_number, rejection_reason, verify_answer
+from ftprep.stages.regen.generate import Candidate, prompt_batches, split_at_stop
+from ftprep.stages.regen.prompts import DEFAULT_TEMPLATE, check_template, generation_messages, scaffolding_lines, turn_tasks
+from ftprep.stages.score.hf import HFScorer
 
 REFERENCE = "Lily starts with 12 apples and buys 7 more, so she has 12 + 7 = 19 apples. The answer is 19."
 SCAFFOLDING = scaffolding_lines(DEFAULT_TEMPLATE)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import DATA, flat, load_table, read_jsonl, reference_logprobs
-from stages.score import positions_to_score
-from stages.score.hf import HFScorer, length_sorted_batches
-from stages.tokenize import ChatTokenizer, tokenized_table
+from ftprep.stages.score import positions_to_score
+from ftprep.stages.score.hf import HFScorer, length_sorted_batches
+from ftprep.stages.tokenization import ChatTokenizer, tokenized_table
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import DATA, read_jsonl
-from pipeline.errors import RowError
-from stages.tokenize import ChatTokenizer
+from ftprep.stages.errors import RowError
+from ftprep.stages.tokenization import ChatTokenizer
 
 # SmolLM2's own ChatML template, rewritten with {% generation %} markers around the assistant
 # content and its end-of-turn token, as TRL-ready templates do.

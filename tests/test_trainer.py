@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from pipeline.trainer import TokenWeightCollator, weighted_cross_entropy, with_token_weights
+from ftprep.trainer import TokenWeightCollator, weighted_cross_entropy, with_token_weights
 
 ROWS = [
     {"input_ids": [1, 520, 33, 91, 2], "labels": [-100, -100, 33, 91, 2], "loss_weights": [0.0, 0.0, 0.5, 0.0, 1.0]},

@@ -71,7 +71,7 @@ def test_both_backends_give_the_same_masks(scored_by_both):
 def test_older_vllm_dict_logprobs_parse_like_flat_ones():
     from collections import namedtuple
 
-    from stages.score.vllm import returned_entries
+    from ftprep.stages.score.vllm import returned_entries
 
     Logprob = namedtuple("Logprob", "logprob rank")
     Flat = namedtuple("Flat", "start_indices token_ids logprobs ranks")

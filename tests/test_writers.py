@@ -6,8 +6,8 @@ import datasets
 import pyarrow as pa
 import pytest
 
-from pipeline.errors import FtprepError
-from pipeline.writers import ShardedOutput
+from ftprep.stages.errors import FtprepError
+from ftprep.writers import ShardedOutput
 
 SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32()))])
 

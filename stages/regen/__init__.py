@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import RowError
-from stages import flat_values, row_offsets
-from stages.regen.checks import compile_pattern, rejection_reason
-from stages.regen.prompts import DEFAULT_TEMPLATE, check_template, generation_messages, scaffolding_lines, turn_tasks, with_response
-from stages.tokenize import MESSAGES_TYPE, ChatTokenizer, tokenized_table
+from ftprep.stages.errors import RowError
+from ftprep.stages import flat_values, row_offsets
+from ftprep.stages.regen.checks import compile_pattern, rejection_reason
+from ftprep.stages.regen.prompts import DEFAULT_TEMPLATE, check_template, generation_messages, scaffolding_lines, turn_tasks, with_response
+from ftprep.stages.tokenization import MESSAGES_TYPE, ChatTokenizer, tokenized_table
 
 TURN_TYPE = pa.list_(pa.struct([("index", pa.int32()), ("source", pa.string()), ("ground_truth", pa.string())]))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from pipeline.errors import FtprepError
+from ftprep.stages.errors import FtprepError
 
 VERIFIERS = ("none", "math", "exact", "regex")
 # Phrases a rewrite only writes when it talks about the prompt instead of answering it.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import FtprepError
+from ftprep.stages.errors import FtprepError
 
 MODES = ("rephrase", "self")
 PLACEHOLDERS = ("{instruction}", "{reference}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from stages import nested_list_array
+from ftprep.stages import nested_list_array
 
 TOPK_IDS_TYPE = pa.int32()
 # float16 rounds a logprob by at most 5e-4 of its size (3e-8 nats near 0, under 0.02 above -64),
@@ -55,7 +55,7 @@ def score_columns(offsets: np.ndarray, positions: np.ndarray, logprobs, entropy,
 
 
 def scored_schema(top_k: int = 0) -> pa.Schema:
-    from stages.tokenize import MESSAGES_TYPE
+    from ftprep.stages.tokenization import MESSAGES_TYPE
 
     fields = [
         ("id", pa.string()),

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.models import load_model
-from stages import flat_values, row_offsets
-from stages.score import default_batch_tokens, positions_to_score, score_columns
+from ftprep.models import load_model
+from ftprep.stages import flat_values, row_offsets
+from ftprep.stages.score import default_batch_tokens, positions_to_score, score_columns
 
 # Elements of one chunk of float32 logits (positions x vocab): ~32 MiB, cache-friendly enough
 # on CPU and small next to a GPU's memory.

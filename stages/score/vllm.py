@@ -14,8 +14,8 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from stages import flat_values, row_offsets
-from stages.score import positions_to_score, score_columns
+from ftprep.stages import flat_values, row_offsets
+from ftprep.stages.score import positions_to_score, score_columns
 
 ENTROPY_TOP_K = 20
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import FtprepError, RowError
+from ftprep.stages.errors import FtprepError, RowError
 
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import FtprepError
-from pipeline.models import load_tokenizer
-from pipeline.writers import read_manifest, read_shards
-from stages import perplexity
+from ftprep.stages.errors import FtprepError
+from ftprep.models import load_tokenizer
+from ftprep.writers import read_manifest, read_shards
+from ftprep.stages import perplexity
 
 STYLE = {"prompt": "\x1b[2m", "masked": "\x1b[1;31m", "low": "\x1b[33m", "reset": "\x1b[0m"}
 BRACKETS = {"masked": ("[", "]"), "low": ("{", "}")}

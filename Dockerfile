@@ -18,7 +18,9 @@ RUN apt-get update \
 WORKDIR /opt/ftprep
 # Dependencies first, so code changes do not reinstall vLLM and CUDA torch.
 COPY pyproject.toml README.md ./
+# Every package folder pyproject.toml lists (ftprep, ftprep.commands, ftprep.stages...) must exist.
 COPY pipeline/__init__.py pipeline/__init__.py
+COPY pipeline/commands/__init__.py pipeline/commands/__init__.py
 COPY stages/__init__.py stages/__init__.py
 COPY stages/score/__init__.py stages/score/__init__.py
 COPY stages/regen/__init__.py stages/regen/__init__.py

@@ -14,6 +14,7 @@ demo: $(VENV)/.ready
 	$(BIN)/ftprep inspect $(DEMO)/train --row 0
 
 test: $(VENV)/.ready
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -77,16 +77,18 @@ def main() -> None:
 def load_table(args) -> pa.Table:
     """Rows of --input, normalized and tokenized by the project's own code, repeated N times."""
     from ftprep.models import load_tokenizer, resolve_model
-    from ftprep.readers import open_source
-    from ftprep.runner import FORMAT_SAMPLE_ROWS, prepare_shard
-    from ftprep.stages.normalize import detect_format
-    from ftprep.stages.tokenization import ChatTokenizer
+    from ftprep.readers import input_format, open_source, source_table
+    from ftprep.stages import Rejects
+    from ftprep.stages.normalize import NormalizeStage
+    from ftprep.stages.tokenization import ChatTokenizer, TokenizeStage
 
     path = Path(args.input)
-    rows = list(open_source(str(path if path.is_absolute() else ROOT / path)).rows())
-    fmt = detect_format(row for _, row in rows[:FORMAT_SAMPLE_ROWS] if isinstance(row, dict))
-    chat = ChatTokenizer(load_tokenizer(resolve_model(args.model)))
-    table, rejects, _ = prepare_shard(rows, fmt, chat)  # normalize_row + ChatTokenizer + tokenized_table
+    source = open_source(str(path if path.is_absolute() else ROOT / path))
+    rows = source_table(list(source.rows()))
+    rejects = Rejects()
+    normalized, _ = NormalizeStage(input_format(source, None))(rows, rejects)
+    table, _ = TokenizeStage(ChatTokenizer(load_tokenizer(resolve_model(args.model))))(normalized, rejects)
+    table = table.drop_columns(["index"])
     if rejects:
         print(f"{len(rejects)} rows rejected by normalize/tokenize, left out", file=sys.stderr)
     return pa.concat_tables([table] * args.repeat_data)
@@ -179,18 +181,12 @@ def current_rss_mib() -> float:
 
 
 def measure_hf(args, work: Path, dtype: str = "float32", name: str = "hf", backend: str = "hf") -> dict:
-    from ftprep.models import resolve_model
+    from ftprep.runtime import make_scorer, resolve_runtime
 
     table = read_rows(work)
     started = time.perf_counter()
-    if backend == "vllm":
-        from ftprep.stages.score.vllm import VLLMScorer
-
-        scorer = VLLMScorer(resolve_model(args.model), dtype=dtype, device="cpu")
-    else:
-        from ftprep.stages.score.hf import HFScorer
-
-        scorer = HFScorer(resolve_model(args.model), dtype=dtype, device="cpu", batch_tokens=args.batch_tokens)
+    runtime = resolve_runtime(args.model, "cpu", dtype, backend)
+    scorer = make_scorer(runtime, top_k=0, score_prompt=False, batch_tokens=args.batch_tokens)
     scorer(table.slice(0, WARMUP_ROWS))
     startup = time.perf_counter() - started
     loaded = current_rss_mib()

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ftprep.stages import flat_values, row_offsets
 from ftprep.stages.errors import FtprepError
 from ftprep.writers import read_manifest, read_shards
-from ftprep.stages import flat_values, row_offsets
 
 AGAINST_COLUMNS = ["id", "input_ids", "logprobs"]
 

@@ -21,9 +21,10 @@ import yaml
 from ftprep.export import trl_snippet
 from ftprep.models import EMBEDDED_MODEL_ORIGINS
 from ftprep.png import bar_chart, png_bytes
-from ftprep.writers import read_shards
 from ftprep.stages import flat_values, perplexity
 from ftprep.stages.mask import PPL_BIN_EDGES, perplexity_histogram
+from ftprep.stages.strategies import describe
+from ftprep.writers import read_shards
 
 SPLIT = "train"
 STM_THRESHOLD = 2.5  # the STM paper's threshold: what the card of a scored dataset measures against
@@ -96,23 +97,7 @@ def source_text(manifest: dict) -> str:
 def strategy_text(manifest: dict) -> str:
     if manifest["stage"] == "score":
         return "none: per-token scores only (logprob, entropy, rank), no labels yet"
-    config = manifest["config"]
-    strategy = config["strategy"]
-    if strategy == "threshold":
-        text = f"threshold (STM): label -100 on assistant tokens with perplexity above {config['threshold']:g}"
-    elif strategy == "quantile":
-        text = f"quantile: label -100 on the {config['quantile']:.0%} of assistant tokens with the highest perplexity, per {config['scope']}"
-    elif strategy == "soft" and config["weight_fn"] == "gauss":
-        text = f"soft: every assistant token keeps its label, with loss_weights exp(-((ppl-1)/{config['sigma']:g})^2)"
-    elif strategy == "soft":
-        text = f"soft: every assistant token keeps its label, with loss_weights p^{config['alpha']:g}"
-    else:
-        text = "none: loss on assistant tokens only (plain SFT)"
-    if strategy == "soft" and config.get("min_weight"):
-        text += f", at least {config['min_weight']:g}"
-    if config.get("keep_eos", True):
-        text += "; end-of-turn tokens stay supervised"
-    return text
+    return describe(manifest["config"])
 
 
 def facts_table(manifest: dict, stats: dict, histogram: dict[str, int], columns: list[str]) -> str:
@@ -164,7 +149,7 @@ def usage_section(manifest: dict, repo_id: str, config_name: str, columns: list[
     if manifest["stage"] == "score":
         code = SCORED_SNIPPET.format(end_of_turn_ids=manifest["tokenizer"]["end_of_turn_ids"], load=load, threshold=STM_THRESHOLD)
         return f"### How to use\n\nThese are scores, not labels yet. Turn them into a training set:\n\n```python\n{code}```\n"
-    code = trl_snippet(model_name(manifest["model"]), manifest["config"]["strategy"], "loss_weights" in columns,
+    code = trl_snippet(model_name(manifest["model"]), strategy_text(manifest), "loss_weights" in columns,
                        f"{repo_id}, config {config_name}", load, anchors="kl_mask" in columns)
     note = ("`labels` hold -100 where there is no loss (not shifted); TRL's SFTTrainer, Axolotl (`type:` left empty) "
             "and LLaMA-Factory read `input_ids`, `attention_mask` and `labels` as they are.")

@@ -3,16 +3,15 @@ a Ray cluster (ray). They share one description of the work and one output, so b
 the same shards, manifest and stats, and either resumes what the other left.
 
 A command describes its work on one shard as a ShardWork:
-  read(where)      -> the shard's input (source rows, a scored shard)
-  prepare(input)   -> (payload or None, rejects, stats)       CPU work: normalize, tokenize
-  build_model()    -> step, with step(payload) -> (table, stats) and step.close()
-                      the model, loaded once per worker (score, generate); None: no model,
-                      and prepare's payload is the shard's table.
-`where` is anything with .shard and .count (the shard's input rows, for progress).
+  read(where)         -> the shard's rows as an Arrow table with an `index` column
+  stages              -> CPU stages run where the shard is read (normalize, tokenize; mask)
+  build_model_stage() -> the model stage (score, regen), loaded once per worker; None: none
+Every stage is `stage(table, rejects) -> (table, stats)`. `where` is anything with .shard and
+.count (the shard's input rows, for progress).
 
-On Ray, reading and preparing run as Ray Data tasks, the model step in a fixed pool of actors
-(one model copy per actor, one actor per GPU), and the driver commits each shard as it comes
-back: shards land in the output folder of the machine that runs ftprep.
+On Ray, reading and the CPU stages run as Ray Data tasks, the model stage in a fixed pool of
+actors (one model copy per actor, one actor per GPU), and the driver commits each shard as it
+comes back: shards land in the output folder of the machine that runs ftprep.
 """
 
 from __future__ import annotations
@@ -23,8 +22,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from ftprep.stages.errors import FtprepError
 from ftprep.progress import Progress
+from ftprep.settings import Settings, setting
+from ftprep.stages import Rejects
+from ftprep.stages.errors import FtprepError
 from ftprep.writers import ShardedOutput
 
 ENGINES = ("local", "ray")
@@ -34,21 +35,27 @@ PREPARE_TASK_MEMORY = 256 * 2**20
 @dataclass(frozen=True)
 class ShardWork:
     read: Callable[[Any], Any]
-    prepare: Callable[[Any], tuple]
-    build_model: Callable[[], Any] | None = None
+    stages: tuple = ()
+    build_model_stage: Callable[[], Any] | None = None
+    columns: tuple[str, ...] | None = None  # what is committed; None: every column the last stage gives
     tokens_key: str = "tokens"
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    engine: str = "local"
-    ray_address: str | None = None  # None: RAY_ADDRESS, else a cluster started on this machine, else a new instance
-    num_workers: int | None = None  # model copies; None: one per GPU (ray on GPU), else 1
-    gpus_per_worker: float | None = None  # None: 1 on GPU, 0 on CPU
+@dataclass(frozen=True, kw_only=True)
+class EngineOptions(Settings):
+    """Where the shards run; not part of a run's settings: either engine gives the same output."""
+
+    engine: str = setting("local", choices=ENGINES, identity=False,
+                          help="local: this process; ray: a Ray cluster (pip install 'ftprep[ray]'), with the same output.")
+    ray_address: str | None = setting(None, identity=False,
+                                      help="ray: the cluster to join, e.g. auto or HOST:6379 (default: RAY_ADDRESS, else a cluster "
+                                           "started on this machine with `ray start`, else a Ray instance for this run).")
+    num_workers: int | None = setting(None, low=0, low_open=True, identity=False,
+                                      help="ray: how many workers, each in its own actor (default: one per GPU in the cluster; 1 on CPU).")
+    gpus_per_worker: float | None = setting(None, low=0, identity=False,
+                                            help="ray: GPUs each worker holds (default: 1 on GPU, 0 on CPU).")
 
     def check(self) -> None:
-        if self.engine not in ENGINES:
-            raise FtprepError(f"unknown --engine {self.engine}: use local or ray")
         if self.engine == "local" and (self.ray_address or self.num_workers or self.gpus_per_worker is not None):
             raise FtprepError("--ray-address, --num-workers and --gpus-per-worker need --engine ray")
 
@@ -65,22 +72,37 @@ def timed(function, *args):
     return result, time.perf_counter() - started
 
 
+def run_stages(stages, table, rejects: Rejects, stats: dict):
+    for stage in stages:
+        table, stage_stats = stage(table, rejects)
+        stats.update(stage_stats)
+    return table
+
+
 def prepare_shard_input(work: ShardWork, where) -> tuple:
-    (payload, rejects, stats), seconds = timed(lambda: work.prepare(work.read(where)))
-    stats["seconds"] = seconds
-    return payload, rejects, stats
+    """Read one shard and run the CPU stages: (table, rejects, stats, rows read)."""
+    started = time.perf_counter()
+    table = work.read(where)
+    rejects, stats = Rejects(), {}
+    table = run_stages(work.stages, table, rejects, stats)
+    stats["seconds"] = time.perf_counter() - started
+    return table, rejects, stats, where.count
 
 
-def run_model_step(step, prepared: tuple) -> tuple:
-    """The model half of a shard: (table, rejects, stats) as the output commits them."""
-    payload, rejects, stats = prepared
-    table = None
-    if payload is not None:
-        (table, step_stats), seconds = timed(step, payload)
-        stats.update(step_stats)
+def run_model_step(step, prepared: tuple, columns=None) -> tuple:
+    """The model half of a shard, then the (table, rejects, stats) the output commits."""
+    table, rejects, stats, rows_in = prepared
+    if step is not None and table.num_rows:
+        table, seconds = timed(run_stages, (step,), table, rejects, stats)
         stats["seconds"] += seconds
-    return table, rejects, stats
+    return finish_shard(table, rejects, stats, rows_in, columns)
 
+
+def finish_shard(table, rejects: Rejects, stats: dict, rows_in: int, columns) -> tuple:
+    rows_out = table.num_rows
+    counts = {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": len(rejects), "reject_reasons": rejects.reasons()}
+    committed = table.select(list(columns)) if columns is not None and rows_out else table
+    return (committed if rows_out else None), rejects.rows(), {**counts, **stats}
 
 class _Engine:
     def __enter__(self):
@@ -112,13 +134,10 @@ class LocalEngine(_Engine):
                     progress.update(where.count)
                     continue
                 prepared = prepare_shard_input(work, where)
-                if work.build_model is None:
-                    table, rejects, stats = prepared
-                else:
-                    # Built on the first shard left to do: a finished run loads no model.
-                    if step is None:
-                        step = work.build_model()
-                    table, rejects, stats = run_model_step(step, prepared)
+                # Built on the first shard left to do: a finished run loads no model.
+                if step is None and work.build_model_stage is not None:
+                    step = work.build_model_stage()
+                table, rejects, stats = run_model_step(step, prepared, work.columns)
                 output.write_shard(where.shard, table, rejects, stats)
                 progress.update(where.count, stats.get(work.tokens_key, 0))
         finally:
@@ -189,10 +208,10 @@ class RayEngine(_Engine):
         # The memory reservation (a shard's rows and tokens take far less) also keeps Ray Data
         # from fusing these tasks into the model actors, where tokenizing would wait on the model.
         dataset = dataset.map(_PrepareShard(work), num_cpus=task_cpus(self.resources), memory=PREPARE_TASK_MEMORY)
-        if work.build_model is not None:
+        if work.build_model_stage is not None:
             workers, worker_cpus, worker_gpus, threads = worker_resources(self.resources, self.options, device)
             dataset = dataset.map_batches(
-                _ModelWorker, fn_constructor_args=(work.build_model, None if worker_gpus else threads),
+                _ModelWorker, fn_constructor_args=(work.build_model_stage, work.columns, None if worker_gpus else threads),
                 batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=worker_cpus, num_gpus=worker_gpus or None)
         try:
@@ -248,7 +267,7 @@ class WorkerError:
 
 
 class _PrepareShard:
-    """A Ray Data task: read one shard's input and prepare it."""
+    """A Ray Data task: read one shard's input and run the CPU stages."""
 
     def __init__(self, work: ShardWork):
         self.work = work
@@ -257,23 +276,26 @@ class _PrepareShard:
         where = pickle.loads(row["where"])
         try:
             prepared = prepare_shard_input(self.work, where)
+            if self.work.build_model_stage is None:
+                prepared = run_model_step(None, prepared, self.work.columns)
         except FtprepError as error:
             prepared = WorkerError(str(error))
-        key = "result" if self.work.build_model is None else "prepared"
+        key = "result" if self.work.build_model_stage is None else "prepared"
         return {"shard": row["shard"], key: pickle.dumps(prepared, protocol=5)}
 
 
 class _ModelWorker:
     """A Ray actor: one model copy, loaded once, then one shard per call."""
 
-    def __init__(self, build_model, threads: int | None):
+    def __init__(self, build_model_stage, columns, threads: int | None):
         if threads:
             import torch
 
             torch.set_num_threads(min(threads, os.cpu_count() or threads))
+        self.columns = columns
         self.step, self.error = None, None
         try:
-            self.step = build_model()
+            self.step = build_model_stage()
         except FtprepError as error:
             self.error = WorkerError(str(error))
 
@@ -287,7 +309,7 @@ class _ModelWorker:
         if isinstance(prepared, WorkerError) or self.error is not None:
             return self.error or prepared
         try:
-            return run_model_step(self.step, prepared)
+            return run_model_step(self.step, prepared, self.columns)
         except FtprepError as error:
             return WorkerError(str(error))
 

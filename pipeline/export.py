@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from ftprep.stages.errors import FtprepError
+from ftprep.stages.strategies import check_export_target, describe
 from ftprep.writers import read_manifest, read_shards
 
 TRL_SNIPPET = '''\
-# Train with TRL on {where} ({strategy} strategy{weights_note}).
+# Train with TRL on {where} ({strategy}{weights_note}).
 from datasets import {loader}
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
@@ -86,22 +87,15 @@ def export_config(folder: Path, target: str) -> str:
     manifest = read_manifest(folder)
     if manifest is None or manifest.get("stage") != "mask":
         raise FtprepError(f"{folder} is not a training dataset (no ftprep.json from ftprep mask): run ftprep mask first")
+    check_export_target(manifest["config"], str(folder), target)
     features = json.loads((folder / "dataset_info.json").read_text())["features"]
     has_weights = "loss_weights" in features
     has_anchors = "kl_mask" in features  # ftprep's KL-target layout, for ftprep.trainer
     has_kd_targets = "target_token_ids" in features  # Axolotl's KD layout
-    if has_weights and target in ("axolotl", "llama-factory"):
-        raise FtprepError(f"{folder} has loss_weights, which {target} cannot read: rerun ftprep mask with --target {target}")
-    if has_anchors and target in ("axolotl", "llama-factory"):
-        raise FtprepError(f"{folder} holds KL targets in ftprep's layout, which {target} cannot read: "
-                          "rerun ftprep mask --strategy anchor with --target axolotl (its KD plugin), or train with TRL")
-    if has_kd_targets and target != "axolotl":
-        raise FtprepError(f"{folder} holds KL targets in Axolotl's KD layout: print its config with --target axolotl, "
-                          "or rerun ftprep mask --strategy anchor with --target hf for TRL")
     values = {
         "folder": str(folder.resolve()),
         "model": manifest["model"]["path"],
-        "strategy": manifest["config"]["strategy"],
+        "strategy": describe(manifest["config"]),
         "sequence_len": longest_row(folder),
     }
     if target == "axolotl":

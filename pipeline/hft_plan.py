@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftprep.models import fingerprint_model, parameter_shapes, resolve_model
-from ftprep.writers import write_json_atomic, write_text_atomic
 from ftprep.stages.hft import hft_plan
+from ftprep.writers import write_json_atomic, write_text_atomic
 
 
 def make_hft_plan(model: str, ratio: float, seed: int, train_embeddings: bool, train_norms: bool) -> dict:

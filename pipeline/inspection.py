@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ftprep.stages.errors import FtprepError
 from ftprep.models import load_tokenizer
-from ftprep.writers import read_manifest, read_shards
 from ftprep.stages import perplexity
+from ftprep.stages.errors import FtprepError
+from ftprep.stages.strategies import describe
+from ftprep.writers import read_manifest, read_shards
 
 STYLE = {"prompt": "\x1b[2m", "masked": "\x1b[1;31m", "low": "\x1b[33m", "reset": "\x1b[0m"}
 BRACKETS = {"masked": ("[", "]"), "low": ("{", "}")}
@@ -70,7 +71,7 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
         assistant = np.asarray(scored["assistant_mask"], dtype=bool) if scored else labels != -100
         masked = assistant & (labels == -100)
         weights = np.asarray(record["loss_weights"]) if "loss_weights" in record else None
-        rule = f"{manifest['config']['strategy']} strategy"
+        rule = describe(manifest["config"])
 
     pieces = [tokenizer.decode([int(token)]) for token in ids]
     kinds = np.where(masked, "masked", np.where(assistant, "kept", "prompt")).astype(object)

@@ -23,16 +23,15 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ftprep.config import IVConfig
-from ftprep.stages.errors import FtprepError, RowError
 from ftprep.models import fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_model
 from ftprep.progress import Progress
 from ftprep.readers import open_source
-from ftprep.writers import write_bytes_atomic, write_json_atomic
+from ftprep.stages.errors import FtprepError, RowError
 from ftprep.stages.normalize import normalize_row, row_id
 from ftprep.stages.tokenization import ChatTokenizer
+from ftprep.writers import write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +118,7 @@ def pick_examples(candidates, chat: ChatTokenizer, count: int, rng: random.Rando
     return examples
 
 
-def _too_few(config: IVConfig, found: int, skipped: Counter) -> FtprepError:
+def _too_few(config: Any, found: int, skipped: Counter) -> FtprepError:
     reasons = f" (left out: {', '.join(f'{n} {reason}' for reason, n in skipped.most_common(3))})" if skipped else ""
     if found == 0:
         return FtprepError(f"{config.input} has no row with a user instruction and an assistant answer{reasons}")
@@ -127,13 +126,22 @@ def _too_few(config: IVConfig, found: int, skipped: Counter) -> FtprepError:
                        f"--prompts {config.prompts} needs as many{reasons}: lower --prompts")
 
 
-def extract_instruction_vector(config: IVConfig) -> dict:
+def extract_instruction_vector(config: Any) -> dict:
     import torch
     from safetensors.torch import save
 
-    from ftprep.runner import library_versions, resolve_device, resolve_dtype, rows_and_format
-    from ftprep.stages.iv import (AnswerScorer, add_instruction_vector, attention_layout, head_effects, heads_side_by_side,
-                           layer_vectors, mean_head_outputs, top_heads)
+    from ftprep.readers import rows_and_format
+    from ftprep.runtime import library_versions, resolve_device, resolve_dtype
+    from ftprep.stages.iv import (
+        AnswerScorer,
+        add_instruction_vector,
+        attention_layout,
+        head_effects,
+        heads_side_by_side,
+        layer_vectors,
+        mean_head_outputs,
+        top_heads,
+    )
 
     output = Path(config.output)
     if output.suffix != ".safetensors":

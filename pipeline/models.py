@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ftprep.progress import notice
 from ftprep.stages.errors import FtprepError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -97,7 +98,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    print(f"converting {gguf_path.name} once to a dense model in {out_dir.parent} ...", file=sys.stderr)
+    notice(f"converting {gguf_path.name} once to a dense model in {out_dir.parent} ...")
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         quantized = AutoModelForCausalLM.from_pretrained(

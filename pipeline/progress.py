@@ -6,6 +6,12 @@ import sys
 import time
 
 
+def notice(message: str) -> None:
+    """A one-off line about long work starting (a model conversion), on stderr like progress."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 class Progress:
     def __init__(self, label: str, total_rows: int | None, interval: float = 10.0, stream=None, unit: str = "row"):
         self.unit = unit

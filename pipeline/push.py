@@ -25,10 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftprep.card import SPLIT, data_dir, dataset_card, folder_histogram, histogram_png, image_path, parquet_names, threshold_of
-from ftprep.stages.errors import FtprepError
 from ftprep.progress import Progress
-from ftprep.writers import (dataset_files, read_manifest, read_shards, write_bytes_atomic, write_json_atomic,
-                              write_parquet_atomic, write_text_atomic)
+from ftprep.stages.errors import FtprepError
+from ftprep.writers import (
+    dataset_files,
+    read_manifest,
+    read_shards,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 
 STAGING = ".ftprep-push"
 STAGED_RECORD = ".staged.json"  # which shards the staged files come from, and their row counts

@@ -14,13 +14,15 @@ import csv
 import json
 import sys
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from ftprep.stages.errors import FtprepError, RowError
+from ftprep.stages.normalize import SOURCE_SCHEMA
 
 SourceRow = tuple[int, "dict | RowError"]
 FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -124,6 +126,47 @@ def read_shard(read: ShardRead) -> list[SourceRow]:
         return list(islice(_parquet_rows_from(read.path, read.first_index), read.count))
     table = _arrow_files_table(read.files).slice(read.first_index, read.count)
     return list(_enumerate_batches(table.to_batches(max_chunksize=1024), read.first_index))
+
+
+FORMAT_SAMPLE_ROWS = 100
+
+
+def rows_and_format(source: Source, fmt: str | None):
+    """The source's rows and their format (detected from the first rows unless given)."""
+    from ftprep.stages.normalize import detect_format
+
+    rows = source.rows()
+    sample = list(islice(rows, FORMAT_SAMPLE_ROWS))
+    if not sample:
+        raise FtprepError(f"{source.spec} has no rows")
+    fmt = fmt or detect_format(row for _, row in sample if isinstance(row, dict))
+    return chain(sample, rows), fmt
+
+
+def input_format(source: Source, fmt: str | None) -> str:
+    """The input's format, detected from its first rows unless given; an empty input is an error."""
+    return rows_and_format(source, fmt)[1]
+
+
+def source_table(rows: list[SourceRow]) -> pa.Table:
+    """Source rows as the normalize stage takes them: index, the row as JSON text, or why it
+    could not be read."""
+    indices, texts, errors = [], [], []
+    for index, row in rows:
+        indices.append(index)
+        if isinstance(row, RowError):
+            texts.append(None)
+            errors.append(str(row))
+        else:
+            texts.append(json.dumps(row, ensure_ascii=False, default=str))
+            errors.append(None)
+    return pa.table([pa.array(indices, pa.int64()), pa.array(texts, pa.large_string()), pa.array(errors, pa.string())],
+                    schema=SOURCE_SCHEMA)
+
+
+def read_source_shard(read: ShardRead) -> pa.Table:
+    """One shard of source rows as a table (read_shard's rows, as source_table lays them out)."""
+    return source_table(read_shard(read))
 
 
 def _absolute(path: str) -> str:
@@ -248,8 +291,6 @@ def _table_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
 
 def _arrow_files_table(files: tuple[str, ...]):
     """The rows of a dataset's Arrow files, memory-mapped."""
-    import pyarrow as pa
-
     from ftprep.writers import read_arrow
 
     return pa.concat_tables([read_arrow(path) for path in files])

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ftprep.stages.errors import FtprepError
 from ftprep.inspection import rows_mask_rejected
 from ftprep.models import load_tokenizer
-from ftprep.writers import read_manifest, read_shards
 from ftprep.stages import flat_values, perplexity, row_offsets
+from ftprep.stages.errors import FtprepError
 from ftprep.stages.mask import PPL_BIN_EDGES
+from ftprep.stages.strategies import describe
+from ftprep.writers import read_manifest, read_shards
 
 PPL_EDGES = np.array([*PPL_BIN_EDGES, np.inf])  # the bins of stats.json
 EXAMPLE_ROWS = 3
@@ -59,10 +60,10 @@ def load_report_data(folder: Path, threshold: float) -> tuple[ReportData, dict]:
         weights = np.concatenate([flat_values(t, "loss_weights") for t in tables]) if "loss_weights" in tables[0].column_names else None
         if manifest["config"]["strategy"] == "soft":  # nothing is masked: show the down-weighted tokens instead
             masked = scored["assistant"] & (weights < LOW_WEIGHT)
-            rule = f"soft strategy, weight < {LOW_WEIGHT:g}"
+            rule = f"{describe(manifest['config'])}; marked: weight < {LOW_WEIGHT:g}"
         else:
             masked = scored["assistant"] & (labels == -100)
-            rule = f"{manifest['config']['strategy']} strategy"
+            rule = describe(manifest["config"])
         threshold = manifest["config"].get("threshold", threshold)
     data = ReportData(scored["offsets"], scored["input_ids"], scored["assistant"], ppl, masked, weights, scored["ids"], rule)
     return data, {**manifest, "threshold": threshold}
@@ -136,11 +137,23 @@ def weight_plot(data: ReportData) -> str:
     return svg_bars(counts, [f"{edge:.1f}" for edge in edges[:-1]], "Weights of assistant tokens", color="#54a24b")
 
 
+def masked_token_counts(data: ReportData):
+    """Per token id over the assistant tokens: how often it is seen, how often masked, and the share."""
+    import polars as pl
+
+    frame = pl.DataFrame({"token": data.input_ids[data.assistant], "masked": data.masked[data.assistant]})
+    return (frame.group_by("token").agg(seen=pl.len(), masked=pl.col("masked").sum())
+            .with_columns(share=pl.col("masked") / pl.col("seen")))
+
+
 def top_masked_table(data: ReportData, tokenizer, count: int = 20) -> str:
-    tokens, frequency = np.unique(data.input_ids[data.masked], return_counts=True)
-    order = np.argsort(-frequency, kind="stable")[:count]
-    rows = "".join(f"<tr><td><code>{html.escape(repr(tokenizer.decode([int(tokens[i])])))}</code></td><td>{int(frequency[i])}</td></tr>" for i in order)
-    return f'<table class="top"><tr><th>token</th><th>times masked</th></tr>{rows}</table>'
+    import polars as pl
+
+    top = (masked_token_counts(data).filter(pl.col("masked") > 0)
+           .sort(["masked", "token"], descending=[True, False]).head(count))
+    rows = "".join(f"<tr><td><code>{html.escape(repr(tokenizer.decode([token])))}</code></td><td>{masked}</td><td>{seen}</td>"
+                   f"<td>{share:.0%}</td></tr>" for token, masked, seen, share in top.select("token", "masked", "seen", "share").iter_rows())
+    return f'<table class="top"><tr><th>token</th><th>times masked</th><th>seen</th><th>share masked</th></tr>{rows}</table>'
 
 
 def example_rows(data: ReportData, tokenizer) -> str:

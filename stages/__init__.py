@@ -1,7 +1,44 @@
-"""ftprep stages: each takes Arrow data in and gives Arrow data out; none reads files or prints."""
+"""ftprep stages: each takes an Arrow table in and gives a table and its stats out; none reads
+files, prints, loads a model or imports from the rest of ftprep.
+
+Every stage is called as `stage(table, rejects) -> (table, stats)`. The table carries an
+`index` column (each row's place in the source), by which a stage names the rows it drops in
+`rejects`, a sink its caller provides.
+"""
+
+from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
+
+class Rejects:
+    """Where stages put the rows they drop: each with its source index, id, stage and reason.
+    `kind` groups reasons in stats (default: the reason up to its first colon or parenthesis)."""
+
+    def __init__(self):
+        self._entries: list[tuple[dict, str]] = []
+
+    def add(self, index: int, row_id: str, stage: str, reason: str, kind: str | None = None) -> None:
+        entry = {"index": int(index), "id": row_id, "stage": stage, "reason": reason}
+        self._entries.append((entry, kind or reason.split(":")[0].split(" (")[0]))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _in_order(self) -> list[tuple[dict, str]]:
+        return sorted(self._entries, key=lambda entry: entry[0]["index"])
+
+    def rows(self) -> list[dict]:
+        """The rejects in source order."""
+        return [entry for entry, _ in self._in_order()]
+
+    def reasons(self) -> dict[str, int]:
+        """How many rejects of each kind, in order of first appearance in the source."""
+        counts: dict[str, int] = {}
+        for _, kind in self._in_order():
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
 
 def flat_values(table: pa.Table, name: str) -> np.ndarray:

@@ -6,9 +6,15 @@ Formats: OpenAI `messages` (role/content), ShareGPT `conversations` (from/value)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
+import pyarrow as pa
+
+from ftprep.stages import Rejects
 from ftprep.stages.errors import FtprepError, RowError
+from ftprep.stages.tokenization import MESSAGES_TYPE
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 ROLES = ("system", "user", "assistant")
@@ -48,6 +54,51 @@ def detect_format(rows: Iterable[Mapping]) -> str:
             f"pass --format {'|'.join(FORMATS)}"
         )
     return best
+
+
+# What readers hand this stage: per source row its index and either its JSON text or why it
+# could not be read.
+SOURCE_SCHEMA = pa.schema([("index", pa.int64()), ("row", pa.large_string()), ("error", pa.string())])
+
+
+@dataclass(frozen=True)
+class NormalizeStage:
+    """Source rows (SOURCE_SCHEMA) in; `index`, `id` and the normalized `messages` out."""
+
+    fmt: str
+
+    def __call__(self, table: pa.Table, rejects: Rejects) -> tuple[pa.Table, dict]:
+        indices, ids, conversations = [], [], []
+        columns = (table.column(name).to_pylist() for name in ("index", "row", "error"))
+        for index, text, error in zip(*columns):
+            try:
+                row = parse_row(text, error)
+            except RowError as read_error:
+                rejects.add(index, str(index), "read", str(read_error))
+                continue
+            try:
+                conversations.append(normalize_row(row, self.fmt))
+            except RowError as normalize_error:
+                rejects.add(index, row_id(row, index), "normalize", str(normalize_error))
+                continue
+            indices.append(index)
+            ids.append(row_id(row, index))
+        normalized = pa.table({"index": pa.array(indices, pa.int64()), "id": pa.array(ids, pa.string()),
+                               "messages": pa.array(conversations, MESSAGES_TYPE)})
+        return normalized, {}
+
+
+def parse_row(text: str | None, error: str | None) -> dict:
+    """A source row from its JSON text, or the reader's reason it has none."""
+    if error is not None:
+        raise RowError(error)
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RowError(f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(row, dict):
+        raise RowError("line is not a JSON object")
+    return row
 
 
 def row_id(row: Mapping, index: int) -> str:

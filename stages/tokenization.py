@@ -10,8 +10,7 @@ it, and checked: the decoded span must equal the assistant content, or the row i
 from __future__ import annotations
 
 import re
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +26,15 @@ class TokenizedRow:
     input_ids: np.ndarray  # int32
     assistant_mask: np.ndarray  # int8
     truncated: bool = False
+    end_of_turn_ids: tuple[int, ...] = ()  # the end-of-turn tokens its assistant turns end with
+
+
+class OverlongRow(RowError):
+    """A row over the length limit that --overlong drop rejects, or that truncation emptied."""
+
+    def __init__(self, reason: str, truncated: bool):
+        super().__init__(reason)
+        self.truncated = truncated
 
 
 @dataclass
@@ -35,7 +43,6 @@ class ChatTokenizer:
     train_on: str = "all"  # all | last
     max_length: int | None = None
     overlong: str = "drop"  # drop | truncate
-    stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self):
         template = self.tokenizer.chat_template
@@ -43,7 +50,6 @@ class ChatTokenizer:
             raise FtprepError("the model's tokenizer has no chat template: use an instruct/chat model")
         self.uses_generation_markers = bool(GENERATION_MARKER.search(template))
         self.special_ids = np.array(sorted(_special_ids(self.tokenizer)), dtype=np.int64)
-        self.end_of_turn_ids: set[int] = set()
 
     def __call__(self, conversations: list[list[dict]]) -> list[TokenizedRow | RowError]:
         if self.uses_generation_markers:
@@ -114,6 +120,7 @@ class ChatTokenizer:
 
     def _finish(self, ids: np.ndarray, token_spans, contents) -> TokenizedRow:
         mask = np.zeros(len(ids), dtype=np.int8)
+        end_of_turn_ids = []
         for (start, end), content in zip(token_spans, contents):
             if end <= start:
                 raise RowError("assistant turn has no tokens")
@@ -126,20 +133,20 @@ class ChatTokenizer:
             if decoded.strip() != content.strip():
                 raise RowError("tokens marked as assistant do not decode to the assistant content")
             if has_end_token:
-                self.end_of_turn_ids.add(int(ids[end - 1]))
+                end_of_turn_ids.append(int(ids[end - 1]))
             mask[start:end] = 1
-        return TokenizedRow(ids, mask)
+        return TokenizedRow(ids, mask, end_of_turn_ids=tuple(end_of_turn_ids))
 
     def _fit_length(self, row: TokenizedRow) -> TokenizedRow | RowError:
         if self.max_length is None or len(row.input_ids) <= self.max_length:
             return row
         if self.overlong == "drop":
-            self.stats["overlong_dropped"] += 1
-            return RowError(f"longer than the limit ({len(row.input_ids)} > {self.max_length} tokens: --max-length or the model's context)")
-        self.stats["overlong_truncated"] += 1
-        cut = TokenizedRow(row.input_ids[: self.max_length], row.assistant_mask[: self.max_length], truncated=True)
+            return OverlongRow(f"longer than the limit ({len(row.input_ids)} > {self.max_length} tokens: --max-length or the model's context)",
+                               truncated=False)
+        cut = TokenizedRow(row.input_ids[: self.max_length], row.assistant_mask[: self.max_length], truncated=True,
+                           end_of_turn_ids=row.end_of_turn_ids)
         if not cut.assistant_mask.any():
-            return RowError(f"no assistant tokens left after truncation to {self.max_length} tokens")
+            return OverlongRow(f"no assistant tokens left after truncation to {self.max_length} tokens", truncated=True)
         return cut
 
     @staticmethod
@@ -166,16 +173,46 @@ def _special_ids(tokenizer) -> set[int]:
     return ids
 
 
-def tokenized_table(ids: list[str], conversations: list[list[dict]], rows: list[TokenizedRow]) -> pa.Table:
+@dataclass
+class TokenizeStage:
+    """Normalized rows (`index`, `id`, `messages`) in; the same rows with `input_ids` and
+    `assistant_mask` out. Rows the template cannot render, or that are too long, go to rejects."""
+
+    chat: ChatTokenizer
+
+    def __call__(self, table: pa.Table, rejects) -> tuple[pa.Table, dict]:
+        results = self.chat(table.column("messages").to_pylist())
+        stats = {"overlong_truncated": 0, "overlong_dropped": 0}
+        kept, end_of_turn_ids = [], set()
+        for position, (index, row_id, result) in enumerate(zip(table.column("index").to_pylist(),
+                                                                table.column("id").to_pylist(), results)):
+            if isinstance(result, RowError):
+                rejects.add(index, row_id, "tokenize", str(result))
+                if isinstance(result, OverlongRow):
+                    stats["overlong_truncated" if result.truncated else "overlong_dropped"] += 1
+                continue
+            stats["overlong_truncated"] += result.truncated
+            end_of_turn_ids.update(result.end_of_turn_ids)
+            kept.append(position)
+        # Collected per shard, so that a resumed run knows the ones its earlier part saw.
+        stats["end_of_turn_ids"] = {str(token): 1 for token in end_of_turn_ids}
+        if len(kept) < table.num_rows:
+            table = table.take(pa.array(kept, pa.int64()))
+        columns = token_columns([results[position] for position in kept])
+        for name, column in columns.items():
+            table = table.append_column(name, column)
+        return table, stats
+
+
+def token_columns(rows: list[TokenizedRow]) -> dict[str, pa.Array]:
     lengths = np.array([len(row.input_ids) for row in rows], dtype=np.int64)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     flat_ids = np.concatenate([row.input_ids for row in rows]) if rows else np.zeros(0, np.int32)
     flat_mask = np.concatenate([row.assistant_mask for row in rows]) if rows else np.zeros(0, np.int8)
-    return pa.table(
-        {
-            "id": pa.array(ids, pa.string()),
-            "messages": pa.array(conversations, MESSAGES_TYPE),
-            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, pa.int32())),
-            "assistant_mask": pa.ListArray.from_arrays(offsets, pa.array(flat_mask, pa.int8())),
-        }
-    )
+    return {"input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, pa.int32())),
+            "assistant_mask": pa.ListArray.from_arrays(offsets, pa.array(flat_mask, pa.int8()))}
+
+
+def tokenized_table(ids: list[str], conversations: list[list[dict]], rows: list[TokenizedRow]) -> pa.Table:
+    return pa.table({"id": pa.array(ids, pa.string()), "messages": pa.array(conversations, MESSAGES_TYPE),
+                     **token_columns(rows)})

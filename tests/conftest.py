@@ -1,28 +1,80 @@
 import json
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ftprep.config import ScoreConfig
-from ftprep.models import load_tokenizer, resolve_model
-from ftprep.runner import run_score
+import ftprep
+from ftprep.models import load_model, load_tokenizer, resolve_model
 from ftprep.writers import read_shards
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
 
 
-def run_cli(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
-    """Run the `ftprep` command as a user would, from the repo root."""
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args, check=True, env=None, timeout=None) -> CliResult:
+    """Run the `ftprep` command as a user would, from the repo root, in this process: the same
+    entry point (ftprep.cli.main), output and exit code as the console script, without the cost
+    of a new interpreter."""
+    from click.testing import CliRunner
+
+    from ftprep.cli import main
+
+    previous = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with CliRunner().isolation(env=env) as streams:
+            try:
+                main([str(arg) for arg in args])
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            stdout, stderr = (stream.getvalue().decode() for stream in streams[:2])
+    finally:
+        os.chdir(previous)
+    result = CliResult(code, stdout, stderr)
+    if check and result.returncode != 0:
+        raise AssertionError(f"ftprep {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def run_cli_process(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
+    """The console script in a process of its own: for what only a real process shows (signals,
+    a fresh interpreter)."""
     script = Path(sys.executable).parent / "ftprep"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "ftprep.cli"]
     result = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=REPO, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"ftprep {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def score_folder(input, output, **settings):
+    """`ftprep score` through the Python API, quietly."""
+    ftprep.score(str(input), output=str(output), **settings)
+    return Path(output)
+
+
+def mask_folder(scored, output, **settings):
+    ftprep.mask(str(scored), output=str(output), **settings)
+    return Path(output)
+
+
+def hf_scorer(model_dir, dtype="float32", **settings):
+    from ftprep.stages.score.hf import HFScorer
+
+    return HFScorer(load_model(model_dir, dtype, "cpu"), **settings)
 
 
 def load_table(folder):
@@ -55,8 +107,7 @@ def tokenizer(model_dir):
 def scored_sample(tmp_path_factory, model_dir):
     """data/sample.jsonl scored once for the whole session, in several shards."""
     output = tmp_path_factory.mktemp("scored") / "sample"
-    run_score(ScoreConfig(input=str(DATA / "sample.jsonl"), output=str(output), shard_rows=16), echo=lambda *_: None)
-    return output
+    return score_folder(DATA / "sample.jsonl", output, shard_rows=16)
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +127,21 @@ def reference_logprobs(model, input_ids) -> np.ndarray:
         logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
     picked = logprobs[:-1].gather(1, ids[0, 1:, None])[:, 0].numpy()
     return np.concatenate([[np.nan], picked]), logprobs
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, model_dir):
+    """A random-weight stand-in for logic tests: the embedded model's tokenizer and chat template
+    on a 2-layer, 64-wide Llama. It loads and scores in a blink; its scores mean nothing."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "head_dim": 16})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
+    return str(folder)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import DATA, flat, load_table, run_cli
+
 from ftprep.trainer import AnchorKLCollator, anchor_kl_loss, with_anchor_kl
 
 K = 20
@@ -141,7 +141,10 @@ def synthetic_scored(ranks_by_row, assistant_by_row, ids_by_row, k=2):
 
 
 def test_turns_rows_and_rows_without_anchors_on_a_synthetic_table():
-    from ftprep.config import MaskConfig
+    import pyarrow as pa
+
+    from ftprep.commands.mask import MaskSettings
+    from ftprep.stages import Rejects
     from ftprep.stages.mask import MaskStage
 
     eot = 2
@@ -153,8 +156,11 @@ def test_turns_rows_and_rows_without_anchors_on_a_synthetic_table():
     )
 
     def run(**settings):
-        config = MaskConfig(scored="-", output="-", strategy="anchor", **settings)
-        return MaskStage(config, [eot])(table)
+        config = MaskSettings(scored="-", output="-", strategy="anchor", **settings).to_dict()
+        rejects = Rejects()
+        indexed = table.append_column("index", pa.array(range(table.num_rows), pa.int64()))
+        out, stats = MaskStage(config, [eot])(indexed, rejects)
+        return out, rejects.rows(), stats
 
     out, rejects, stats = run(anchors="first")
     assert out.column("labels").to_pylist() == [[-100, -100, -100, -100, 8, -100, eot, -100, 11, eot],

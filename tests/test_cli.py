@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DATA, REPO, load_table, read_jsonl, run_cli
 
 
@@ -46,7 +45,7 @@ def test_score_mask_inspect_end_to_end(tmp_path):
     assert dataset.column_names == ["input_ids", "attention_mask", "labels"] and len(dataset) == 4
     assert datasets.load_from_disk(str(scored)).column_names[:4] == ["id", "messages", "input_ids", "assistant_mask"]
     shown = run_cli("inspect", train, "--row", "1", "--no-color").stdout
-    assert shown.startswith("row 1 · id sharegpt-2") or shown.startswith("row 1 ·")
+    assert shown.startswith("row 1 · id sample-002 · ")
     assert "<|im_start|>assistant" in shown and "[" in shown
     colored = run_cli("inspect", scored, "--row", "0", "--color").stdout
     assert "\x1b[1;31m" in colored

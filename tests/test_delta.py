@@ -7,13 +7,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from conftest import DATA, flat, load_table, read_jsonl, run_cli, score_folder
 
-from conftest import DATA, flat, load_table, read_jsonl, run_cli
 from ftprep.against import match_rows
-from ftprep.config import ScoreConfig
-from ftprep.runner import run_score
-from ftprep.writers import dataset_files, write_arrow_atomic
 from ftprep.stages.mask import IGNORE_INDEX
+from ftprep.writers import dataset_files, write_arrow_atomic
 
 EOT = 2  # <|im_end|> in SmolLM2
 ROWS = 8
@@ -44,9 +42,8 @@ def scored_pair(tmp_path_factory, perturbed_model_dir):
     folder = tmp_path_factory.mktemp("pair")
     reversed_input = folder / "reversed.jsonl"
     reversed_input.write_text("".join(json.dumps(row) + "\n" for row in read_jsonl(DATA / "sample.jsonl")[:ROWS][::-1]))
-    quiet = {"echo": lambda *_: None}
-    run_score(ScoreConfig(input=str(DATA / "sample.jsonl"), output=str(folder / "a"), limit=ROWS, shard_rows=3), **quiet)
-    run_score(ScoreConfig(input=str(reversed_input), output=str(folder / "b"), model=str(perturbed_model_dir)), **quiet)
+    score_folder(DATA / "sample.jsonl", folder / "a", limit=ROWS, shard_rows=3)
+    score_folder(reversed_input, folder / "b", model=str(perturbed_model_dir))
     return folder / "a", folder / "b"
 
 

@@ -7,12 +7,12 @@ import re
 import pytest
 import torch
 import yaml
-
 from conftest import run_cli
-from ftprep.stages.errors import FtprepError
+
 from ftprep.models import parameter_shapes
-from ftprep.trainer import apply_hft_plan
+from ftprep.stages.errors import FtprepError
 from ftprep.stages.hft import ATTENTION, FFN, classify, hft_plan
+from ftprep.trainer import apply_hft_plan
 
 # Configs alone: the plan reads no weights, so an 8B model costs nothing here.
 LLAMA_8B = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,

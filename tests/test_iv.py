@@ -6,14 +6,21 @@ import math
 
 import pytest
 import torch
-
 from conftest import DATA, read_jsonl, run_cli
-from ftprep.config import IVConfig
+
+from ftprep.commands.iv import IVSettings
 from ftprep.iv import extract_instruction_vector, instruction_rows, pick_examples, read_instruction_vector, shuffle_words
-from ftprep.trainer import (IGNORE_INDEX, IVGuidance, TokenWeightCollator, generation_header_ids, iv_kl_terms,
-                              prompt_end_positions, with_iv_guidance)
 from ftprep.stages.iv import AnswerScorer, add_instruction_vector, attention_layout, mean_head_outputs, patch_heads, top_heads
 from ftprep.stages.tokenization import ChatTokenizer
+from ftprep.trainer import (
+    IGNORE_INDEX,
+    IVGuidance,
+    TokenWeightCollator,
+    generation_header_ids,
+    iv_kl_terms,
+    prompt_end_positions,
+    with_iv_guidance,
+)
 
 ARITHMETIC = [row["messages"] for row in read_jsonl(DATA / "arithmetic.jsonl")]
 
@@ -175,7 +182,7 @@ def test_cli_writes_vector_heads_and_scores_reproducibly(tmp_path):
     first = run_cli("iv", DATA / "arithmetic.jsonl", "-o", tmp_path / "a.safetensors",
                     *[item for key, value in settings.items() for item in (f"--{key}", value)])
     assert "a.safetensors: 4 heads" in first.stdout
-    again = extract_instruction_vector(IVConfig(input=str(DATA / "arithmetic.jsonl"), output=str(tmp_path / "b.safetensors"), **settings))
+    again = extract_instruction_vector(IVSettings(input=str(DATA / "arithmetic.jsonl"), output=str(tmp_path / "b.safetensors"), **settings))
 
     report = json.loads((tmp_path / "a.json").read_text())
     vectors, metadata = read_instruction_vector(tmp_path / "a.safetensors")

@@ -4,20 +4,16 @@ import json
 
 import numpy as np
 import pytest
+from conftest import flat, load_table, mask_folder
 
-from conftest import flat, load_table
-from ftprep.config import MaskConfig
 from ftprep.stages.errors import FtprepError
-from ftprep.runner import run_mask
 from ftprep.stages.mask import IGNORE_INDEX
 
 EOT = 2  # <|im_end|> in SmolLM2
 
 
 def mask(scored, tmp_path, name="train", **settings):
-    output = tmp_path / name
-    run_mask(MaskConfig(scored=str(scored), output=str(output), **settings), echo=lambda *_: None)
-    return output
+    return mask_folder(scored, tmp_path / name, **settings)
 
 
 @pytest.fixture(scope="module")

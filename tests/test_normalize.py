@@ -3,10 +3,10 @@
 import json
 
 import pytest
-
 from conftest import DATA, read_jsonl
-from ftprep.stages.errors import FtprepError, RowError
+
 from ftprep.readers import open_source
+from ftprep.stages.errors import FtprepError, RowError
 from ftprep.stages.normalize import detect_format, normalize_row, row_id
 
 FORMAT_FILES = {

@@ -21,8 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from conftest import flat, load_table, run_cli
+from conftest import flat, load_table, run_cli, run_cli_process  # push reads HF_ENDPOINT and HF_HOME at import: a process of its own
 
 TOKEN = "hf_fakeSecret" + "7f3a9c1e5b2d4f60"
 REPO = "someone/ftprep-demo"
@@ -217,7 +216,7 @@ def hub_env(hub_url, tmp_path, token=TOKEN):
 
 
 def push(folder, hub, tmp_path, *args, check=True, token=TOKEN):
-    return run_cli("push", folder, REPO, *args, check=check, env=hub_env(hub.url, tmp_path, token))
+    return run_cli_process("push", folder, REPO, *args, check=check, env=hub_env(hub.url, tmp_path, token))
 
 
 def copy_of(folder, tmp_path):
@@ -385,7 +384,7 @@ def test_errors_are_one_line(train, hub, tmp_path):
     assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
         "error: the Hub refused the token (401 Unauthorized): run `hf auth login` again or set HF_TOKEN to a valid token"]
     started = time.monotonic()
-    offline = run_cli("push", folder, REPO, check=False, env=hub_env("http://127.0.0.1:9", tmp_path))
+    offline = run_cli_process("push", folder, REPO, check=False, env=hub_env("http://127.0.0.1:9", tmp_path))
     assert offline.returncode == 1 and offline.stderr.strip() == (
         "error: cannot reach http://127.0.0.1:9: check the network (or HF_ENDPOINT), then rerun to push")
     assert time.monotonic() - started < 15

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DATA, REPO, load_table, read_jsonl, run_cli
-from ftprep.config import ScoreConfig
+
+from ftprep.commands.score import ScoreCommand, ScoreSettings
 from ftprep.engines import EngineOptions, RayEngine, ShardWork, open_engine, worker_resources
+from ftprep.readers import open_source, read_source_shard
 from ftprep.stages.errors import FtprepError
-from ftprep.readers import open_source
 
 FLOAT_COLUMNS = {"logprobs", "entropy", "kept_perplexity", "ground_truth_perplexity", "loss_weights"}
 
@@ -56,9 +56,9 @@ def mixed_input(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_scored(tmp_path_factory, mixed_input):
+def local_scored(tmp_path_factory, mixed_input, tiny_model_dir):
     output = tmp_path_factory.mktemp("local") / "scored"
-    run_cli("score", mixed_input, "-o", output, "--shard-rows", 7)
+    run_cli("score", mixed_input, "-o", output, "--shard-rows", 7, "--model", tiny_model_dir)
     return output
 
 
@@ -93,39 +93,42 @@ def _flatten(values):
             yield np.nan if value is None else value
 
 
-def test_score_on_ray_equals_local(tmp_path, mixed_input, local_scored):
+def test_score_on_ray_equals_local(tmp_path, mixed_input, local_scored, tiny_model_dir):
     """The default: a Ray instance started by the command, two CPU workers, one model each."""
-    result = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7, "--engine", "ray", "--num-workers", 2,
+    result = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7, "--model", tiny_model_dir, "--engine", "ray", "--num-workers", 2,
                      timeout=600)
     assert "45 rows written, 7 rejected" in result.stdout
     assert_same_output(local_scored, tmp_path / "ray")
     # Same input and settings: the output is complete whichever engine asks.
-    again = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7)
+    again = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7, "--model", tiny_model_dir)
     assert "already complete" in again.stdout
 
 
-def test_ray_resumes_a_run_the_local_engine_left(tmp_path, mixed_input, local_scored, ray_cluster, monkeypatch):
-    from ftprep import runner
+def test_ray_resumes_a_run_the_local_engine_left(tmp_path, mixed_input, local_scored, ray_cluster, monkeypatch, tiny_model_dir):
+    from functools import partial
+
+    from ftprep.runner import run
+    from ftprep.stages.score import ScoreStage
 
     output = tmp_path / "scored"
     calls = []
-    original = runner.ScoreStep.__call__
+    original = ScoreStage.__call__
 
-    def stop_after_two_shards(self, table):
+    def stop_after_two_shards(self, table, rejects):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(1)
-        return original(self, table)
+        return original(self, table, rejects)
 
-    monkeypatch.setattr(runner.ScoreStep, "__call__", stop_after_two_shards)
+    monkeypatch.setattr(ScoreStage, "__call__", stop_after_two_shards)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_score(ScoreConfig(input=str(mixed_input), output=str(output), shard_rows=7), echo=lambda *_: None)
+        run(partial(ScoreCommand, ScoreSettings(input=str(mixed_input), output=str(output), shard_rows=7, model=tiny_model_dir)), echo=lambda *_: None)
     partial = output / ".ftprep-partial"
     done = sorted(p.name for p in partial.glob("shard-*.arrow"))
     assert done == ["shard-00000.arrow", "shard-00001.arrow"]
     inodes = {name: (partial / name).stat().st_ino for name in done}
 
-    run_cli("score", mixed_input, "-o", output, "--shard-rows", 7, "--engine", "ray", "--ray-address", ray_cluster,
+    run_cli("score", mixed_input, "-o", output, "--shard-rows", 7, "--model", tiny_model_dir, "--engine", "ray", "--ray-address", ray_cluster,
             "--num-workers", 2, timeout=600, env=TOKEN_AUTH)
     # The shards already done were kept as they were, not scored again.
     assert {name: (output / f"data-{name[6:11]}-of-00008.arrow").stat().st_ino for name in done} == inodes
@@ -145,7 +148,7 @@ def test_mask_on_ray_equals_local(tmp_path, local_scored, ray_cluster):
         assert_same_output(local, ray)
 
 
-def test_regen_on_ray_equals_local(tmp_path, ray_cluster):
+def test_regen_on_ray_equals_local(tmp_path, ray_cluster, tiny_model_dir):
     args = ["data/arithmetic.jsonl", "--limit", 4, "--n", 2, "--max-new-tokens", 24, "--shard-rows", 2,
             "--verify", "math", "--seed", 3]
     run_cli("regen", *args, "-o", tmp_path / "local")
@@ -157,7 +160,7 @@ def test_regen_on_ray_equals_local(tmp_path, ray_cluster):
 def test_a_worker_error_is_one_line_on_the_driver(tmp_path, ray_cluster):
     import ray
 
-    def refuse(chunk):
+    def refuse(table, rejects):
         raise FtprepError("row 3 cannot be prepared")
 
     source = open_source(str(DATA / "sample.jsonl"))
@@ -168,7 +171,7 @@ def test_a_worker_error_is_one_line_on_the_driver(tmp_path, ray_cluster):
 
         output = ShardedOutput(str(tmp_path / "out"), {"test": "worker error"})
         with pytest.raises(FtprepError, match="^row 3 cannot be prepared$"):
-            engine.run(output, engine.shard_reads(source, 16), ShardWork(read=lambda where: where, prepare=refuse),
+            engine.run(output, engine.shard_reads(source, 16), ShardWork(read=read_source_shard, stages=(refuse,)),
                        Progress("test", 40))
     finally:
         ray.shutdown()

@@ -5,10 +5,10 @@ import itertools
 import json
 
 import pytest
-
 from conftest import DATA
-from ftprep.stages.errors import RowError
+
 from ftprep.readers import open_source, read_shard
+from ftprep.stages.errors import RowError
 
 
 def one_pass_shards(source, shard_rows):

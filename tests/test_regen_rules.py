@@ -5,13 +5,13 @@ import re
 
 import numpy as np
 import pytest
+from conftest import hf_scorer
 
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.regen import RegenSettings, RegenStage, task_seed
 from ftprep.stages.regen.checks import compile_pattern, final_number, rejection_reason, verify_answer
 from ftprep.stages.regen.generate import Candidate, prompt_batches, split_at_stop
 from ftprep.stages.regen.prompts import DEFAULT_TEMPLATE, check_template, generation_messages, scaffolding_lines, turn_tasks
-from ftprep.stages.score.hf import HFScorer
 
 REFERENCE = "Lily starts with 12 apples and buys 7 more, so she has 12 + 7 = 19 apples. The answer is 19."
 SCAFFOLDING = scaffolding_lines(DEFAULT_TEMPLATE)
@@ -112,9 +112,19 @@ class FixedCandidates:
         return [[Candidate(text, finished, len(text.split())) for text, finished in self.per_turn[i]] for i in range(len(prompts))]
 
 
+def regen_input(ids, conversations):
+    """Normalized rows as the regen stage takes them."""
+    import pyarrow as pa
+
+    from ftprep.stages.tokenization import MESSAGES_TYPE
+
+    return pa.table({"index": pa.array(range(len(ids)), pa.int64()), "id": pa.array(ids, pa.string()),
+                     "messages": pa.array(conversations, MESSAGES_TYPE)})
+
+
 @pytest.fixture(scope="module")
 def scorer(model_dir):
-    return HFScorer(model_dir)
+    return hf_scorer(model_dir)
 
 
 def test_lowest_perplexity_accepted_candidate_is_kept_else_ground_truth(tokenizer, scorer):
@@ -132,12 +142,12 @@ def test_lowest_perplexity_accepted_candidate_is_kept_else_ground_truth(tokenize
     ])
     any_perplexity = RegenSettings(verify="math", max_new_tokens=64, beat_ground_truth=False)
     stage = RegenStage(any_perplexity, tokenizer, generator, scorer, 8192)
-    table, stats = stage(["a", "b"], conversations)
+    table, stats = stage(regen_input(["a", "b"], conversations))
     rows = table.to_pylist()
 
     # Row a: two candidates pass (odd, fluent); the one the model finds likelier is kept.
     one_each = RegenStage(any_perplexity, tokenizer, FixedCandidates([[(odd, True)], [(fluent, True)]]), scorer, 8192)
-    single, _ = one_each(["x", "y"], [conversations[0], conversations[0]])
+    single, _ = one_each(regen_input(["x", "y"], [conversations[0], conversations[0]]))
     odd_ppl, fluent_ppl = single.column("kept_perplexity").to_pylist()
     truth_ppl = single.column("ground_truth_perplexity").to_pylist()[0]
     print(f"\nperplexity: ground truth {truth_ppl:.3f}, fluent {fluent_ppl:.3f}, odd {odd_ppl:.3f}")
@@ -169,7 +179,7 @@ def test_multi_turn_rows_and_prompts_too_long(tokenizer, scorer):
     generator = FixedCandidates([[("Two plus two: 2 + 2 = 4. The answer is 4.", True)],
                                  [("Three plus three is 7. The answer is 7.", True)]])
     stage = RegenStage(RegenSettings(verify="math", max_new_tokens=16, beat_ground_truth=False), tokenizer, generator, scorer, 8192)
-    table, stats = stage(["m"], [conversation])
+    table, stats = stage(regen_input(["m"], [conversation]))
     row = table.to_pylist()[0]
     assert row["source"] == "mixed"
     assert row["messages"][1]["content"].startswith("Two plus two") and row["messages"][3] == conversation[3]
@@ -177,7 +187,7 @@ def test_multi_turn_rows_and_prompts_too_long(tokenizer, scorer):
 
     # A prompt that leaves no room for --max-new-tokens in the context keeps its ground truth.
     cramped = RegenStage(RegenSettings(max_new_tokens=64), tokenizer, FixedCandidates([]), scorer, 40)
-    table, stats = cramped(["m"], [conversation[:2]])
+    table, stats = cramped(regen_input(["m"], [conversation[:2]]))
     assert table.to_pylist()[0]["messages"] == conversation[:2]
     assert stats["turns_prompt_too_long"] == 1 and stats["turns_ground_truth"] == 1
 
@@ -189,7 +199,7 @@ def test_by_default_a_rewrite_must_be_likelier_than_the_ground_truth(tokenizer, 
     odd = "Apples: twelve, plus seven purchased ones, gives nineteen = 19 apples total. Answer 19."
     stage = RegenStage(RegenSettings(max_new_tokens=64), tokenizer, FixedCandidates([[(odd, True), (fluent, True)], [(odd, True)]]),
                        scorer, 8192)
-    table, stats = stage(["a", "b"], [conversation, conversation])
+    table, stats = stage(regen_input(["a", "b"], [conversation, conversation]))
     rows = table.to_pylist()
     assert rows[0]["messages"][1]["content"] == fluent and rows[0]["candidates_accepted"] == 1
     assert rows[0]["kept_perplexity"] < rows[0]["ground_truth_perplexity"]

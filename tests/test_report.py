@@ -6,7 +6,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 CHROMIUM = shutil.which("chromium")
@@ -57,3 +56,15 @@ def test_report_on_a_scored_dataset_uses_the_threshold(scored_sample, tmp_path):
     assert "(perplexity &gt; 4)" in page.read_text()
     result = run_cli("report", tmp_path, "-o", page, check=False)
     assert result.returncode == 1 and result.stderr.startswith("error: ")
+
+
+def test_masked_token_counts_per_token():
+    from ftprep.report import ReportData, masked_token_counts
+
+    ids = np.array([5, 6, 5, 7, 5, 6])
+    assistant = np.array([True, True, True, True, True, False])
+    masked = np.array([True, False, True, False, False, False])
+    data = ReportData(np.array([0, 6]), ids, assistant, np.ones(6), masked, None, ["a"], "rule")
+    counts = {row["token"]: row for row in masked_token_counts(data).to_dicts()}
+    assert counts[5] == {"token": 5, "seen": 3, "masked": 2, "share": 2 / 3}
+    assert counts[6]["seen"] == 1 and counts[6]["masked"] == 0 and 7 in counts

@@ -4,10 +4,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from conftest import DATA, flat, hf_scorer, load_table, read_jsonl, reference_logprobs
 
-from conftest import DATA, flat, load_table, read_jsonl, reference_logprobs
 from ftprep.stages.score import positions_to_score
-from ftprep.stages.score.hf import HFScorer, length_sorted_batches
+from ftprep.stages.score.hf import length_sorted_batches
 from ftprep.stages.tokenization import ChatTokenizer, tokenized_table
 
 
@@ -42,8 +42,8 @@ def test_scored_dataset_matches_unbatched_forward(scored_sample, plain_model):
 
 
 def test_batch_budget_does_not_change_scores(model_dir, tokenized):
-    small = HFScorer(model_dir, batch_tokens=300)(tokenized)
-    large = HFScorer(model_dir, batch_tokens=100_000)(tokenized)
+    small = hf_scorer(model_dir, batch_tokens=300)(tokenized)
+    large = hf_scorer(model_dir, batch_tokens=100_000)(tokenized)
     a, b = flat(small, "logprobs"), flat(large, "logprobs")
     assert np.array_equal(np.isnan(a), np.isnan(b))
     assert np.nanmax(np.abs(a - b)) < 1e-3
@@ -51,7 +51,7 @@ def test_batch_budget_does_not_change_scores(model_dir, tokenized):
 
 
 def test_score_prompt_and_top_k(model_dir, tokenized, plain_model):
-    scored = HFScorer(model_dir, top_k=5, score_prompt=True)(tokenized.slice(0, 3))
+    scored = hf_scorer(model_dir, top_k=5, score_prompt=True)(tokenized.slice(0, 3))
     for row in scored.to_pylist():
         reference, full = reference_logprobs(plain_model, row["input_ids"])
         got = np.asarray(row["logprobs"], dtype=np.float64)
@@ -74,7 +74,7 @@ def test_positions_never_include_a_rows_first_token():
 
 
 def test_a_sliced_table_scores_like_the_same_rows_alone(model_dir, tokenized):
-    scorer = HFScorer(model_dir)
+    scorer = hf_scorer(model_dir)
     sliced = scorer(tokenized.slice(3, 2))
     alone = scorer(pa.Table.from_pylist(tokenized.slice(3, 2).to_pylist(), schema=tokenized.schema))
     np.testing.assert_array_equal(flat(sliced, "logprobs"), flat(alone, "logprobs"))

@@ -4,10 +4,10 @@ import copy
 
 import numpy as np
 import pytest
-
 from conftest import DATA, read_jsonl
+
 from ftprep.stages.errors import RowError
-from ftprep.stages.tokenization import ChatTokenizer
+from ftprep.stages.tokenization import ChatTokenizer, OverlongRow
 
 # SmolLM2's own ChatML template, rewritten with {% generation %} markers around the assistant
 # content and its end-of-turn token, as TRL-ready templates do.
@@ -52,7 +52,7 @@ def test_marked_spans_are_the_assistant_contents_plus_end_of_turn(template, toke
     for conversation, row in zip(conversations, rows):
         contents = [m["content"] + "<|im_end|>" for m in conversation if m["role"] == "assistant"]
         assert assistant_texts(chosen, row) == contents
-    assert chat.end_of_turn_ids == {tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    assert {token for row in rows for token in row.end_of_turn_ids} == {tokenizer.convert_tokens_to_ids("<|im_end|>")}
 
 
 def test_both_span_methods_agree_token_for_token(tokenizer, marker_tokenizer, conversations):
@@ -96,13 +96,10 @@ def test_span_check_rejects_tokens_that_cross_the_content_edge(tokenizer):
 def test_max_length_drop_and_truncate(tokenizer, conversations):
     lengths = [len(row.input_ids) for row in ChatTokenizer(tokenizer)(conversations)]
     limit = int(np.median(lengths))
-    dropping = ChatTokenizer(tokenizer, max_length=limit, overlong="drop")
-    dropped = dropping(conversations)
-    assert sum(isinstance(r, RowError) for r in dropped) == sum(n > limit for n in lengths)
-    assert dropping.stats["overlong_dropped"] == sum(n > limit for n in lengths)
-    truncating = ChatTokenizer(tokenizer, max_length=limit, overlong="truncate")
-    truncated = truncating(conversations)
-    assert truncating.stats["overlong_truncated"] == sum(n > limit for n in lengths)
+    dropped = ChatTokenizer(tokenizer, max_length=limit, overlong="drop")(conversations)
+    assert sum(isinstance(r, OverlongRow) for r in dropped) == sum(n > limit for n in lengths)
+    truncated = ChatTokenizer(tokenizer, max_length=limit, overlong="truncate")(conversations)
+    assert sum(getattr(r, "truncated", False) for r in truncated) == sum(n > limit for n in lengths)
     for row, n in zip(truncated, lengths):
         if not isinstance(row, RowError):
             assert len(row.input_ids) == min(n, limit) and row.truncated == (n > limit)

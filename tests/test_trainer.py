@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from ftprep.trainer import TokenWeightCollator, weighted_cross_entropy, with_token_weights
 
 ROWS = [

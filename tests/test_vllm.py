@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
-
-from conftest import DATA, flat, load_table, run_cli
+from conftest import DATA, flat, load_table
+from conftest import run_cli_process as run_cli  # vLLM spawns processes: a console script of its own
 
 VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
 
@@ -25,7 +25,8 @@ needs_vllm = pytest.mark.skipif(not VLLM_INSTALLED, reason="vLLM is not installe
 def scored_by_both(tmp_path_factory):
     out = tmp_path_factory.mktemp("backends")
     for backend in ("hf", "vllm"):
-        run_cli("score", DATA / "sample.jsonl", "-o", out / backend, "--backend", backend, "--dtype", "float32", "--top-k", "5")
+        run_cli("score", DATA / "sample.jsonl", "-o", out / backend, "--backend", backend, "--dtype", "float32", "--top-k", "5",
+                "--limit", 20)
         run_cli("mask", out / backend, "-o", out / f"{backend}-train", "--strategy", "threshold")
     return out
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ftprep.stages.errors import RowError
 from ftprep.stages import flat_values, row_offsets
+from ftprep.stages.errors import RowError
 from ftprep.stages.regen.checks import compile_pattern, rejection_reason
 from ftprep.stages.regen.prompts import DEFAULT_TEMPLATE, check_template, generation_messages, scaffolding_lines, turn_tasks, with_response
 from ftprep.stages.tokenization import MESSAGES_TYPE, ChatTokenizer, tokenized_table
@@ -75,6 +75,8 @@ def perplexity_of(logprob_sum: float, count: int) -> float:
 
 class RegenStage:
     def __init__(self, settings: RegenSettings, tokenizer, generator, scorer, context_length: int | None):
+        """`generator` samples candidates and `scorer` (a score backend) scores them, both around
+        the model their caller loaded."""
         self.settings = settings
         self.tokenizer = tokenizer
         self.generator = generator
@@ -86,7 +88,9 @@ class RegenStage:
         # Responses are scored as the last turn of their context: the mask covers just them.
         self.chat = ChatTokenizer(tokenizer, "last", context_length, "drop")
 
-    def __call__(self, ids: list[str], conversations: list[list[dict]]) -> tuple[pa.Table, dict]:
+    def __call__(self, table: pa.Table, rejects=None) -> tuple[pa.Table, dict]:
+        """Normalized rows (`id`, `messages`) in; every row out, rewritten where a candidate won."""
+        ids, conversations = table.column("id").to_pylist(), table.column("messages").to_pylist()
         stats = Counter()
         tasks = turn_tasks(conversations, self.settings.train_on)
         prompts = self._prompt_ids(tasks)
@@ -136,6 +140,9 @@ class RegenStage:
                 best[index] = position
         return self._table(ids, conversations, tasks, candidates, scored_texts, accepted, best, ground_truth, sums,
                            counts, perplexities, stats, rejections)
+
+    def close(self) -> None:
+        self.scorer.close()
 
     def _prompt_ids(self, tasks) -> list[list[int]]:
         if not tasks:

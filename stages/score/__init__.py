@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ftprep.stages import nested_list_array
+from ftprep.stages import flat_values, nested_list_array
 
 TOPK_IDS_TYPE = pa.int32()
 # float16 rounds a logprob by at most 5e-4 of its size (3e-8 nats near 0, under 0.02 above -64),
@@ -69,3 +69,35 @@ def scored_schema(top_k: int = 0) -> pa.Schema:
     if top_k:
         fields += [("topk_ids", pa.list_(pa.list_(TOPK_IDS_TYPE))), ("topk_logprobs", pa.list_(pa.list_(TOPK_LOGPROBS_TYPE)))]
     return pa.schema(fields)
+
+
+class ScoreStage:
+    """Tokenized rows in; the same rows with `logprobs`, `entropy`, `rank` (and the top-k) out.
+    `scorer` is a backend (hf.HFScorer, vllm.VLLMScorer) around a model its caller loaded."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    def __call__(self, table: pa.Table, rejects=None) -> tuple[pa.Table, dict]:
+        scored = self.scorer(table)
+        return scored, score_stats(scored)
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+def score_stats(table: pa.Table) -> dict:
+    logprobs = flat_values(table, "logprobs")
+    assistant = flat_values(table, "assistant_mask").astype(bool)
+    scored = ~np.isnan(logprobs)
+    stats = {
+        "tokens": len(logprobs),
+        "assistant_tokens": int(assistant.sum()),
+        "scored_tokens": int(scored.sum()),
+        "assistant_logprob_sum": float(logprobs[assistant & scored].sum()),
+        "assistant_greedy_hits": int((flat_values(table, "rank")[assistant & scored] == 1).sum()),
+    }
+    if "topk_ids" in table.column_names:
+        # What the top-k columns take in Arrow buffers, offsets included: what the shards hold.
+        stats["topk_bytes"] = sum(table.column(name).nbytes for name in ("topk_ids", "topk_logprobs"))
+    return stats

@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ftprep.models import load_model
 from ftprep.stages import flat_values, row_offsets
 from ftprep.stages.score import default_batch_tokens, positions_to_score, score_columns
 
@@ -24,11 +23,11 @@ CHUNK_ELEMENTS = 1 << 23
 class HFScorer:
     entropy_kind = "full"
 
-    def __init__(self, model_dir: str, dtype: str = "float32", device: str = "cpu", batch_tokens: int | None = None,
-                 top_k: int = 0, score_prompt: bool = False):
-        self.model = load_model(model_dir, dtype, device)
-        self.device = torch.device(device)
-        self.batch_tokens = batch_tokens or default_batch_tokens(device)
+    def __init__(self, model, batch_tokens: int | None = None, top_k: int = 0, score_prompt: bool = False):
+        """`model`: a transformers causal LM, loaded and placed on its device by the caller."""
+        self.model = model
+        self.device = model.device
+        self.batch_tokens = batch_tokens or default_batch_tokens(self.device.type)
         self.top_k = top_k
         self.score_prompt = score_prompt
         self.decoder = self.model.get_decoder()

@@ -9,8 +9,6 @@ the hf backend except entropy: vLLM does not return it, so it is computed over t
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pyarrow as pa
 
@@ -53,29 +51,36 @@ def returned_entries(prompt_logprobs, targets: np.ndarray, width: int):
     return ids, values, ranks
 
 
-class VLLMScorer:
-    def __init__(self, model_dir: str, dtype: str = "bfloat16", device: str = "cuda", top_k: int = 0,
-                 score_prompt: bool = False, gpu_memory_utilization: float | None = None,
-                 max_num_batched_tokens: int | None = None, seed: int = 0):
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        from vllm import LLM
+def engine_arguments(model_dir: str, dtype: str, device: str, top_k: int, gpu_memory_utilization: float | None,
+                     max_num_batched_tokens: int | None, seed: int) -> dict:
+    """What `vllm.LLM` is built with for scoring (and regen's sampling) on `device`."""
+    settings = default_engine_settings(device)
+    return dict(
+        model=model_dir,
+        dtype=dtype,
+        skip_tokenizer_init=True,
+        enable_prefix_caching=False,  # prompt logprobs bypass the cache anyway
+        gpu_memory_utilization=gpu_memory_utilization or settings["gpu_memory_utilization"],
+        max_num_batched_tokens=max_num_batched_tokens or settings["max_num_batched_tokens"],
+        max_logprobs=returned_k(top_k),
+        seed=seed,  # scoring draws nothing; regen's sampling does
+    )
 
-        settings = default_engine_settings(device)
+
+def returned_k(top_k: int) -> int:
+    """Logprobs vLLM returns per position: the top-k asked for, and enough for the entropy."""
+    return max(top_k, ENTROPY_TOP_K)
+
+
+class VLLMScorer:
+    def __init__(self, llm, top_k: int = 0, score_prompt: bool = False):
+        """`llm`: a `vllm.LLM` its caller started with `engine_arguments` (one engine per run:
+        start-up costs far more than a shard)."""
+        self.llm = llm
         self.top_k = top_k
         self.score_prompt = score_prompt
-        self.returned_k = max(top_k, ENTROPY_TOP_K)
+        self.returned_k = returned_k(top_k)
         self.entropy_kind = f"topk-{ENTROPY_TOP_K}"
-        # One engine for the whole run: start-up costs far more than a shard.
-        self.llm = LLM(
-            model=model_dir,
-            dtype=dtype,
-            skip_tokenizer_init=True,
-            enable_prefix_caching=False,  # prompt logprobs bypass the cache anyway
-            gpu_memory_utilization=gpu_memory_utilization or settings["gpu_memory_utilization"],
-            max_num_batched_tokens=max_num_batched_tokens or settings["max_num_batched_tokens"],
-            max_logprobs=self.returned_k,
-            seed=seed,  # scoring draws nothing; regen's sampling does
-        )
 
     def close(self) -> None:
         """Stop the engine's processes now: left to interpreter exit, their teardown can abort

@@ -1,0 +1,68 @@
+"""Settings that several commands share, each declared once: `limit: int | None = shared.limit()`
+in a command's Settings class gives it the option with its help, default and checks."""
+
+from __future__ import annotations
+
+from ftprep.models import DEFAULT_MODEL
+from ftprep.settings import positive, setting
+from ftprep.stages.normalize import FORMATS
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("auto", "hf", "vllm")
+
+
+def input_path():
+    return setting(argument=True, path=True, help="JSONL, JSON, Parquet or CSV file, a save_to_disk folder, or a hub dataset id.")
+
+
+def output(what: str):
+    return setting(flags=("-o", "--output"), help=what)
+
+
+def model(what: str = "Alias, model folder, .gguf file or hub id."):
+    return setting(DEFAULT_MODEL, help=what)
+
+
+def input_format():
+    return setting(None, flags=("--format",), choices=FORMATS, help="Input format (default: detected).")
+
+
+def split():
+    return setting(None, help="Split of a dataset folder or hub dataset (default: train).")
+
+
+def limit():
+    return positive(help="Only the first N rows.")
+
+
+def train_on(what: str = "Which assistant turns are trainable."):
+    return setting("all", choices=("all", "last"), help=what)
+
+
+def backend(what: str = "Scoring engine; auto: vllm on a CUDA GPU when installed, else hf."):
+    return setting("auto", choices=BACKENDS, help=what)
+
+
+def batch_tokens(what: str = "Token budget of one forward pass, padding included (default: 1024 on CPU, 16384 on GPU)."):
+    return positive(help=what)
+
+
+def dtype():
+    return setting("auto", choices=DTYPES, help="auto: float32 on CPU, bfloat16 on GPU.")
+
+
+def device():
+    return setting("auto", help="auto, cpu, cuda or cuda:N.")
+
+
+def shard_rows():
+    return positive(1000, help="Input rows per output shard (the unit of resume).")
+
+
+def gpu_memory_utilization():
+    return setting(None, low=0.05, high=0.99,
+                   help="vllm: share of GPU memory (of RAM on CPU) vLLM takes (default: 0.85 on GPU, 0.3 on CPU).")
+
+
+def max_num_batched_tokens():
+    return positive(help="vllm: tokens per engine step; the logits peak grows with it (default: 8192 on GPU, 2048 on CPU).")

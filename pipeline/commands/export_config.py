@@ -1,0 +1,29 @@
+"""`ftprep export-config`: a ready-to-use training snippet for a training folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from ftprep.commands import command
+from ftprep.settings import Settings, setting
+from ftprep.stages.strategies import TARGETS
+
+SUMMARY = "Print a ready-to-use training snippet for FOLDER (TRL Python, Axolotl or LLaMA-Factory YAML)."
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSettings(Settings):
+    folder: str = setting(argument=True, help="A folder written by ftprep mask.")
+    target: str = setting("trl", choices=TARGETS, help="Trainer to print a snippet for (hf and trl print the same TRL Python).")
+
+
+def print_snippet(settings: ExportSettings) -> None:
+    from ftprep.export import export_config
+
+    click.echo(export_config(Path(settings.folder), settings.target), nl=False)
+
+
+cli = command("export-config", ExportSettings, print_snippet, SUMMARY)

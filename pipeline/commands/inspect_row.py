@@ -1,0 +1,32 @@
+"""`ftprep inspect`: one row's tokens, masked or low-weight ones marked, and its numbers."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from ftprep.commands import command
+from ftprep.settings import Settings, setting
+
+SUMMARY = "Show one row's tokens, with masked or low-weight tokens marked, and its numbers."
+
+
+@dataclass(frozen=True, kw_only=True)
+class InspectSettings(Settings):
+    folder: str = setting(argument=True, help="A folder written by ftprep score, regen or mask.")
+    row: int = setting(0, low=0, help="Row number (0-based).")
+    threshold: float = setting(2.5, help="Scored datasets: mark tokens with perplexity above this.")
+    color: bool | None = setting(None, toggle=True, help="Colour (default: on a terminal).")
+
+
+def show_row(settings: InspectSettings) -> None:
+    from ftprep.inspection import inspect_row
+
+    use_color = sys.stdout.isatty() if settings.color is None else settings.color
+    click.echo(inspect_row(Path(settings.folder), settings.row, settings.threshold, use_color), color=use_color)
+
+
+cli = command("inspect", InspectSettings, show_row, SUMMARY)

@@ -1,0 +1,31 @@
+"""`ftprep report`: one self-contained HTML page with plots and examples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from ftprep.commands import command
+from ftprep.settings import Settings, setting
+
+SUMMARY = "Write one self-contained HTML page with plots and examples for FOLDER."
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportSettings(Settings):
+    folder: str = setting(argument=True, help="A folder written by ftprep score or mask.")
+    output: str = setting("report.html", flags=("-o", "--output"), help="HTML file to write.")
+    threshold: float = setting(2.5, help="Scored datasets: the perplexity threshold to show.")
+
+
+def write_report(settings: ReportSettings) -> None:
+    from ftprep.report import render_report
+    from ftprep.writers import write_text_atomic
+
+    write_text_atomic(Path(settings.output), render_report(Path(settings.folder), settings.threshold))
+    click.echo(f"wrote {settings.output}")
+
+
+cli = command("report", ReportSettings, write_report, SUMMARY)

@@ -1,0 +1,125 @@
+"""`ftprep score`: every ground-truth token's logprob, rank and entropy under the model.
+
+read -> normalize -> tokenize -> score -> write, one shard of input rows at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from ftprep.commands import common as shared
+from ftprep.commands import shard_command
+from ftprep.engines import ShardWork
+from ftprep.models import context_length
+from ftprep.readers import input_format, open_source, read_source_shard
+from ftprep.runtime import library_versions, make_scorer, resolve_runtime
+from ftprep.settings import Settings, setting
+from ftprep.stages.normalize import NormalizeStage
+from ftprep.stages.score import ScoreStage, default_batch_tokens, scored_schema
+from ftprep.stages.tokenization import ChatTokenizer, TokenizeStage
+
+SUMMARY = "Score every ground-truth token of INPUT under the model: logprob, rank, entropy."
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreSettings(Settings):
+    input: str = shared.input_path()
+    output: str = shared.output("Folder for the scored dataset.")
+    model: str = shared.model()
+    format: str | None = shared.input_format()
+    split: str | None = shared.split()
+    limit: int | None = shared.limit()
+    train_on: str = shared.train_on()
+    max_length: int | None = setting(None, low=0, low_open=True, help="Longest row in tokens.")
+    overlong: str = setting("drop", choices=("drop", "truncate"), help="What to do with longer rows.")
+    backend: str = shared.backend()
+    batch_tokens: int | None = shared.batch_tokens()
+    dtype: str = shared.dtype()
+    device: str = shared.device()
+    top_k: int = setting(0, low=0, high=1000, help="Also store the model's top-k ids and logprobs per token.")
+    score_prompt: bool = setting(False, help="Score every token, not only assistant tokens.")
+    shard_rows: int = shared.shard_rows()
+    gpu_memory_utilization: float | None = shared.gpu_memory_utilization()
+    max_num_batched_tokens: int | None = shared.max_num_batched_tokens()
+
+
+class ScoreCommand:
+    name = "score"
+    made_from = "input"
+
+    def __init__(self, settings: ScoreSettings, executor):
+        self.settings = settings
+        self.output = settings.output
+        self.source = open_source(settings.input, settings.split, settings.limit)
+        self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
+                                       executor.cuda_available())
+        self.device = self.runtime.device
+        self.batch_tokens = settings.batch_tokens or default_batch_tokens(self.device)
+        self.chat = None
+
+    def identity(self) -> dict:
+        return {"command": "score", "settings": self.settings.result_settings(), "input": self.source.identity(),
+                "batch_tokens": self.batch_tokens, **self.runtime.identity()}
+
+    def total_rows(self) -> int | None:
+        return self.source.count()
+
+    def shard_reads(self, executor):
+        return executor.shard_reads(self.source, self.settings.shard_rows)
+
+    def work(self) -> ShardWork:
+        settings = self.settings
+        self.format = input_format(self.source, settings.format)
+        # Rows longer than the model's context cannot be scored: they take the --overlong path too.
+        limits = [limit for limit in (settings.max_length, context_length(self.runtime.model_dir)) if limit]
+        self.chat = ChatTokenizer(self.runtime.tokenizer, settings.train_on, min(limits) if limits else None, settings.overlong)
+        return ShardWork(read=read_source_shard, stages=(NormalizeStage(self.format), TokenizeStage(self.chat)),
+                         build_model_stage=partial(build_score_stage, settings, self.runtime, self.batch_tokens),
+                         columns=tuple(self.schema().names))
+
+    def schema(self):
+        return scored_schema(self.settings.top_k)
+
+    def finish(self, stats: dict) -> tuple[dict, dict]:
+        stats = finish_score_stats(stats)
+        tokenizer = self.runtime.tokenizer
+        # Collected per shard, so that a resumed run knows the ones its earlier part saw.
+        end_of_turn_ids = (sorted(int(token) for token in stats.pop("end_of_turn_ids", {}))
+                           or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
+        manifest = {
+            "stage": "score",
+            "config": self.settings.to_dict(),
+            "format": self.format,
+            "model": self.runtime.manifest(),
+            "tokenizer": {"fingerprint": self.runtime.tokenizer_fingerprint, "end_of_turn_ids": end_of_turn_ids,
+                          "uses_generation_markers": self.chat.uses_generation_markers},
+            "entropy_kind": self.runtime.entropy_kind(),
+            "versions": library_versions(),
+            "counts": {key: stats[key] for key in ("rows_in", "rows_out", "rows_rejected")},
+        }
+        return manifest, stats
+
+
+def build_score_stage(settings: ScoreSettings, runtime, batch_tokens: int) -> ScoreStage:
+    return ScoreStage(make_scorer(runtime, settings.top_k, settings.score_prompt, batch_tokens,
+                                  settings.gpu_memory_utilization, settings.max_num_batched_tokens))
+
+
+def finish_score_stats(stats: dict) -> dict:
+    stats = dict(stats)
+    scored = stats.get("assistant_tokens", 0)
+    if scored:
+        stats["assistant_mean_logprob"] = stats["assistant_logprob_sum"] / scored
+        stats["assistant_perplexity"] = float(np.exp(-stats["assistant_mean_logprob"]))
+        stats["assistant_greedy_share"] = stats["assistant_greedy_hits"] / scored
+    if stats.get("scored_tokens") and "topk_bytes" in stats:
+        stats["topk_bytes_per_token"] = stats["topk_bytes"] / stats["scored_tokens"]
+    if stats.get("seconds"):
+        stats["tokens_per_second"] = stats.get("tokens", 0) / stats["seconds"]
+    return stats
+
+
+cli = shard_command("score", ScoreSettings, ScoreCommand, SUMMARY)

@@ -1,0 +1,32 @@
+"""`ftprep stats`: the numbers of a scored or training dataset."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from ftprep.commands import command
+from ftprep.settings import Settings, setting
+from ftprep.stages.errors import FtprepError
+
+SUMMARY = "Print the stats of a scored or training dataset."
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsSettings(Settings):
+    folder: str = setting(argument=True, help="A folder written by ftprep score, regen or mask.")
+
+
+def show_stats(settings: StatsSettings) -> None:
+    path = Path(settings.folder) / "stats.json"
+    if not path.is_file():
+        raise FtprepError(f"{settings.folder} has no stats.json: give a folder written by ftprep score or ftprep mask")
+    from ftprep.inspection import format_stats
+
+    click.echo(format_stats(json.loads(path.read_text())))
+
+
+cli = command("stats", StatsSettings, show_stats, SUMMARY)

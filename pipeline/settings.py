@@ -1,0 +1,173 @@
+"""Settings declared once: each command's dataclass of settings is its click options, its
+Python keyword arguments, its validation and the `config` of its manifest.
+
+    @dataclass(frozen=True, kw_only=True)
+    class ScoreSettings(Settings):
+        input: str = INPUT()
+        top_k: int = setting(0, help="Also store the top-k.", low=0, high=1000)
+
+A field's `Spec` (its metadata) says how it reads on the command line; `Settings.__post_init__`
+checks choices and ranges, so `ftprep.mask(..., strategy="thresold")` fails with the same
+one-line error as the command line would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+
+import click
+
+from ftprep.stages.errors import FtprepError
+
+REQUIRED = MISSING
+
+
+@dataclass(frozen=True)
+class Spec:
+    help: str = ""
+    flags: tuple[str, ...] = ()  # click's flags; default: --field-name
+    choices: tuple | None = None
+    low: float | None = None  # numbers: the smallest value allowed
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+    argument: bool = False  # a positional argument
+    toggle: bool = False  # booleans: --x/--no-x instead of a flag that turns it on
+    identity: bool = True  # the output depends on it: a resumed run must share it
+    path: bool = False  # a file or folder: runs that name it by other paths are the same run
+    metavar: str | None = None
+
+
+def setting(default=REQUIRED, **spec) -> dataclasses.Field:
+    """A field of a Settings class: its default and how it reads on the command line."""
+    return field(default=default, metadata={"spec": Spec(**spec)})
+
+
+def positive(default=None, **spec) -> dataclasses.Field:
+    return setting(default, low=0, low_open=True, **spec)
+
+
+class Settings:
+    """What every command's settings can say about themselves."""
+
+    def __post_init__(self):
+        for item in dataclasses.fields(self):
+            check_value(self.name_of(item), getattr(self, item.name), spec_of(item))
+
+    @staticmethod
+    def name_of(item: dataclasses.Field) -> str:
+        return option_name(item)
+
+    def to_dict(self) -> dict:
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self) if spec_of(item).identity}
+
+    def result_settings(self) -> dict:
+        """Settings that change the output; a resumed run must share all of them. Paths count
+        by what they name, so `./data.jsonl` resumes a run of `data.jsonl`, from any directory."""
+        settings = self.to_dict()
+        settings.pop("output", None)
+        for item in dataclasses.fields(self):
+            value = settings.get(item.name)
+            if spec_of(item).path and isinstance(value, str) and Path(value).expanduser().exists():
+                settings[item.name] = str(Path(value).expanduser().resolve())
+        return settings
+
+    @classmethod
+    def from_options(cls, command: str, options: dict, **given):
+        """Settings from keyword arguments (the Python API), with one-line errors for names
+        that are not settings of the command."""
+        known = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise FtprepError(f"ftprep.{command}() has no option {', '.join(unknown)}: use {', '.join(sorted(known - set(given)))}")
+        return cls(**given, **options)
+
+
+def spec_of(item: dataclasses.Field) -> Spec:
+    return item.metadata.get("spec", Spec())
+
+
+def option_name(item: dataclasses.Field) -> str:
+    spec = spec_of(item)
+    if spec.argument:
+        return item.name.upper()
+    long_flags = [flag for flag in spec.flags if flag.startswith("--")]
+    return long_flags[0].split("/")[0] if long_flags else "--" + item.name.replace("_", "-")
+
+
+def check_value(name: str, value, spec: Spec) -> None:
+    if value is None:
+        return
+    if spec.choices is not None and value not in spec.choices:
+        raise FtprepError(f"unknown {name} {value!r}: use one of {', '.join(map(str, spec.choices))}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if spec.low is None and spec.high is None:
+        return
+    if math.isnan(value):
+        raise FtprepError(f"{name} is nan: give a number")
+    below = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
+    above = spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high)
+    if below or above:
+        raise FtprepError(f"{name} {value:g} is out of range: {range_text(spec)}")
+
+
+def range_text(spec: Spec) -> str:
+    parts = []
+    if spec.low is not None:
+        parts.append(f"above {spec.low:g}" if spec.low_open else f"at least {spec.low:g}")
+    if spec.high is not None:
+        parts.append(f"below {spec.high:g}" if spec.high_open else f"at most {spec.high:g}")
+    return "give a value " + " and ".join(parts)
+
+
+def click_params(cls) -> list[click.Parameter]:
+    """The click arguments and options of a Settings class, in the order of its fields."""
+    hints = typing.get_type_hints(cls)
+    return [click_param(item, hints[item.name]) for item in dataclasses.fields(cls)]
+
+
+def click_param(item: dataclasses.Field, hint) -> click.Parameter:
+    spec = spec_of(item)
+    kind = base_type(hint)
+    required = item.default is MISSING and item.default_factory is MISSING
+    default = None if required else item.default
+    if spec.argument:
+        return click.Argument([item.name], required=required, type=click_type(spec, kind))
+    flags = list(spec.flags) or ["--" + item.name.replace("_", "-")]
+    if kind is bool:
+        if spec.toggle:
+            flags = flags if "/" in flags[-1] else [f"{flags[0]}/--no-{flags[0][2:]}"]
+            return click.Option([*flags, item.name], default=default, help=spec.help, show_default=default is not None)
+        return click.Option([*flags, item.name], is_flag=True, default=bool(default), help=spec.help)
+    return click.Option([*flags, item.name], type=click_type(spec, kind), default=default, required=required,
+                        help=spec.help, metavar=spec.metavar, show_default=default is not None)
+
+
+def click_type(spec: Spec, kind):
+    if spec.choices is not None:
+        return click.Choice([str(choice) for choice in spec.choices])
+    if kind is int and (spec.low is not None or spec.high is not None):
+        return click.IntRange(_closed(spec.low, spec.low_open, 1), _closed(spec.high, spec.high_open, -1))
+    if kind is float and (spec.low is not None or spec.high is not None):
+        return click.FloatRange(spec.low, spec.high, min_open=spec.low_open, max_open=spec.high_open)
+    if spec.path:
+        return click.Path()
+    return {int: click.INT, float: click.FLOAT}.get(kind, click.STRING)
+
+
+def _closed(bound, is_open: bool, step: int):
+    """An integer range's open bound as a closed one (IntRange(0, min_open) takes 1 and up)."""
+    if bound is None:
+        return None
+    return int(bound) + step if is_open else int(bound)
+
+
+def base_type(hint):
+    """int for `int | None`, and so on."""
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return args[0] if args else hint

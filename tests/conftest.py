@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import ftprep
@@ -145,3 +146,14 @@ def tiny_model_dir(tmp_path_factory, model_dir):
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
     return str(folder)
+
+
+def assert_tables_equal(got, expected):
+    """Same columns, rows and values; NaN (unscored tokens) equal to NaN."""
+    assert got.column_names == expected.column_names and got.num_rows == expected.num_rows
+    for name in expected.column_names:
+        a, b = got.column(name).combine_chunks(), expected.column(name).combine_chunks()
+        while pa.types.is_list(a.type):
+            assert a.offsets.to_pylist() == b.offsets.to_pylist(), name
+            a, b = a.flatten(), b.flatten()
+        np.testing.assert_array_equal(a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False), err_msg=name)

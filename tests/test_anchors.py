@@ -172,7 +172,7 @@ def test_turns_rows_and_rows_without_anchors_on_a_synthetic_table():
     out, rejects, stats = run(anchors="all", keep_eos=False)
     assert out.column("labels").to_pylist()[1] == [-100] * 5 and out.column("kl_mask").to_pylist()[1] == [0, 0, 1, 1, 1]
     assert out.column("labels").to_pylist()[0][6] == eot  # rank 4: an anchor on its own merit
-    assert stats["rows_out"] == 2 and not rejects
+    assert out.num_rows == 2 and not rejects
     # --min-kept counts tokens with any loss, labels or KL targets.
     _, rejects, _ = run(anchors="all", keep_eos=False, min_kept=4)
     assert [reject["index"] for reject in rejects] == [1]

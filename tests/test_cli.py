@@ -187,3 +187,10 @@ def test_the_same_input_by_another_path_is_the_same_run(tmp_path):
     run_cli("mask", tmp_path / "scored", "-o", tmp_path / "train")
     again = run_cli("mask", tmp_path / "scored" / ".", "-o", tmp_path / "train")
     assert "already complete" in again.stdout
+
+
+def test_bare_ftprep_shows_the_commands_in_workflow_order_and_exits_2():
+    result = run_cli(check=False)
+    assert result.returncode == 2
+    listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == ["score", "regen", "mask", "inspect", "stats", "report", "export-config", "push", "hft-plan", "iv"]

@@ -361,7 +361,10 @@ class IVGuidance:
     Defaults are the authors' settings in their released code for the method (GangweiJiang/FvForgetting,
     src/tuning/trainer/base.py and scripts/train/*_fvg.sh, Llama-2-7b-chat with LoRA, 10 heads):
     KL(new || reference) as `F.kl_div(log_softmax(ref / 2), softmax(new / 2))`, weights 20 (last
-    prompt token) and 0.1 (all tokens), each counted only above 0.1.
+    prompt token) and 0.1 (all tokens), each counted only above 0.1. Not taken from it: its head-output
+    MSE term (`--fv_pr`, weight 1.0) is not implemented, and the IV goes in per layer unless
+    `edit_layer` asks for the reference's one-layer placement (README, "Differences from the
+    reference code").
 
     `header_ids`: the chat template's generation header (`generation_header_ids(tokenizer)`); the last
     prompt token is the end of the last header before the first supervised label, so that it is found
@@ -376,6 +379,16 @@ class IVGuidance:
     kl_weight_all: float = 0.1
     temperature: float = 2.0
     kl_floor: float = 0.1
+    # None: each layer's part of the IV at that layer's o_proj output, where its heads write. A layer
+    # number: the whole IV (the sum of the parts) at that one layer's o_proj output, the reference
+    # code's placement (its --edit_layer, 9 for Llama-2-7b).
+    edit_layer: int | None = None
+
+    def placed_vectors(self) -> dict[int, torch.Tensor]:
+        """What is added where: {layer: vector} for add_instruction_vector."""
+        if self.edit_layer is None or not self.vectors:
+            return self.vectors
+        return {self.edit_layer: torch.stack([vector.float() for vector in self.vectors.values()]).sum(0)}
 
     @classmethod
     def load(cls, path: str | Path, tokenizer=None, **settings) -> "IVGuidance":
@@ -467,9 +480,9 @@ def with_iv_guidance(trainer_class):
             labels = inputs.pop("labels")
             positions = prompt_end_positions(inputs["input_ids"], labels, inputs.get("attention_mask"), guidance.header_ids)
             scale = guidance.scale_at(self.state.global_step, self.state.max_steps)
-            with add_instruction_vector(model, guidance.vectors, scale, positions):
+            with add_instruction_vector(model, guidance.placed_vectors(), scale, positions):
                 outputs = model(**inputs)
-            with torch.no_grad(), add_instruction_vector(self.iv_reference, guidance.vectors, 1.0, positions):
+            with torch.no_grad(), add_instruction_vector(self.iv_reference, guidance.placed_vectors(), 1.0, positions):
                 reference_logits = self.iv_reference(**inputs).logits
             count = self.accumulated_count(model)
             weight_sum, rows = count if count is not None else (None, None)

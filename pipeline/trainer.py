@@ -16,6 +16,11 @@ No mainstream trainer reads a weight column, so this module is what a user adds:
 The loss is the weighted token cross-entropy, normalized by the sum of the weights of the
 supervised tokens: sum_t w_t * CE_t / sum_t w_t over tokens whose label is not -100.
 
+Gradient accumulation: the three trainers below normalize over the whole accumulated batch (all
+micro-batches of one optimizer step, and all processes when `average_tokens_across_devices`), as
+transformers does for its own loss with `num_items_in_batch`; so batch 4 x accumulation 1 and batch
+1 x accumulation 4 give the same loss and the same gradients.
+
 Half fine-tuning (`ftprep hft-plan`): `apply_hft_plan(model, "plan.json")` before building the
 trainer freezes what the plan freezes; HF Trainer and TRL then optimize only the rest.
 
@@ -80,8 +85,13 @@ class TokenWeightCollator:
         return batch
 
 
-def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_t w_t * CE_t / sum_t w_t over supervised tokens; labels are not shifted (HF convention)."""
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                           total: torch.Tensor | float | None = None) -> torch.Tensor:
+    """sum_t w_t * CE_t / total over supervised tokens; labels are not shifted (HF convention).
+
+    `total` defaults to this batch's sum_t w_t; under gradient accumulation pass the weight sum of the
+    whole accumulated batch (`supervised_weight_sum` over its micro-batches), so that the micro-batch
+    losses add up to the loss of one big batch."""
     logits, labels, weights = logits[:, :-1], labels[:, 1:], weights[:, 1:]
     supervised = labels != IGNORE_INDEX
     weights = torch.where(supervised, weights.to(torch.float32), torch.zeros_like(weights, dtype=torch.float32))
@@ -90,26 +100,82 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
         labels.masked_fill(~supervised, 0).reshape(-1),
         reduction="none",
     ).view_as(weights)
+    if total is None:
+        total = weights.sum()
     # A batch whose weights are all zero contributes a zero loss, not a NaN.
-    return (token_loss * weights).sum() / weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
+    return (token_loss * weights).sum() / torch.as_tensor(total, dtype=torch.float32).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def supervised_weight_sum(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum_t w_t over the tokens a collated batch supervises (what weighted_cross_entropy divides by);
+    without `loss_weights`, the count of supervised tokens."""
+    supervised = batch["labels"][:, 1:] != IGNORE_INDEX
+    weights = batch.get("loss_weights")
+    if weights is None:
+        return supervised.sum().to(torch.float32)
+    return torch.where(supervised, weights[:, 1:].to(torch.float32), 0.0).sum()
 
 
 def weighted_loss(outputs, labels: torch.Tensor, num_items_in_batch=None, loss_weights: torch.Tensor | None = None):
-    """`compute_loss_func` for HF Trainer: weighted when `loss_weights` is given, else plain."""
+    """`compute_loss_func` for HF Trainer: weighted when `loss_weights` is given, else plain.
+
+    `num_items_in_batch` is the normalizer: transformers passes the count of supervised tokens of the
+    whole accumulated batch, which makes the plain loss exact under gradient accumulation; with
+    `loss_weights`, pass the accumulated weight sum (`supervised_weight_sum`). None: this batch's own."""
     if loss_weights is None:
         loss_weights = (labels != IGNORE_INDEX).float()
-    return weighted_cross_entropy(outputs.logits, labels, loss_weights)
+    return weighted_cross_entropy(outputs.logits, labels, loss_weights, num_items_in_batch)
+
+
+def _exact_under_accumulation(trainer_class, count):
+    """A subclass of `trainer_class` that knows, before each optimizer step, `count` (a float tensor per
+    collated micro-batch: what the loss divides by) summed over the step's micro-batches, and over
+    the processes when `average_tokens_across_devices`: `self.accumulated_count`.
+
+    A loss that divides by it is already scaled for accumulation, which the class says to transformers
+    (`loss_is_scaled_for_ga`; older releases decide from `model_accepts_loss_kwargs`). Outside training
+    (evaluation) `accumulated_count` is None and the loss normalizes over its own batch."""
+
+    class ExactUnderAccumulation(trainer_class):
+        loss_is_scaled_for_ga = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = True  # transformers < 5.x: "the loss is already scaled"
+            self.ftprep_count: torch.Tensor | None = None
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+            total = sum((count(batch).to(device) for batch in batches), torch.zeros((), device=device))
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                total = self.accelerator.gather(total[None]).sum(0)
+            self.ftprep_count = total if batches else None
+            return batches, num_items_in_batch
+
+        def accumulated_count(self, model) -> torch.Tensor | None:
+            return self.ftprep_count if model.training else None
+
+        def across_processes(self, loss: torch.Tensor, model) -> torch.Tensor:
+            # The count is over every process and DDP averages the gradients: undo the average, as
+            # transformers does for its own loss.
+            if model.training and self.args.average_tokens_across_devices and self.args.world_size > 1:
+                return loss * self.accelerator.num_processes
+            return loss
+
+    return ExactUnderAccumulation
 
 
 def with_token_weights(trainer_class):
-    """A subclass of `trainer_class` (Trainer, SFTTrainer...) whose loss reads `loss_weights`."""
+    """A subclass of `trainer_class` (Trainer, SFTTrainer...) whose loss reads `loss_weights`,
+    normalized by the weight sum of the whole accumulated batch."""
 
-    class TokenWeightedTrainer(trainer_class):
+    class TokenWeightedTrainer(_exact_under_accumulation(trainer_class, supervised_weight_sum)):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weights = inputs.pop("loss_weights", None)
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            loss = weighted_loss(outputs, labels, num_items_in_batch, weights)
+            loss = weighted_loss(outputs, labels, self.accumulated_count(model), weights)
+            loss = self.across_processes(loss, model)
             return (loss, outputs) if return_outputs else loss
 
     TokenWeightedTrainer.__name__ = f"TokenWeighted{trainer_class.__name__}"
@@ -156,8 +222,11 @@ class AnchorKLCollator:
 
 
 def anchor_kl_loss(logits: torch.Tensor, labels: torch.Tensor, ref_topk_ids: torch.Tensor, ref_topk_logprobs: torch.Tensor,
-                   kl_mask: torch.Tensor, anchor_confidence: torch.Tensor, direction: str = "reverse") -> torch.Tensor:
-    """AnchorLwF's hybrid loss, averaged over the positions that carry one (anchors and kl_mask).
+                   kl_mask: torch.Tensor, anchor_confidence: torch.Tensor, direction: str = "reverse",
+                   total: torch.Tensor | float | None = None) -> torch.Tensor:
+    """AnchorLwF's hybrid loss, averaged over the positions that carry one (anchors and kl_mask):
+    summed, then divided by `total`, by default this batch's count of such positions (under gradient
+    accumulation, the accumulated batch's `anchor_kl_positions` count).
 
     At each such position t the target is q_t = c_t onehot(label_t) + (1 - c_t) p_ref, c_t = 0 off
     anchors, over the support S_t = the stored top-k ids, plus the label at an anchor whose label is
@@ -171,19 +240,34 @@ def anchor_kl_loss(logits: torch.Tensor, labels: torch.Tensor, ref_topk_ids: tor
     if direction not in KL_DIRECTIONS:
         raise ValueError(f"direction must be one of {KL_DIRECTIONS}, not {direction!r}")
     logits = logits[:, :-1]
-    labels, ids, ref, kl_mask, confidence = (x[:, 1:] for x in (labels, ref_topk_ids, ref_topk_logprobs, kl_mask, anchor_confidence))
+    hard, soft = _anchor_kl_groups(labels, ref_topk_logprobs, kl_mask, anchor_confidence)
+    labels, ids, ref, confidence = (x[:, 1:] for x in (labels, ref_topk_ids, ref_topk_logprobs, anchor_confidence))
+    anchor = labels != IGNORE_INDEX
+    count = (hard | soft).sum() if total is None else torch.as_tensor(total, dtype=torch.float32)
+
+    summed = F.cross_entropy(logits[hard].float(), labels[hard], reduction="sum") if hard.any() else logits.new_zeros((), dtype=torch.float32)
+    if soft.any():
+        summed = summed + _soft_target_kl(logits[soft].float(), labels[soft], anchor[soft],
+                                          confidence[soft].float(), ids[soft], ref[soft].float(), direction).sum()
+    # A batch with no such position contributes a zero loss, not a NaN.
+    return summed / count.clamp_min(1)
+
+
+def _anchor_kl_groups(labels, ref_topk_logprobs, kl_mask, anchor_confidence) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions (shifted: index t - 1 predicts token t) that take cross-entropy (`hard`: anchors
+    with c_t = 1 or no reference) and those that take the soft-target KL (`soft`)."""
+    labels, ref, kl_mask, confidence = (x[:, 1:] for x in (labels, ref_topk_logprobs, kl_mask, anchor_confidence))
     has_ref = torch.isfinite(ref).any(dim=-1)
     anchor = labels != IGNORE_INDEX
     hard = anchor & ((confidence >= 1) | ~has_ref)
     soft = (anchor & ~hard) | (kl_mask.bool() & has_ref & ~anchor)
-    count = (hard | soft).sum()
+    return hard, soft
 
-    total = F.cross_entropy(logits[hard].float(), labels[hard], reduction="sum") if hard.any() else logits.new_zeros((), dtype=torch.float32)
-    if soft.any():
-        total = total + _soft_target_kl(logits[soft].float(), labels[soft], anchor[soft],
-                                        confidence[soft].float(), ids[soft], ref[soft].float(), direction).sum()
-    # A batch with no such position contributes a zero loss, not a NaN.
-    return total / count.clamp_min(1)
+
+def anchor_kl_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """How many positions of a collated batch carry an anchor-KL term (what anchor_kl_loss divides by)."""
+    hard, soft = _anchor_kl_groups(batch["labels"], batch["ref_topk_logprobs"], batch["kl_mask"], batch["anchor_confidence"])
+    return (hard | soft).sum().to(torch.float32)
 
 
 def _soft_target_kl(logits, labels, is_anchor, confidence, ids, ref_logprobs, direction) -> torch.Tensor:
@@ -217,12 +301,13 @@ def with_anchor_kl(trainer_class, direction: str = "reverse"):
     if direction not in KL_DIRECTIONS:
         raise ValueError(f"direction must be one of {KL_DIRECTIONS}, not {direction!r}")
 
-    class AnchorKLTrainer(trainer_class):
+    class AnchorKLTrainer(_exact_under_accumulation(trainer_class, anchor_kl_positions)):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             targets = {name: inputs.pop(name) for name in ANCHOR_KL_COLUMNS}
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            loss = anchor_kl_loss(outputs.logits, labels, **targets, direction=direction)
+            loss = anchor_kl_loss(outputs.logits, labels, **targets, direction=direction, total=self.accumulated_count(model))
+            loss = self.across_processes(loss, model)
             return (loss, outputs) if return_outputs else loss
 
     AnchorKLTrainer.__name__ = f"AnchorKL{trainer_class.__name__}"
@@ -276,7 +361,10 @@ class IVGuidance:
     Defaults are the authors' settings in their released code for the method (GangweiJiang/FvForgetting,
     src/tuning/trainer/base.py and scripts/train/*_fvg.sh, Llama-2-7b-chat with LoRA, 10 heads):
     KL(new || reference) as `F.kl_div(log_softmax(ref / 2), softmax(new / 2))`, weights 20 (last
-    prompt token) and 0.1 (all tokens), each counted only above 0.1.
+    prompt token) and 0.1 (all tokens), each counted only above 0.1. Not taken from it: its head-output
+    MSE term (`--fv_pr`, weight 1.0) is not implemented, and the IV goes in per layer unless
+    `edit_layer` asks for the reference's one-layer placement (README, "Differences from the
+    reference code").
 
     `header_ids`: the chat template's generation header (`generation_header_ids(tokenizer)`); the last
     prompt token is the end of the last header before the first supervised label, so that it is found
@@ -291,6 +379,16 @@ class IVGuidance:
     kl_weight_all: float = 0.1
     temperature: float = 2.0
     kl_floor: float = 0.1
+    # None: each layer's part of the IV at that layer's o_proj output, where its heads write. A layer
+    # number: the whole IV (the sum of the parts) at that one layer's o_proj output, the reference
+    # code's placement (its --edit_layer, 9 for Llama-2-7b).
+    edit_layer: int | None = None
+
+    def placed_vectors(self) -> dict[int, torch.Tensor]:
+        """What is added where: {layer: vector} for add_instruction_vector."""
+        if self.edit_layer is None or not self.vectors:
+            return self.vectors
+        return {self.edit_layer: torch.stack([vector.float() for vector in self.vectors.values()]).sum(0)}
 
     @classmethod
     def load(cls, path: str | Path, tokenizer=None, **settings) -> "IVGuidance":
@@ -343,12 +441,21 @@ def iv_kl_terms(logits: torch.Tensor, reference_logits: torch.Tensor, positions:
 
 
 def iv_regularizer(guidance: IVGuidance, logits: torch.Tensor, reference_logits: torch.Tensor, positions: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The IV-based KL term added to the training loss (weights and floor from `guidance`)."""
+                   attention_mask: torch.Tensor | None = None, rows: torch.Tensor | float | None = None) -> torch.Tensor:
+    """The IV-based KL term added to the training loss (weights and floor from `guidance`).
+
+    Both terms are means over rows: over this batch's rows, or over `rows`, the row count of the whole
+    accumulated batch (this batch's share of it). The floor is tested on this batch's own means."""
     prompt_end, all_tokens = iv_kl_terms(logits, reference_logits, positions, attention_mask, guidance.temperature)
+    share = 1.0 if rows is None else logits.shape[0] / torch.as_tensor(rows, dtype=torch.float32)
     # As in the authors' code: a term pulls only once the model has drifted past the floor.
-    return sum(weight * term * (term > guidance.kl_floor)
-               for weight, term in ((guidance.kl_weight_prompt_end, prompt_end), (guidance.kl_weight_all, all_tokens)))
+    return share * sum(weight * term * (term > guidance.kl_floor)
+                       for weight, term in ((guidance.kl_weight_prompt_end, prompt_end), (guidance.kl_weight_all, all_tokens)))
+
+
+def _weight_sum_and_rows(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    weight_sum = supervised_weight_sum(batch)
+    return torch.stack([weight_sum, torch.tensor(float(batch["input_ids"].shape[0]), device=weight_sum.device)])
 
 
 def with_iv_guidance(trainer_class):
@@ -359,7 +466,7 @@ def with_iv_guidance(trainer_class):
     base model under a PEFT adapter). Reads `loss_weights` too, as `with_token_weights` does.
     """
 
-    class IVGuidedTrainer(trainer_class):
+    class IVGuidedTrainer(_exact_under_accumulation(trainer_class, _weight_sum_and_rows)):
         def __init__(self, *args, iv_guidance: IVGuidance, reference_model=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.iv_guidance = iv_guidance
@@ -373,12 +480,14 @@ def with_iv_guidance(trainer_class):
             labels = inputs.pop("labels")
             positions = prompt_end_positions(inputs["input_ids"], labels, inputs.get("attention_mask"), guidance.header_ids)
             scale = guidance.scale_at(self.state.global_step, self.state.max_steps)
-            with add_instruction_vector(model, guidance.vectors, scale, positions):
+            with add_instruction_vector(model, guidance.placed_vectors(), scale, positions):
                 outputs = model(**inputs)
-            with torch.no_grad(), add_instruction_vector(self.iv_reference, guidance.vectors, 1.0, positions):
+            with torch.no_grad(), add_instruction_vector(self.iv_reference, guidance.placed_vectors(), 1.0, positions):
                 reference_logits = self.iv_reference(**inputs).logits
-            penalty = iv_regularizer(guidance, outputs.logits, reference_logits, positions, inputs.get("attention_mask"))
-            loss = weighted_loss(outputs, labels, num_items_in_batch, weights) + penalty
+            count = self.accumulated_count(model)
+            weight_sum, rows = count if count is not None else (None, None)
+            penalty = iv_regularizer(guidance, outputs.logits, reference_logits, positions, inputs.get("attention_mask"), rows)
+            loss = self.across_processes(weighted_loss(outputs, labels, weight_sum, weights) + penalty, model)
             self.iv_last_step = {"iv_scale": scale, "iv_penalty": float(penalty.detach())}
             return (loss, outputs) if return_outputs else loss
 

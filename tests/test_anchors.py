@@ -182,7 +182,7 @@ def test_axolotl_layout_is_shifted_and_renormalized(scored_topk, scores, tmp_pat
     folder = tmp_path / "axolotl"
     table, _ = mask_anchor(scored_topk, folder, "--target", "axolotl")
     assert table.column_names == ["input_ids", "attention_mask", "labels", "target_token_ids", "target_logprobs", "target_mask"]
-    anchors = expected_anchors(scores, "first")
+    anchors = expected_anchors(scores, "all")  # the default rule
     kl = scores["assistant"] & ~anchors & (scores["rank"] > 0)
     np.testing.assert_array_equal(flat(table, "labels"), np.where(anchors, scores["ids"], -100))
     target_ids = [tokens for row in table.column("target_token_ids").to_pylist() for tokens in row]

@@ -136,6 +136,13 @@ def test_only_heads_that_help_are_kept_best_first():
     assert top_heads(effects, 1) == [(1, 0, 0.5)]
 
 
+def test_reference_placement_adds_the_summed_iv_at_one_layer():
+    parts = {3: torch.tensor([1.0, 2.0]), 7: torch.tensor([0.5, -1.0])}
+    assert IVGuidance(parts).placed_vectors() is parts  # default: each part at its own layer
+    placed = IVGuidance(parts, edit_layer=9).placed_vectors()
+    assert list(placed) == [9] and placed[9].tolist() == [1.5, 1.0]
+
+
 def test_iv_weight_decays_linearly_to_zero():
     guidance = IVGuidance({})
     assert [guidance.scale_at(step, 10) for step in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]

@@ -128,7 +128,35 @@ def test_user_template_is_used_and_checked(tmp_path):
     run_cli("regen", ARITHMETIC, "-o", output, "--limit", 2, "--template", template, "--max-new-tokens", 8, "--n", 1)
     manifest = json.loads((output / "ftprep.json").read_text())
     assert manifest["template"] == template.read_text()
+    assert manifest["sampling"] == {"temperature": 0.7, "top_p": 0.95, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+                                    "n": 1, "max_new_tokens": 8}
     template.write_text("Question only: {instruction}")
     result = run_cli("regen", ARITHMETIC, "-o", tmp_path / "bad", "--template", template, check=False)
     assert result.returncode != 0 and "lacks {reference}" in result.stderr and "Traceback" not in result.stderr
     assert "{reference}" in run_cli("regen", "--print-template").stdout
+
+
+def test_the_models_generation_config_does_not_change_sampling(tiny_model_dir, tokenizer):
+    """transformers' generate fills what it is not told from generation_config.json; vLLM does not.
+    ftprep tells it every knob, so a model that ships a repetition penalty and a top-k samples the
+    same as one that does not (issue 13)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftprep.stages.regen.generate import HFGenerator, Sampling, hf_generation_kwargs, vllm_sampling_kwargs
+
+    sampling = Sampling(n=3, max_new_tokens=12)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Count to five."}], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    samples = {}
+    for shipped in ({}, {"repetition_penalty": 3.0, "top_k": 2, "min_p": 0.3}):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+        model.generation_config.update(**shipped)
+        candidates = HFGenerator(model, tokenizer, sampling, budget_tokens=4096)([prompt], [5])[0]
+        samples[bool(shipped)] = [candidate.text for candidate in candidates]
+    assert samples[True] == samples[False] and len(set(samples[False])) > 1
+    # Both backends are given the same values for the knobs they share.
+    hf, vllm = hf_generation_kwargs(sampling), vllm_sampling_kwargs(sampling)
+    assert {key: hf[key] for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")} == \
+        {key: vllm[key] for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
+    assert (hf["max_new_tokens"], hf["num_return_sequences"]) == (vllm["max_tokens"], vllm["n"]) == (12, 3)

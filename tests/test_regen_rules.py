@@ -51,6 +51,20 @@ def test_each_rule_rejects_with_its_reason():
     assert reason(good * 2) is None
 
 
+@pytest.mark.parametrize("text", [
+    "In my response I add 12 and 7: 12 + 7 = 19 apples, so the answer is 19.",
+    "Here is your own response: 12 + 7 = 19 apples, so Lily has 19 in all.",
+    "Your turn! Lily had 12 apples, bought 7 more, 12 + 7 = 19. The answer is 19.",
+    "  your turn: Lily had 12 apples, bought 7 more, 12 + 7 = 19. The answer is 19.",
+])
+def test_sdft_leak_phrases_are_rejected(text):
+    assert reason(text) == "leaks_prompt"
+
+
+def test_your_turn_inside_an_answer_is_no_leak():
+    assert reason("Lily had 12 apples; on her turn she bought 7 more: 12 + 7 = 19. The answer is 19.") is None
+
+
 def test_verifiers():
     assert reason("Lily ends up with 12 + 7 = 19 apples in all. The answer is 19.", verify="math") is None
     assert reason("Lily ends up with 12 + 8 = 20 apples in all. The answer is 20.", verify="math") == "wrong_answer"

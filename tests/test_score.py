@@ -29,10 +29,10 @@ def test_scored_dataset_matches_unbatched_forward(scored_sample, plain_model):
         got = np.asarray(row["logprobs"], dtype=np.float64)
         worst = max(worst, np.abs(got[assistant] - reference[assistant]).max())
         assert np.isnan(got[~assistant]).all()  # prompt positions are not scored by default
-        # rank: 1 + number of tokens with a higher logit; entropy: of the full distribution.
+        # rank: number of tokens at least as likely, the target included; entropy: of the full distribution.
         targets = torch.tensor(row["input_ids"][1:])
         predicted = full[:-1]
-        rank = (predicted > predicted.gather(1, targets[:, None])).sum(-1) + 1
+        rank = (predicted >= predicted.gather(1, targets[:, None])).sum(-1)
         entropy = -(predicted.exp() * predicted).sum(-1)
         np.testing.assert_array_equal(np.asarray(row["rank"])[1:][assistant[1:]], rank.numpy()[assistant[1:]])
         np.testing.assert_allclose(np.asarray(row["entropy"])[1:][assistant[1:]], entropy.numpy()[assistant[1:]], atol=1e-3)
@@ -64,6 +64,23 @@ def test_score_prompt_and_top_k(model_dir, tokenized, plain_model):
         np.testing.assert_allclose(np.asarray(row["topk_logprobs"][1:]), top_logprobs.numpy(), rtol=2**-11, atol=1e-3)
     assert scored.schema.field("topk_ids").type == pa.list_(pa.list_(pa.int32()))
     assert scored.schema.field("topk_logprobs").type == pa.list_(pa.list_(pa.float16()))
+
+
+def test_a_tie_counts_against_the_target_on_both_backends():
+    """Rank = tokens at least as likely as the target, itself included: a token tied with the greedy
+    choice has rank 2, as vLLM ranks it (issue 13: hf gave it rank 1)."""
+    from types import SimpleNamespace
+
+    from ftprep.stages.score.hf import HFScorer
+
+    logits = torch.tensor([[2.0, 2.0, 0.5, -1.0], [2.0, 2.0, 0.5, -1.0], [3.0, 1.0, 1.0, 1.0], [3.0, 1.0, 0.0, -1.0]])
+    targets = torch.tensor([0, 1, 2, 0])
+    head_is_identity = SimpleNamespace(head=lambda states: states, softcap=None, top_k=0)
+    ranks = HFScorer._score_chunk(head_is_identity, logits.clone(), targets)[2]
+    assert ranks.tolist() == [2, 2, 4, 1]
+    vllm_ops = pytest.importorskip("vllm.v1.sample.ops.logprobs")  # what vLLM's sampler ranks prompt tokens with
+    logprobs = torch.log_softmax(logits, dim=-1)
+    assert vllm_ops.batched_count_greater_than(logprobs, logprobs.gather(1, targets[:, None])).tolist() == ranks.tolist()
 
 
 def test_positions_never_include_a_rows_first_token():

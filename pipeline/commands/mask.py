@@ -46,9 +46,9 @@ class MaskSettings(Settings):
                                   help="delta: the same input scored with a second model (ftprep score --model B).")
     delta: float = setting(2.5, help="delta: mask assistant tokens whose perplexity under the --against model exceeds "
                                      "the one in SCORED by more than this.")
-    anchors: str = setting("first", choices=ANCHOR_RULES,
-                           help="anchor: label the first token of each assistant turn the model ranks below its greedy "
-                                "choice, or all of them.")
+    anchors: str = setting("all", choices=ANCHOR_RULES,
+                           help="anchor: label every assistant token the model ranks below its greedy choice (the "
+                                "paper's rule under teacher forcing), or only the first of each assistant turn.")
     confidence: float = setting(1.0, low=0, high=1, low_open=True,
                                 help="anchor: c_t, the anchors' target is c_t x their label + (1 - c_t) x the reference distribution.")
 

@@ -127,6 +127,7 @@ class RegenCommand:
             "config": self.settings.to_dict(),
             "format": self.format,
             "template": self.template,
+            "sampling": sampling_of(self.settings).parameters(),
             "model": self.runtime.manifest(),
             "tokenizer": {"fingerprint": self.runtime.tokenizer_fingerprint},
             "versions": library_versions(),
@@ -135,13 +136,19 @@ class RegenCommand:
         return manifest, stats
 
 
+def sampling_of(settings: RegenSettings):
+    from ftprep.stages.regen.generate import Sampling
+
+    return Sampling(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+                    max_new_tokens=settings.max_new_tokens)
+
+
 def build_regen_stage(settings: RegenSettings, stage_settings, runtime):
     """One model for sampling and scoring, as the scorer loaded it."""
     from ftprep.stages.regen import RegenStage
-    from ftprep.stages.regen.generate import HFGenerator, Sampling, VLLMGenerator
+    from ftprep.stages.regen.generate import HFGenerator, VLLMGenerator
 
-    sampling = Sampling(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
-                        max_new_tokens=settings.max_new_tokens)
+    sampling = sampling_of(settings)
     batch_tokens = settings.batch_tokens or default_batch_tokens(runtime.device)
     model_dir = runtime.local_model_dir()
     scorer = make_scorer(runtime, 0, False, batch_tokens, settings.gpu_memory_utilization,

@@ -10,8 +10,12 @@ from ftprep.stages.errors import FtprepError
 
 VERIFIERS = ("none", "math", "exact", "regex")
 # Phrases a rewrite only writes when it talks about the prompt instead of answering it.
-LEAK_PHRASES = ("reference answer", "your response", "your own answer", "now it's your turn", "now it is your turn",
-                "in your own words", "the reference above", "the given reference", "original answer")
+# "my response", "your own response" and a leading "your turn" are the phrases SDFT's own filter
+# (sail-sg/sdft) drops distilled responses for.
+LEAK_PHRASES = ("reference answer", "your response", "your own response", "my response", "your own answer",
+                "now it's your turn", "now it is your turn", "in your own words", "the reference above",
+                "the given reference", "original answer")
+LEAK_STARTS = ("your turn",)
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
@@ -76,7 +80,8 @@ def rejection_reason(text: str, finished: bool, reference: str, *, length_ratio:
     if not text.strip():
         return "empty"
     lowered = text.lower().replace("\u2019", "'")
-    if any(phrase in lowered for phrase in LEAK_PHRASES) or any(line in lowered for line in scaffolding):
+    if (any(phrase in lowered for phrase in LEAK_PHRASES) or lowered.lstrip().startswith(LEAK_STARTS)
+            or any(line in lowered for line in scaffolding)):
         return "leaks_prompt"
     ratio = len(text.strip()) / max(len(reference.strip()), 1)
     if ratio > length_ratio or ratio < 1 / length_ratio:

@@ -18,6 +18,14 @@ class Sampling:
     top_p: float = 0.95
     max_new_tokens: int = 512
 
+    def parameters(self) -> dict:
+        """Every sampling knob both backends have, set explicitly: transformers' `generate` would
+        otherwise take what the model's generation_config.json sets (e.g. a repetition penalty or a
+        top-k) and vLLM would not, and the same command would sample differently per backend.
+        ftprep.json records these under "sampling"."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0, "min_p": 0.0,
+                "repetition_penalty": 1.0, "n": self.n, "max_new_tokens": self.max_new_tokens}
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -58,6 +66,24 @@ def prompt_batches(lengths: np.ndarray, per_row_tokens: int, budget: int) -> lis
     return batches
 
 
+def hf_generation_kwargs(sampling: Sampling) -> dict:
+    """`generate` keyword arguments for `sampling`: what vLLM is given, plus the transformers-only
+    filters turned off, so that nothing is left for the model's generation config to fill in."""
+    parameters = sampling.parameters()
+    return {"do_sample": True, "temperature": parameters["temperature"], "top_p": parameters["top_p"],
+            "top_k": parameters["top_k"], "min_p": parameters["min_p"], "repetition_penalty": parameters["repetition_penalty"],
+            "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "no_repeat_ngram_size": 0,
+            "max_new_tokens": parameters["max_new_tokens"], "num_return_sequences": parameters["n"]}
+
+
+def vllm_sampling_kwargs(sampling: Sampling) -> dict:
+    """SamplingParams keyword arguments for `sampling` (vLLM's penalties are at their neutral values)."""
+    parameters = sampling.parameters()
+    return {"n": parameters["n"], "temperature": parameters["temperature"], "top_p": parameters["top_p"],
+            "top_k": parameters["top_k"], "min_p": parameters["min_p"], "repetition_penalty": parameters["repetition_penalty"],
+            "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": parameters["max_new_tokens"]}
+
+
 class HFGenerator:
     def __init__(self, model, tokenizer, sampling: Sampling, budget_tokens: int):
         self.model = model
@@ -87,9 +113,7 @@ class HFGenerator:
             with torch.no_grad():
                 output = self.model.generate(
                     input_ids=input_ids.to(self.model.device), attention_mask=attention.to(self.model.device),
-                    do_sample=True, temperature=self.sampling.temperature, top_p=self.sampling.top_p, top_k=0,
-                    max_new_tokens=self.sampling.max_new_tokens, num_return_sequences=self.sampling.n,
-                    eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+                    **hf_generation_kwargs(self.sampling), eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
                 )
             generated = output[:, width:].cpu().numpy().reshape(len(batch), self.sampling.n, -1)
             for slot, index in enumerate(batch):
@@ -123,10 +147,8 @@ class VLLMGenerator:
         if not prompts:
             return []
         params = [
-            SamplingParams(n=self.sampling.n, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-                           max_tokens=self.sampling.max_new_tokens, seed=seed if self.per_request_seeds else None,
-                           stop_token_ids=self.stop_ids,
-                           detokenize=False)
+            SamplingParams(**vllm_sampling_kwargs(self.sampling), seed=seed if self.per_request_seeds else None,
+                           stop_token_ids=self.stop_ids, detokenize=False)
             for seed in seeds
         ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompt) for prompt in prompts], params, use_tqdm=False)

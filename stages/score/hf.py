@@ -100,7 +100,9 @@ class HFScorer:
         # Few passes over the vocab-sized chunk, in place where possible: on CPU these passes
         # cost as much as the LM head matmul itself.
         target_logits = logits.gather(1, targets[:, None])
-        rank = (logits > target_logits).sum(dim=-1) + 1
+        # Rank = how many tokens are at least as likely as the target, itself included: a tie counts
+        # against the target (rank 1 = the one greedy choice). vLLM counts the same way.
+        rank = (logits >= target_logits).sum(dim=-1)
         top = logits.amax(dim=-1, keepdim=True)
         shifted = logits.sub_(top)
         unnormalized = torch.exp(shifted)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +14,13 @@ import ftprep
 from ftprep.models import fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_model
 from ftprep.stages.errors import FtprepError
 
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
 
 def resolve_device(device: str, cuda_available: bool | None = None) -> str:
     """`cuda_available`: whether the machines that will run the model have a GPU (default: this one)."""
+    if not DEVICE.fullmatch(device):
+        raise FtprepError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N")
     if cuda_available is None:
         import torch
 

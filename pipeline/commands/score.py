@@ -62,9 +62,7 @@ class ScoreCommand:
         self.device = self.runtime.device
         self.batch_tokens = settings.batch_tokens or default_batch_tokens(self.device)
         self.chat = None
-        vocabulary = len(self.runtime.tokenizer)
-        if settings.top_k > vocabulary:
-            raise FtprepError(f"--top-k {settings.top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}")
+        check_top_k(settings.top_k, self.runtime.tokenizer)
 
     def identity(self) -> dict:
         return {"command": "score", "settings": self.settings.result_settings(), "input": self.source.identity(),
@@ -108,6 +106,12 @@ class ScoreCommand:
             "counts": {key: stats[key] for key in ("rows_in", "rows_out", "rows_rejected")},
         }
         return manifest, stats
+
+
+def check_top_k(top_k: int, tokenizer) -> None:
+    vocabulary = len(tokenizer)
+    if top_k > vocabulary:
+        raise FtprepError(f"--top-k {top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}")
 
 
 def build_score_stage(settings: ScoreSettings, runtime, batch_tokens: int) -> ScoreStage:

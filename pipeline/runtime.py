@@ -62,6 +62,7 @@ class Runtime:
     backend: str
     model_fingerprint: str
     tokenizer_fingerprint: str
+    trust_remote_code: bool = False  # only when the user says so (--trust-remote-code)
 
     def identity(self) -> dict:
         return {"backend": self.backend, "device": self.device, "dtype": self.dtype,
@@ -88,12 +89,13 @@ class Runtime:
         return model_dir
 
 
-def resolve_runtime(model: str, device: str, dtype: str, backend: str = "hf", cuda_available: bool | None = None) -> Runtime:
-    model_dir = resolve_model(model)
-    tokenizer = load_tokenizer(model_dir)
+def resolve_runtime(model: str, device: str, dtype: str, backend: str = "hf", cuda_available: bool | None = None,
+                    trust_remote_code: bool = False) -> Runtime:
     device = resolve_device(device, cuda_available)
+    model_dir = resolve_model(model)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code)
     return Runtime(model, model_dir, tokenizer, device, resolve_dtype(dtype, device), resolve_backend(backend, device),
-                   fingerprint_model(model_dir), fingerprint_tokenizer(tokenizer))
+                   fingerprint_model(model_dir), fingerprint_tokenizer(tokenizer), trust_remote_code)
 
 
 def make_scorer(runtime: Runtime, top_k: int, score_prompt: bool, batch_tokens: int, gpu_memory_utilization=None,
@@ -107,11 +109,11 @@ def make_scorer(runtime: Runtime, top_k: int, score_prompt: bool, batch_tokens: 
         from vllm import LLM
 
         llm = LLM(**engine_arguments(model_dir, runtime.dtype, runtime.device, top_k, gpu_memory_utilization,
-                                     max_num_batched_tokens, seed))
+                                     max_num_batched_tokens, seed), trust_remote_code=runtime.trust_remote_code)
         return VLLMScorer(llm, top_k=top_k, score_prompt=score_prompt)
     from ftprep.stages.score.hf import HFScorer
 
-    return HFScorer(load_model(model_dir, runtime.dtype, runtime.device), batch_tokens=batch_tokens, top_k=top_k,
+    return HFScorer(load_model(model_dir, runtime.dtype, runtime.device, runtime.trust_remote_code), batch_tokens=batch_tokens, top_k=top_k,
                     score_prompt=score_prompt)
 
 

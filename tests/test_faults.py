@@ -532,3 +532,21 @@ def test_no_unsafe_loading_in_the_code():
         assert not re.search(r"pickle\.load\(|torch\.load\((?![^)]*weights_only=True)", text), path
         assert not re.search(r"yaml\.load\(|yaml\.unsafe_load|yaml\.Loader", text), path
         assert not re.search(r"trust_remote_code\s*=\s*True", text), path
+
+
+def test_remote_code_runs_only_with_trust_remote_code(tmp_path, tiny_model_dir):
+    """A model folder whose tokenizer is its own Python class: refused with one line naming the
+    flag, loaded with --trust-remote-code."""
+    model = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "custom_tokenizer.py").write_text(
+        "from transformers import PreTrainedTokenizerFast\n\n\nclass CustomTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": [None, "custom_tokenizer.CustomTokenizer"]}
+    config.pop("tokenizer_class", None)  # else transformers falls back to its own class
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    path = write_lines(tmp_path / "a.jsonl", [json.dumps(GOOD)])
+    refused = run_cli("score", path, "-o", tmp_path / "no", "--model", model, check=False)
+    one_line_error(refused, "pass --trust-remote-code")
+    run_cli("score", path, "-o", tmp_path / "yes", "--model", model, "--trust-remote-code")
+    assert load_table(tmp_path / "yes").num_rows == 1

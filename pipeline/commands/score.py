@@ -42,6 +42,7 @@ class ScoreSettings(Settings):
     device: str = shared.device()
     top_k: int = setting(0, low=0, high=1000, help="Also store the model's top-k ids and logprobs per token.")
     score_prompt: bool = setting(False, help="Score every token, not only assistant tokens.")
+    trust_remote_code: bool = shared.trust_remote_code()
     allow_special_tokens: bool = setting(False, help="Let message text that spells the chat template's control tokens "
                                                      "(e.g. <|im_start|>) act as them; by default such rows are rejected.")
     shard_rows: int = shared.shard_rows()
@@ -58,7 +59,7 @@ class ScoreCommand:
         self.output = settings.output
         self.source = open_source(settings.input, settings.split, settings.limit)
         self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
-                                       executor.cuda_available())
+                                       executor.cuda_available(), settings.trust_remote_code)
         self.device = self.runtime.device
         self.batch_tokens = settings.batch_tokens or default_batch_tokens(self.device)
         self.chat = None

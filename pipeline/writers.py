@@ -292,9 +292,14 @@ class ShardedOutput:
             return None
         if not complete:
             return None
-        if meta["rows"] and file_problem(self._data_path(shard), meta.get("file", {})) is not None:
+        if meta["rows"] and file_problem(self._data_path(shard), meta.get("file", {})) is not None \
+                and not self._moved_into_place(meta.get("file", {})):
             return None
         return meta
+
+    def _moved_into_place(self, record: dict) -> bool:
+        """A run killed in the middle of `finalize` has moved some shards into OUT already."""
+        return any(file_problem(path, record) is None for path in self.folder.glob("data-*-of-*.arrow"))
 
     def write_shard(self, shard: int, table: pa.Table | None, rejects: list[dict], stats: dict) -> None:
         meta = {"rejects": rejects, "stats": stats, "rows": table.num_rows if table is not None else 0}

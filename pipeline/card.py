@@ -78,11 +78,26 @@ def model_name(model: dict) -> str:
     return EMBEDDED_MODEL_ORIGINS.get(model["spec"], model["spec"])
 
 
+def code_span(text) -> str:
+    """`text` as an inline code span that stays inside its table cell, whatever it holds:
+    on one line, pipes escaped, fenced by more backticks than it holds in a row."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def unmarked(text: str) -> str:
+    """Text from names and paths cannot spell the comments a section is found by on the next push."""
+    return text.replace("<!--", "&lt;!--")
+
+
 def model_text(model: dict) -> str:
-    text = f"`{model_name(model)}`"
+    text = code_span(model_name(model))
     if model["spec"] in EMBEDDED_MODEL_ORIGINS:
-        text += f" (ftprep's embedded `{model['spec']}`: its Q4_1 GGUF file, dequantized)"
-    return f"{text}, {model.get('backend', '?')} backend, {model.get('dtype', '?')}"
+        text += f" (ftprep's embedded {code_span(model['spec'])}: its Q4_1 GGUF file, dequantized)"
+    return f"{text}, {code_span(model.get('backend', '?'))} backend, {code_span(model.get('dtype', '?'))}"
 
 
 def source_text(manifest: dict) -> str:
@@ -90,8 +105,8 @@ def source_text(manifest: dict) -> str:
     identity = manifest["run_identity"] if manifest["stage"] == "score" else manifest["scored"]["run_identity"]
     source = (identity or {}).get("input", {})
     if "hub" in source:
-        return f"the hub dataset `{source['hub']}`" + (f" (split {source['split']})" if source.get("split") else "")
-    return f"`{Path(source['path']).name}`" if "path" in source else "unknown"
+        return f"the hub dataset {code_span(source['hub'])}" + (f" (split {code_span(source['split'])})" if source.get("split") else "")
+    return code_span(Path(source["path"]).name) if "path" in source else "unknown"
 
 
 def strategy_text(manifest: dict) -> str:
@@ -161,13 +176,13 @@ def card_section(manifest: dict, stats: dict, histogram: dict[str, int], columns
     """This config's part of the card body, between the markers a later push finds it by."""
     kind = "scored dataset" if manifest["stage"] == "score" else f"{manifest['config']['strategy']} strategy"
     bins = "".join(f"| {label} | {count:,} |\n" for label, count in histogram.items())
-    return (f"<!-- ftprep:begin {config_name} -->\n## Config `{config_name}`: {kind}\n\n"
-            f"{facts_table(manifest, stats, histogram, columns)}\n"
-            f"![Perplexity of assistant tokens under the model]({image_path(config_name)})\n\n"
-            f"<details><summary>Perplexity of assistant tokens (counts per bin)</summary>\n\n"
-            f"| perplexity | tokens |\n|---|---|\n{bins}\n</details>\n\n"
-            f"{usage_section(manifest, repo_id, config_name, columns)}"
-            f"<!-- ftprep:end {config_name} -->")
+    inner = (f"## Config `{config_name}`: {kind}\n\n"
+             f"{facts_table(manifest, stats, histogram, columns)}\n"
+             f"![Perplexity of assistant tokens under the model]({image_path(config_name)})\n\n"
+             f"<details><summary>Perplexity of assistant tokens (counts per bin)</summary>\n\n"
+             f"| perplexity | tokens |\n|---|---|\n{bins}\n</details>\n\n"
+             f"{usage_section(manifest, repo_id, config_name, columns)}")
+    return f"<!-- ftprep:begin {config_name} -->\n{unmarked(inner)}<!-- ftprep:end {config_name} -->"
 
 
 def card_metadata(manifest: dict, config_name: str, license: str | None) -> dict:

@@ -38,11 +38,9 @@ def main(args: list[str] | None = None):
     """The console script: one line for every error a user can fix, click's exit codes."""
     try:
         cli.main(args=args, prog_name="ftprep", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted: rerun the same command to resume", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # click turns Ctrl-C into Abort; every finished shard is committed, so a rerun resumes.
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except click.exceptions.NoArgsIsHelpError as error:
         click.echo(error.ctx.get_help())
@@ -57,6 +55,23 @@ def main(args: list[str] | None = None):
     except FtprepError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+    except OSError as error:  # a full disk, a folder that cannot be written: the path and the cause
+        click.echo(f"error: {io_error_line(error)}", err=True)
+        sys.exit(1)
+
+
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+def io_error_line(error: OSError) -> str:
+    """One line for an I/O error: what failed, where, and what to do."""
+    import errno
+
+    where = error.filename or "a file"
+    cause = error.strerror or str(error) or type(error).__name__
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device writing {where}: free some space and rerun the same command to resume"
+    return f"{where}: {cause}"
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ def export_config(folder: Path, target: str) -> str:
     manifest = read_manifest(folder)
     if manifest is None or manifest.get("stage") != "mask":
         raise FtprepError(f"{folder} is not a training dataset (no ftprep.json from ftprep mask): run ftprep mask first")
+    if not manifest.get("counts", {}).get("rows_out"):
+        raise FtprepError(f"{folder} has no rows (all were rejected: see its rejects.jsonl): there is nothing to train on")
     check_export_target(manifest["config"], str(folder), target)
     features = json.loads((folder / "dataset_info.json").read_text())["features"]
     has_weights = "loss_weights" in features
@@ -98,12 +100,19 @@ def export_config(folder: Path, target: str) -> str:
         "strategy": describe(manifest["config"]),
         "sequence_len": longest_row(folder),
     }
+    # YAML: paths and names as double-quoted scalars (JSON strings are valid YAML), so that a
+    # '#', ': ' or a newline in them reads back as the same string.
+    quoted = {**values, "folder": yaml_string(values["folder"]), "model": yaml_string(values["model"])}
     if target == "axolotl":
-        return (AXOLOTL_KD_SNIPPET if has_kd_targets else AXOLOTL_SNIPPET).format(**values)
+        return (AXOLOTL_KD_SNIPPET if has_kd_targets else AXOLOTL_SNIPPET).format(**quoted)
     if target == "llama-factory":
-        return LLAMA_FACTORY_SNIPPET.format(**values)
+        return LLAMA_FACTORY_SNIPPET.format(**quoted)
     return trl_snippet(values["model"], values["strategy"], has_weights, values["folder"], f"load_from_disk({values['folder']!r})",
                        anchors=has_anchors)
+
+
+def yaml_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: str, anchors: bool = False) -> str:
@@ -127,5 +136,8 @@ def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: 
     }
     plain = dict.fromkeys(weighted, "") | {"trainer": "SFTTrainer"}
     loader = load.split("(")[0]
+    # `where` goes into a comment: quoted where it holds a newline or another control character.
+    where = where if where.isprintable() else repr(where)
+    strategy = strategy if strategy.isprintable() else repr(strategy)
     return TRL_SNIPPET.format(model=model, strategy=strategy, where=where, loader=loader, load=load,
                               **(anchored if anchors else weighted if has_weights else plain))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import textwrap
 from itertools import zip_longest
@@ -79,7 +80,7 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
         kinds[assistant & ~masked & (weights < LOW_WEIGHT)] = "low"
     body = "".join(_render(piece, kind, color) for piece, kind in zip(pieces, kinds))
 
-    numbers = [f"row {row}", f"id {record.get('id', scored.get('id') if scored else '?')}", f"{len(ids)} tokens",
+    numbers = [f"row {row}", f"id {visible(record.get('id', scored.get('id') if scored else '?'))}", f"{len(ids)} tokens",
                f"{int(assistant.sum())} assistant", f"{int(masked.sum())} masked ({rule})"]
     if scored is not None:
         ppl = perplexity(scored["logprobs"])[np.asarray(scored["assistant_mask"], dtype=bool)]
@@ -95,7 +96,7 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
 
 def side_by_side_row(record: dict, row: int, width: int) -> str:
     """A regenerated row: each rewritten turn's ground truth beside what was kept."""
-    numbers = [f"row {row}", f"id {record['id']}", f"kept: {record['source']}",
+    numbers = [f"row {row}", f"id {visible(record['id'])}", f"kept: {record['source']}",
                f"{record['candidates_accepted']} of {record['candidates_tried']} candidates accepted",
                f"perplexity ground truth {record['ground_truth_perplexity']:.2f}, kept {record['kept_perplexity']:.2f}"]
     column = max(20, (width - 3) // 2)
@@ -108,14 +109,24 @@ def side_by_side_row(record: dict, row: int, width: int) -> str:
         lines = [f"{a:<{column}} | {b}" for a, b in zip_longest(left, right, fillvalue="")]
         blocks.append("\n".join([heading, "-" * len(heading), *lines]))
     prompt = next((m["content"] for m in reversed(record["messages"]) if m["role"] == "user"), "")
-    return " · ".join(numbers) + "\n\nprompt: " + prompt + "\n\n" + "\n\n".join(blocks)
+    return " · ".join(numbers) + "\n\nprompt: " + visible(prompt) + "\n\n" + "\n\n".join(blocks)
 
 
 def _wrapped(text: str, width: int) -> list[str]:
-    return [line for paragraph in text.splitlines() or [""] for line in textwrap.wrap(paragraph, width) or [""]]
+    return [visible(line) for paragraph in text.splitlines() or [""] for line in textwrap.wrap(paragraph, width) or [""]]
+
+
+# Control characters from the data (an escape sequence can clear or retitle a terminal, or hide
+# text), shown as escapes instead; newlines and tabs are layout and stay.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    return CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 def _render(piece: str, kind: str, color: bool) -> str:
+    piece = visible(piece)
     if kind == "kept":
         return piece
     if color:

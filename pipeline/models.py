@@ -146,28 +146,36 @@ def _local_only(model_dir: str) -> bool:
     return not Path(model_dir).is_dir() and not hub_reachable()
 
 
-def load_tokenizer(model_dir: str):
+def load_tokenizer(model_dir: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     local_only = _local_only(model_dir)
     try:
-        return AutoTokenizer.from_pretrained(model_dir, local_files_only=local_only)
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=local_only, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        reason = "the Hub cannot be reached and it is not in the local cache" if local_only else _first_line(exc)
+        reason = "the Hub cannot be reached and it is not in the local cache" if local_only else _load_failure(exc)
         raise FtprepError(f"cannot load the model {model_dir}: {reason}") from exc
 
 
-def load_model(model_dir: str, dtype: str, device: str):
+def _load_failure(exc: Exception) -> str:
+    """Why a model did not load; for one that ships its own code, how to allow it."""
+    if "trust_remote_code" in str(exc):
+        return "it runs its own code from the model folder: pass --trust-remote-code if you trust that code"
+    return _first_line(exc)
+
+
+def load_model(model_dir: str, dtype: str, device: str, trust_remote_code: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
     quiet_progress_bars_off_terminal()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa", local_files_only=_local_only(model_dir)
+            model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa", local_files_only=_local_only(model_dir),
+            trust_remote_code=trust_remote_code,
         )
     except Exception as exc:
-        raise FtprepError(f"cannot load the model {model_dir}: {_first_line(exc)}") from exc
+        raise FtprepError(f"cannot load the model {model_dir}: {_load_failure(exc)}") from exc
     return model.to(device).eval()
 
 

@@ -31,6 +31,7 @@ from ftprep.writers import (
     dataset_files,
     read_manifest,
     read_shards,
+    verify_output,
     write_bytes_atomic,
     write_json_atomic,
     write_parquet_atomic,
@@ -293,19 +294,31 @@ def run_plan(api, destination: Destination, plan: UploadPlan, staging: Path, con
     return f"pushed to {destination.repo_id} ({destination.revision}): {info.commit_url}"
 
 
+# Names the default config's files take at the top of the repo: another config named so would
+# write into them (config "data" into data/, the default's Parquet files).
+RESERVED_CONFIG_NAMES = ("data", "README.md", "ppl_histogram.png", ".gitattributes", STAGING)
+
+
+def check_config_name(config_name: str) -> None:
+    if not CONFIG_NAME.fullmatch(config_name) or config_name in (".", ".."):
+        raise FtprepError(f"--config-name {config_name!r}: use letters, digits, '-', '_' or '.' (it names a folder in the repo)")
+    if config_name.lower() in (name.lower() for name in RESERVED_CONFIG_NAMES):
+        raise FtprepError(f"--config-name {config_name}: that name is taken by the default config's files in the repo; choose another")
+
+
 def push_folder(folder: Path, repo_id: str, *, private: bool = False, revision: str | None = None, create_pr: bool = False,
                 config_name: str = "default", license: str | None = None, files_per_commit: int = 50, echo=print) -> str:
     """Push `folder` (from ftprep score or mask) to the dataset repo `repo_id`; returns the line to show last."""
     from huggingface_hub import HfApi, constants
 
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = verify_output(folder)
     if manifest is None or manifest.get("stage") not in ("score", "mask"):
         raise FtprepError(f"{folder} is not an ftprep output (no ftprep.json): give a folder from ftprep score or ftprep mask")
-    if not REPO_ID.match(repo_id):
-        raise FtprepError(f"{repo_id} is not a repo id: give it as user/name or org/name")
-    if not CONFIG_NAME.match(config_name):
-        raise FtprepError(f"--config-name {config_name}: use letters, digits, '-', '_' or '.' (it names a folder in the repo)")
+    # fullmatch: `$` alone would let a trailing newline through.
+    if not REPO_ID.fullmatch(repo_id):
+        raise FtprepError(f"{repo_id!r} is not a repo id: give it as user/name or org/name")
+    check_config_name(config_name)
     token = hub_token()
     check_reachable(constants.ENDPOINT)
 

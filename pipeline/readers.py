@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -57,7 +58,7 @@ class Source:
         """Number of rows, where it is cheap to know (for progress); None otherwise."""
         if self.kind == "jsonl":
             with open(self.spec, "rb") as handle:
-                total = sum(1 for line in handle if not _is_blank(line))
+                total = sum(1 for line in _lines(handle) if not _is_blank(line))
         elif self.kind == "parquet":
             import pyarrow.parquet as pq
 
@@ -84,6 +85,8 @@ def open_source(spec: str, split: str | None = None, limit: int | None = None) -
         kind = FILE_KINDS.get(path.suffix.lower())
         if kind is None:
             raise FtprepError(f"unknown input type {path.suffix!r}: use .jsonl, .json, .parquet, .csv or a dataset folder")
+        if split is not None:  # a file has one split: a --split that changes nothing is a mistake to say
+            raise FtprepError(f"--split {split}: {spec} is a file, which has no splits; --split is for dataset folders and hub datasets")
         return Source(str(path), kind, split, limit)
     if path.is_dir():
         if not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
@@ -154,14 +157,31 @@ def source_table(rows: list[SourceRow]) -> pa.Table:
     indices, texts, errors = [], [], []
     for index, row in rows:
         indices.append(index)
-        if isinstance(row, RowError):
-            texts.append(None)
-            errors.append(str(row))
-        else:
-            texts.append(json.dumps(row, ensure_ascii=False, default=str))
-            errors.append(None)
+        if not isinstance(row, RowError):
+            try:
+                texts.append(row_text(row))
+                errors.append(None)
+                continue
+            except RowError as error:
+                row = error
+        texts.append(None)
+        errors.append(str(row))
     return pa.table([pa.array(indices, pa.int64()), pa.array(texts, pa.large_string()), pa.array(errors, pa.string())],
                     schema=SOURCE_SCHEMA)
+
+
+def row_text(row: dict) -> str:
+    """A row as JSON text, or RowError where it is no valid UTF-8 text (a lone surrogate such as
+    "\\ud800", which JSON's escapes allow) or too deeply nested to write back."""
+    try:
+        text = json.dumps(row, ensure_ascii=False, default=str)
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = error.object[error.start : error.end].encode("unicode_escape").decode("ascii")
+        raise RowError(f"text is not valid Unicode: it holds the lone surrogate {bad}") from None
+    except (RecursionError, ValueError) as error:
+        raise RowError(f"row cannot be stored: {_first_line(error)}") from None
+    return text
 
 
 def read_source_shard(read: ShardRead) -> pa.Table:
@@ -180,8 +200,32 @@ def _batched(iterable, size: int):
         yield chunk
 
 
+BOM = "\ufeff"
+LONE_CR = re.compile(rb"\r(?!\n|$)")
+
+
+def _decode(raw: bytes) -> str:
+    # A byte-order mark starts a file saved by some editors; it is not part of the first row.
+    return raw.decode("utf-8", errors="replace").removeprefix(BOM)
+
+
 def _is_blank(raw: bytes) -> bool:
-    return not raw.decode("utf-8", errors="replace").strip()
+    return not _decode(raw).strip()
+
+
+def _lines(handle) -> Iterator[bytes]:
+    """The file's lines as bytes, ended by LF, CRLF or a lone CR (old Mac files). JSON text
+    holds no raw CR, so splitting there never cuts a row; the pieces' lengths add up to the
+    bytes read, so byte offsets stay exact for a shard's reader that seeks."""
+    for raw in handle:
+        if b"\r" not in raw[:-2]:
+            yield raw
+            continue
+        start = 0
+        for match in LONE_CR.finditer(raw):
+            yield raw[start : match.end()]
+            start = match.end()
+        yield raw[start:]
 
 
 def _read_jsonl(source: Source) -> Iterator[SourceRow]:
@@ -193,17 +237,30 @@ def _jsonl_rows(handle, first_index: int) -> Iterator[SourceRow]:
     # Bytes, decoded line by line: a shard's reader seeks to a byte offset, and both readers
     # must split lines and skip blank ones alike.
     index = first_index
-    for raw in handle:
+    for raw in _lines(handle):
         if _is_blank(raw):
             continue
-        line = raw.decode("utf-8", errors="replace")
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield index, RowError(f"malformed JSON: {exc.msg} at column {exc.colno}")
-        else:
-            yield index, row if isinstance(row, dict) else RowError("line is not a JSON object")
+        yield index, parse_json_line(_decode(raw))
         index += 1
+
+
+def parse_json_line(line: str) -> "dict | RowError":
+    """One JSON Lines row, or why it is not one."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        # The decoder's own message may end in "at" ("Invalid control character at").
+        return RowError(f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}")
+    except RecursionError:
+        return RowError("malformed JSON: nested too deeply to read")
+    except ValueError:  # an integer with more digits than Python converts
+        return RowError(f"malformed JSON: a number longer than {sys.get_int_max_str_digits()} digits")
+    return row if isinstance(row, dict) else RowError("line is not a JSON object")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _jsonl_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
@@ -211,7 +268,7 @@ def _jsonl_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
     total = source.limit
     starts, index, offset = [], 0, 0
     with open(source.spec, "rb") as handle:
-        for raw in handle:
+        for raw in _lines(handle):
             if not _is_blank(raw):
                 if total is not None and index >= total:
                     break
@@ -226,10 +283,17 @@ def _jsonl_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
 
 def _read_json(source: Source) -> Iterator[SourceRow]:
     try:
-        with open(source.spec, encoding="utf-8") as handle:
+        with open(source.spec, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is allowed
             data = json.load(handle)
+    except UnicodeDecodeError as exc:
+        raise FtprepError(f"{source.spec} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from exc
     except json.JSONDecodeError as exc:
-        raise FtprepError(f"{source.spec} is not valid JSON ({exc.msg}, line {exc.lineno}); for one object per line use .jsonl") from exc
+        raise FtprepError(f"{source.spec} is not valid JSON ({exc.msg.removesuffix(' at')}, line {exc.lineno}); "
+                          "for one object per line use .jsonl") from exc
+    except RecursionError as exc:
+        raise FtprepError(f"{source.spec} is nested too deeply to read as JSON") from exc
+    except ValueError as exc:
+        raise FtprepError(f"{source.spec} cannot be read as JSON: {_first_line(exc)}") from exc
     if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}: a single list inside
         lists = [value for value in data.values() if isinstance(value, list)]
         if len(lists) != 1:
@@ -243,12 +307,17 @@ def _read_json(source: Source) -> Iterator[SourceRow]:
 
 def _read_csv(source: Source) -> Iterator[SourceRow]:
     csv.field_size_limit(sys.maxsize)
-    with open(source.spec, newline="", encoding="utf-8", errors="replace") as handle:
-        for index, row in enumerate(csv.DictReader(handle)):
-            if None in row:
-                yield index, RowError("CSV row has more fields than the header")
-            else:
-                yield index, row
+    # utf-8-sig: a byte-order mark is allowed; newline="": the csv module reads LF, CRLF and CR.
+    with open(source.spec, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        rows = csv.DictReader(handle)
+        try:
+            for index, row in enumerate(rows):
+                if None in row:
+                    yield index, RowError("CSV row has more fields than the header")
+                else:
+                    yield index, row
+        except csv.Error as exc:
+            raise FtprepError(f"{source.spec} is not valid CSV (line {rows.line_num}: {exc})") from exc
 
 
 def _open_parquet(path: str):
@@ -308,7 +377,11 @@ def _read_dataset(source: Source) -> Iterator[SourceRow]:
 def _disk_dataset(source: Source):
     import datasets
 
-    return _pick_split(datasets.load_from_disk(source.spec), source)
+    try:
+        loaded = datasets.load_from_disk(source.spec)
+    except Exception as exc:  # a damaged state.json or dataset_info.json, missing Arrow files
+        raise FtprepError(f"cannot open the dataset folder {source.spec}: {_first_line(exc)} (is its state.json intact?)") from exc
+    return _pick_split(loaded, source)
 
 
 def _hub_dataset(source: Source):

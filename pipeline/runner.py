@@ -1,6 +1,6 @@
 """The runner: the one skeleton every shard command shares.
 
-    resolve the output -> skip finished shards -> read -> stages -> commit, per shard
+    resolve the output -> lock it -> skip finished shards -> read -> stages -> commit, per shard
     -> merge the shards' stats -> finalize (manifest, stats, rejects, dataset metadata)
 
 A command (ftprep.commands.score, regen, mask) says what it does as a ShardCommand; the
@@ -9,6 +9,8 @@ engine, local or Ray (ftprep.engines), says where each shard runs.
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
@@ -16,12 +18,17 @@ import pyarrow as pa
 
 from ftprep.engines import EngineOptions, ShardWork, open_engine
 from ftprep.progress import Progress
-from ftprep.writers import ShardedOutput, merge_counters, read_manifest
+from ftprep.settings import spec_of
+from ftprep.stages.errors import FtprepError
+from ftprep.writers import OutputLock, ShardedOutput, merge_counters, read_manifest
+
+TOP_REASONS = 3
 
 
 class ShardCommand(Protocol):
     name: str  # score | regen | mask: the progress label
     output: str
+    settings: object  # the command's Settings: its path fields are the inputs the output must stay apart from
     device: str  # where the model runs ("cpu" without a model)
     made_from: str  # "input" or "scores": what an already complete output was made from
 
@@ -38,12 +45,66 @@ def run(plan: Callable[[object], ShardCommand], engine: EngineOptions = EngineOp
     """Run the command `plan(executor)` describes, and return its manifest."""
     with open_engine(engine) as executor:
         command = plan(executor)
-        output = ShardedOutput(command.output, command.identity(), overwrite=overwrite)
-        if output.complete:
-            echo(f"{command.output} is already complete (same {command.made_from} and settings): nothing to do")
-            return read_manifest(Path(command.output))
-        progress = Progress(command.name, command.total_rows())
-        executor.run(output, command.shard_reads(executor), command.work(), progress, command.device)
-        manifest, stats = command.finish(merge_counters([meta["stats"] for meta in output.shard_metas()]))
-        output.finalize(command.schema(), manifest, stats)
-        return manifest
+        check_output_apart(command.output, input_paths(command.settings))
+        with OutputLock(command.output):
+            output = ShardedOutput(command.output, command.identity(), overwrite=overwrite, echo=echo)
+            if output.complete:
+                echo(f"{command.output} is already complete (same {command.made_from} and settings): nothing to do")
+                return check_some_rows(command.output, read_manifest(Path(command.output)))
+            try:
+                progress = Progress(command.name, command.total_rows())
+                executor.run(output, command.shard_reads(executor), command.work(), progress, command.device)
+            except BaseException:
+                discard_unused_partial(output.partial)
+                raise
+            manifest, stats = command.finish(merge_counters([meta["stats"] for meta in output.shard_metas()]))
+            output.finalize(command.schema(), manifest, stats)
+        return check_some_rows(command.output, manifest, stats.get("reject_reasons", {}))
+
+
+def input_paths(settings) -> list[str]:
+    """The files and folders a command reads: its settings' path fields that name one."""
+    values = [getattr(settings, item.name) for item in dataclasses.fields(settings) if spec_of(item).path]
+    return [value for value in values if isinstance(value, str) and Path(value).expanduser().exists()]
+
+
+def check_output_apart(output: str, inputs: list[str]) -> None:
+    """No command may write over what it reads: -o may not be an input, hold one or lie in one
+    (symlinks resolved), with or without --overwrite."""
+    target = Path(output).expanduser().resolve()
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if target == source:
+            raise FtprepError(f"-o {output} is the input {given}: choose another -o (ftprep never writes over its input)")
+        if target in source.parents:
+            raise FtprepError(f"-o {output} holds the input {given}: choose another -o (ftprep never writes over its input)")
+        if source in target.parents:
+            raise FtprepError(f"-o {output} lies inside the input {given}: choose another -o")
+
+
+def discard_unused_partial(partial: Path) -> None:
+    """A run that failed before committing any shard leaves no unfinished run behind."""
+    if partial.is_dir() and not any(partial.glob("shard-*.json")):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def check_some_rows(output: str, manifest: dict, reasons: dict | None = None) -> dict:
+    """A run whose every row was rejected wrote nothing to train on: that is an error to say."""
+    counts = manifest.get("counts", {})
+    if counts.get("rows_out", 0) == 0:
+        if reasons is None:
+            reasons = _reasons_from_stats(Path(output))
+        top = sorted(reasons.items(), key=lambda item: -item[1])[:TOP_REASONS]
+        why = "; ".join(f"{count} {reason}" for reason, count in top)
+        raise FtprepError(f"all {counts.get('rows_rejected', 0)} rows were rejected ({why or 'no rows in the input'}): "
+                          f"see {Path(output) / 'rejects.jsonl'}")
+    return manifest
+
+
+def _reasons_from_stats(folder: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((folder / "stats.json").read_text()).get("reject_reasons", {})
+    except (OSError, ValueError, AttributeError):
+        return {}

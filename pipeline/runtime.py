@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +14,13 @@ import ftprep
 from ftprep.models import fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_model
 from ftprep.stages.errors import FtprepError
 
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
 
 def resolve_device(device: str, cuda_available: bool | None = None) -> str:
     """`cuda_available`: whether the machines that will run the model have a GPU (default: this one)."""
+    if not DEVICE.fullmatch(device):
+        raise FtprepError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N")
     if cuda_available is None:
         import torch
 
@@ -57,6 +62,7 @@ class Runtime:
     backend: str
     model_fingerprint: str
     tokenizer_fingerprint: str
+    trust_remote_code: bool = False  # only when the user says so (--trust-remote-code)
 
     def identity(self) -> dict:
         return {"backend": self.backend, "device": self.device, "dtype": self.dtype,
@@ -83,12 +89,13 @@ class Runtime:
         return model_dir
 
 
-def resolve_runtime(model: str, device: str, dtype: str, backend: str = "hf", cuda_available: bool | None = None) -> Runtime:
-    model_dir = resolve_model(model)
-    tokenizer = load_tokenizer(model_dir)
+def resolve_runtime(model: str, device: str, dtype: str, backend: str = "hf", cuda_available: bool | None = None,
+                    trust_remote_code: bool = False) -> Runtime:
     device = resolve_device(device, cuda_available)
+    model_dir = resolve_model(model)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code)
     return Runtime(model, model_dir, tokenizer, device, resolve_dtype(dtype, device), resolve_backend(backend, device),
-                   fingerprint_model(model_dir), fingerprint_tokenizer(tokenizer))
+                   fingerprint_model(model_dir), fingerprint_tokenizer(tokenizer), trust_remote_code)
 
 
 def make_scorer(runtime: Runtime, top_k: int, score_prompt: bool, batch_tokens: int, gpu_memory_utilization=None,
@@ -102,11 +109,11 @@ def make_scorer(runtime: Runtime, top_k: int, score_prompt: bool, batch_tokens: 
         from vllm import LLM
 
         llm = LLM(**engine_arguments(model_dir, runtime.dtype, runtime.device, top_k, gpu_memory_utilization,
-                                     max_num_batched_tokens, seed))
+                                     max_num_batched_tokens, seed), trust_remote_code=runtime.trust_remote_code)
         return VLLMScorer(llm, top_k=top_k, score_prompt=score_prompt)
     from ftprep.stages.score.hf import HFScorer
 
-    return HFScorer(load_model(model_dir, runtime.dtype, runtime.device), batch_tokens=batch_tokens, top_k=top_k,
+    return HFScorer(load_model(model_dir, runtime.dtype, runtime.device, runtime.trust_remote_code), batch_tokens=batch_tokens, top_k=top_k,
                     score_prompt=score_prompt)
 
 

@@ -106,10 +106,10 @@ def check_value(name: str, value, spec: Spec) -> None:
         raise FtprepError(f"unknown {name} {value!r}: use one of {', '.join(map(str, spec.choices))}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FtprepError(f"{name} is {value}: give a finite number")
     if spec.low is None and spec.high is None:
         return
-    if math.isnan(value):
-        raise FtprepError(f"{name} is nan: give a number")
     below = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
     above = spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high)
     if below or above:

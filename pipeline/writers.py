@@ -8,8 +8,10 @@ writes the `datasets` metadata and ftprep's own files, ftprep.json last.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -20,12 +22,22 @@ from ftprep.stages.errors import FtprepError
 
 PARTIAL = ".ftprep-partial"
 MANIFEST = "ftprep.json"
+LOCK = ".ftprep-lock"
+
+
+def _replace_from_temp(path: Path, write) -> None:
+    """write(tmp), then rename over `path`; a failed write (a full disk) leaves no temp file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _replace_from_temp(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -33,61 +45,229 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 def write_arrow_atomic(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    # datasets stores shards in the Arrow IPC stream format.
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=1000)
-    os.replace(tmp, path)
+    def write(tmp):
+        # datasets stores shards in the Arrow IPC stream format.
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=1000)
+
+    _replace_from_temp(path, write)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _replace_from_temp(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_parquet_atomic(path: Path, table: pa.Table, row_group_rows: int) -> None:
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, row_group_size=row_group_rows)
-    os.replace(tmp, path)
+    _replace_from_temp(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_rows))
+
+
+def file_record(path: Path) -> dict:
+    """What a committed file must still be: its size and SHA-256."""
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {"size": path.stat().st_size, "sha256": digest}
+
+
+def file_problem(path: Path, record: dict, quick: bool = False) -> str | None:
+    """Why `path` is not the file `record` describes (missing, other size, other content); None if it is."""
+    if not path.is_file():
+        return f"{path.name} is missing"
+    if path.stat().st_size != record.get("size"):
+        return f"{path.name} has {path.stat().st_size} bytes, {record.get('size')} were written"
+    if not quick and file_record(path)["sha256"] != record.get("sha256"):
+        return f"{path.name} does not match its checksum"
+    return None
+
+
+def read_json_file(path: Path, what: str):
+    """A JSON file ftprep wrote, or a one-line error where it is damaged."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise FtprepError(f"{path} is damaged ({what} is not valid JSON): rerun the command that wrote it") from error
 
 
 def read_manifest(folder: Path) -> dict | None:
     path = Path(folder) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    manifest = read_json_file(path, "ftprep's manifest")
+    if not isinstance(manifest, dict):
+        raise FtprepError(f"{path} is damaged (not a manifest): rerun the command that wrote it")
+    return manifest
+
+
+def output_problem(folder: Path, manifest: dict, quick: bool = False) -> str | None:
+    """Why a finished output folder is not what its manifest says was written; None if it is.
+    Folders from before checksums were recorded are only checked for their data files."""
+    folder = Path(folder)
+    records = manifest.get("files")
+    if records is None:
+        missing = [path for path in _listed_files(folder) if not path.is_file()]
+        return f"{missing[0].name} is missing" if missing else None
+    for name, record in records.items():
+        problem = file_problem(folder / name, record, quick)
+        if problem:
+            return problem
+    try:
+        json.loads((folder / "stats.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "stats.json is missing or not valid JSON"
+    listed = [path.name for path in _listed_files(folder)]
+    written = [name for name in records if name.startswith("data-")]
+    if listed != written:
+        return f"state.json lists {len(listed)} data files, {len(written)} were written"
+    return None
+
+
+_VERIFIED: set = set()
+
+
+def verify_output(folder: Path) -> dict | None:
+    """The folder's manifest, once its files are checked against it (once per process and
+    manifest): a downstream command never reads a damaged output as if it were whole."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    # Keyed by every file's size and time: a file changed since it was checked is checked again.
+    names = [MANIFEST, *manifest.get("files", {})]
+    key = (str(folder.resolve()), *(_stat_key(folder / name) for name in names))
+    if key not in _VERIFIED:
+        problem = output_problem(folder, manifest)
+        if problem:
+            raise FtprepError(f"{folder} is damaged: {problem}; rerun the command that wrote it")
+        _VERIFIED.add(key)
+    return manifest
+
+
+def _stat_key(path: Path) -> tuple:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (path.name, None)
+    return (path.name, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+class OutputLock:
+    """One run at a time per output folder: OUT/.ftprep-lock, held with flock while the run
+    lasts and naming its process. The kernel drops the lock when the process dies, so a lock
+    left by a killed run is simply taken over."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+        self.created = False
+        self.handle = None
+
+    def __enter__(self):
+        import fcntl
+
+        try:
+            self.created = not self.folder.exists()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not self.folder.is_dir():
+                raise FtprepError(f"-o {self.folder} is a file, not a folder: choose another -o")
+            path = self.folder / LOCK
+            while True:
+                handle = open(path, "a+")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.seek(0)
+                    owner = handle.read().strip() or "another process"
+                    handle.close()
+                    raise FtprepError(f"{self.folder} is being written by another ftprep run ({owner}): "
+                                      "wait for it to end, or choose another -o") from None
+                # The file may have been removed by the run that held it just before: lock the one on disk.
+                if path.exists() and os.path.samestat(os.fstat(handle.fileno()), path.stat()):
+                    break
+                handle.close()
+        except FileExistsError as error:
+            raise FtprepError(f"-o {self.folder}: {error.filename} is a file, not a folder: choose another -o") from error
+        except NotADirectoryError as error:
+            raise FtprepError(f"-o {self.folder}: a part of that path is a file, not a folder: choose another -o") from error
+        except PermissionError as error:
+            raise FtprepError(f"cannot write to {self.folder}: permission denied ({error.filename})") from error
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        (self.folder / LOCK).unlink(missing_ok=True)
+        self.handle.close()
+        if self.created and self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()  # a run that failed before writing anything leaves nothing behind
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What a folder holds, the lock of the run that writes it aside."""
+    return [path for path in folder.iterdir() if path.name != LOCK] if folder.is_dir() else []
 
 
 class ShardedOutput:
-    def __init__(self, folder: str, run_identity: dict, overwrite: bool = False):
+    def __init__(self, folder: str, run_identity: dict, overwrite: bool = False, echo=None):
         self.folder = Path(folder)
         self.partial = self.folder / PARTIAL
-        self.identity = run_identity
-        manifest = read_manifest(self.folder)
-        if overwrite:
+        self.identity = json.loads(json.dumps(run_identity, default=_json_default))
+        self.complete = False
+        manifest, damage = self._finished_output()
+        if damage is not None:
+            # Made by ftprep, but no longer what it wrote: never reused, made again.
+            if echo is not None:
+                echo(f"{folder} is damaged ({damage}): writing it again")
             self._clear()
-        elif manifest is not None and manifest.get("run_identity") == run_identity:
+            manifest = None
+        if overwrite and not self._resumes_own_partial_run():
+            self._clear()
+        elif manifest is not None and manifest.get("run_identity") == self.identity:
             self.complete = True
             shutil.rmtree(self.partial, ignore_errors=True)  # left by a run killed at its very end
             return
         elif manifest is not None:
             raise FtprepError(f"{folder} holds an ftprep output made with other settings: pass --overwrite or choose another -o")
-        elif self.folder.exists() and not self.partial.exists() and any(self.folder.iterdir()):
+        elif _entries(self.folder) and not self.partial.exists():
             raise FtprepError(f"{folder} exists and is not an ftprep output: choose another -o (or --overwrite)")
-        self.complete = False
         self.partial.mkdir(parents=True, exist_ok=True)
         run_file = self.partial / "run.json"
-        if run_file.is_file() and json.loads(run_file.read_text()) != json.loads(json.dumps(run_identity, default=_json_default)):
+        if run_file.is_file() and self._read_run_file(run_file) != self.identity:
             raise FtprepError(f"{folder} holds an unfinished run with other settings: pass --overwrite to start again")
-        write_json_atomic(run_file, run_identity)
+        write_json_atomic(run_file, self.identity)
+
+    def _finished_output(self) -> tuple[dict | None, str | None]:
+        """(manifest, None) for a whole finished output or none; (None, why) for a damaged one."""
+        try:
+            manifest = read_manifest(self.folder)
+        except FtprepError:
+            return None, f"{MANIFEST} is not valid JSON"
+        if manifest is None or manifest.get("run_identity") != self.identity:
+            return manifest, None
+        return (manifest, None) if (problem := output_problem(self.folder, manifest)) is None else (None, problem)
+
+    def _read_run_file(self, run_file: Path):
+        try:
+            return json.loads(run_file.read_text())
+        except ValueError:
+            return None  # damaged: the unfinished run cannot be told apart, start it again
+
+    def _resumes_own_partial_run(self) -> bool:
+        """--overwrite rerun after it was killed: it resumes what it started itself."""
+        run_file = self.partial / "run.json"
+        return run_file.is_file() and self._read_run_file(run_file) == self.identity
 
     def _clear(self) -> None:
-        if not self.folder.exists():
+        """Empty the folder, only if ftprep wrote it (ftprep.json or an unfinished run) or it is empty."""
+        entries = _entries(self.folder)
+        if not entries:
             return
-        if read_manifest(self.folder) is None and not (self.folder / PARTIAL).exists() and any(self.folder.iterdir()):
+        if not (self.folder / MANIFEST).exists() and not self.partial.exists():
             raise FtprepError(f"{self.folder} exists and is not an ftprep output: refusing to overwrite it")
-        shutil.rmtree(self.folder)
+        for path in entries:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
     def _meta_path(self, shard: int) -> Path:
         return self.partial / f"shard-{shard:05d}.json"
@@ -96,12 +276,41 @@ class ShardedOutput:
         return self.partial / f"shard-{shard:05d}.arrow"
 
     def has_shard(self, shard: int) -> bool:
-        return self._meta_path(shard).is_file()
+        """Whether the shard is committed and intact. A damaged one (its commit record or data
+        truncated, garbled or gone) is removed, to be done again."""
+        meta_path = self._meta_path(shard)
+        if not meta_path.is_file():
+            return False
+        if self._shard_meta(shard) is not None:
+            return True
+        meta_path.unlink(missing_ok=True)
+        self._data_path(shard).unlink(missing_ok=True)
+        return False
+
+    def _shard_meta(self, shard: int) -> dict | None:
+        """The shard's commit record, if it and the data it describes are whole."""
+        try:
+            meta = json.loads(self._meta_path(shard).read_text())
+            complete = isinstance(meta, dict) and {"rejects", "stats", "rows"} <= set(meta)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not complete:
+            return None
+        if meta["rows"] and file_problem(self._data_path(shard), meta.get("file", {})) is not None \
+                and not self._moved_into_place(meta.get("file", {})):
+            return None
+        return meta
+
+    def _moved_into_place(self, record: dict) -> bool:
+        """A run killed in the middle of `finalize` has moved some shards into OUT already."""
+        return any(file_problem(path, record) is None for path in self.folder.glob("data-*-of-*.arrow"))
 
     def write_shard(self, shard: int, table: pa.Table | None, rejects: list[dict], stats: dict) -> None:
+        meta = {"rejects": rejects, "stats": stats, "rows": table.num_rows if table is not None else 0}
         if table is not None and table.num_rows:
             write_arrow_atomic(self._data_path(shard), table)
-        write_json_atomic(self._meta_path(shard), {"rejects": rejects, "stats": stats, "rows": table.num_rows if table is not None else 0})
+            meta["file"] = file_record(self._data_path(shard))
+        write_json_atomic(self._meta_path(shard), meta)
 
     def _committed_shards(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.partial.glob("shard-*.json"))
@@ -111,13 +320,16 @@ class ShardedOutput:
 
     def finalize(self, schema: pa.Schema, manifest: dict, stats: dict) -> None:
         """Move the shards into place and write the metadata. Idempotent: a run killed in the
-        middle of it finishes it when rerun, since every step can be done again or skipped."""
+        middle of it finishes it when rerun, since every step can be done again or skipped.
+        The manifest, written last, records every file's size and checksum."""
         metas = self.shard_metas()
-        with_rows = [shard for shard, meta in zip(self._committed_shards(), metas) if meta["rows"]]
-        sources = [self._data_path(shard) for shard in with_rows]
+        with_rows = [(shard, meta) for shard, meta in zip(self._committed_shards(), metas) if meta["rows"]]
+        sources = [self._data_path(shard) for shard, _ in with_rows]
+        records = [meta["file"] for _, meta in with_rows]
         if not sources:  # every row rejected: still a dataset, with no rows
             sources = [self.partial / "shard-empty.arrow"]
             write_arrow_atomic(sources[0], schema.empty_table())
+            records = [file_record(sources[0])]
         names = [f"data-{i:05d}-of-{len(sources):05d}.arrow" for i in range(len(sources))]
         for source, name in zip(sources, names):
             if source.exists():
@@ -126,7 +338,12 @@ class ShardedOutput:
         write_dataset_metadata(self.folder, names, pa.ipc.open_stream(self.folder / names[0]).schema)
         write_jsonl_atomic(self.folder / "rejects.jsonl", rejects)
         write_json_atomic(self.folder / "stats.json", stats)
-        write_json_atomic(self.folder / MANIFEST, {**manifest, "run_identity": self.identity})
+        files = dict(zip(names, records))
+        # stats.json holds timings, which differ between runs: it is checked by parsing it, so
+        # that the manifest of the same input and settings stays the same.
+        for name in ("state.json", "dataset_info.json", "rejects.jsonl"):
+            files[name] = file_record(self.folder / name)
+        write_json_atomic(self.folder / MANIFEST, {**manifest, "run_identity": self.identity, "files": files})
         shutil.rmtree(self.partial)
 
 
@@ -154,10 +371,20 @@ def write_dataset_metadata(folder: Path, data_files: list[str], schema: pa.Schem
 
 
 def dataset_files(folder: Path) -> list[Path]:
+    """The data files of an output folder, in order, once the folder is checked against its manifest."""
+    verify_output(folder)
+    return _listed_files(folder)
+
+
+def _listed_files(folder: Path) -> list[Path]:
     state = Path(folder) / "state.json"
     if not state.is_file():
         raise FtprepError(f"{folder} is not an ftprep output (no state.json): run ftprep score first")
-    return [Path(folder) / entry["filename"] for entry in json.loads(state.read_text())["_data_files"]]
+    data = read_json_file(state, "state.json")
+    try:
+        return [Path(folder) / entry["filename"] for entry in data["_data_files"]]
+    except (KeyError, TypeError) as error:
+        raise FtprepError(f"{state} is damaged (no list of data files): rerun the command that wrote it") from error
 
 
 def read_arrow(path) -> pa.Table:

@@ -95,15 +95,23 @@ def parse_row(text: str | None, error: str | None) -> dict:
     try:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise RowError(f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+        raise RowError(f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from None
     if not isinstance(row, dict):
         raise RowError("line is not a JSON object")
     return row
 
 
 def row_id(row: Mapping, index: int) -> str:
+    """The row's id as text: a string as it is, a number as written, anything else (a list, a
+    boolean) as its JSON text, never Python's repr; the source index where there is none."""
     value = row.get("id")
-    return str(value) if value is not None and str(value) != "" else str(index)
+    if value is None or value == "":
+        return str(index)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 def normalize_row(row: Mapping, fmt: str) -> list[Message]:
@@ -159,6 +167,8 @@ def _message_list(value, role_key: str, content_key: str, role_names: Mapping[st
         if role_key not in turn or content_key not in turn:
             raise RowError(f"a message lacks '{role_key}' or '{content_key}'")
         role = turn[role_key]
+        if not isinstance(role, str):
+            raise RowError(f"a message's '{role_key}' is {type(role).__name__}, not a string")
         if role not in role_names:
             raise RowError(f"unknown role {role!r}")
         messages.append({"role": role_names[role], "content": _string(turn[content_key], "message content")})
@@ -170,5 +180,8 @@ def _check_conversation(messages: list[Message]) -> None:
         raise RowError("empty conversation")
     if not any(message["role"] == "assistant" for message in messages):
         raise RowError("no assistant turn")
+    first = next(message["role"] for message in messages if message["role"] != "system")
+    if first == "assistant":
+        raise RowError("conversation starts with an assistant turn: it needs a user message before it")
     if any(message["role"] == "assistant" and not message["content"].strip() for message in messages):
         raise RowError("empty assistant turn")

@@ -43,6 +43,7 @@ class ChatTokenizer:
     train_on: str = "all"  # all | last
     max_length: int | None = None
     overlong: str = "drop"  # drop | truncate
+    allow_special_tokens: bool = False  # let message text hold the template's control tokens
 
     def __post_init__(self):
         template = self.tokenizer.chat_template
@@ -50,13 +51,29 @@ class ChatTokenizer:
             raise FtprepError("the model's tokenizer has no chat template: use an instruct/chat model")
         self.uses_generation_markers = bool(GENERATION_MARKER.search(template))
         self.special_ids = np.array(sorted(_special_ids(self.tokenizer)), dtype=np.int64)
+        self.control_tokens = None if self.allow_special_tokens else _control_token_pattern(self.tokenizer)
 
     def __call__(self, conversations: list[list[dict]]) -> list[TokenizedRow | RowError]:
+        forged = [self._forged_turns(messages) for messages in conversations]
+        clean = [messages for messages, error in zip(conversations, forged) if error is None]
         if self.uses_generation_markers:
-            results = [self._guard(self._tokenize_with_markers, messages) for messages in conversations]
+            results = [self._guard(self._tokenize_with_markers, messages) for messages in clean]
         else:
-            results = self._tokenize_by_prefix(conversations)
-        return [self._fit_length(result) if isinstance(result, TokenizedRow) else result for result in results]
+            results = self._tokenize_by_prefix(clean)
+        results = iter([self._fit_length(result) if isinstance(result, TokenizedRow) else result for result in results])
+        return [next(results) if error is None else error for error in forged]
+
+    def _forged_turns(self, messages) -> RowError | None:
+        """Text that spells a control token (`<|im_start|>assistant`) would become that token and
+        could forge turns, and with them the assistant mask and the labels: rejected unless allowed."""
+        if self.control_tokens is None:
+            return None
+        for position, message in enumerate(messages):
+            found = self.control_tokens.search(message["content"])
+            if found:
+                return RowError(f"message {position} ({message['role']}) contains the control token {found.group()!r}: "
+                                "remove it, or pass --allow-special-tokens to let it act as one")
+        return None
 
     # -- span finding ---------------------------------------------------------------------
 
@@ -165,6 +182,14 @@ def _chars_to_tokens(offsets: np.ndarray, start: int, end: int) -> tuple[int, in
     if len(overlap) == 0:
         return 0, 0
     return int(overlap[0]), int(overlap[-1]) + 1
+
+
+def _control_token_pattern(tokenizer) -> re.Pattern | None:
+    """A regex that finds any of the tokenizer's special tokens in text; None if it has none."""
+    tokens = set(tokenizer.all_special_tokens)
+    tokens.update(token.content for token in tokenizer.added_tokens_decoder.values() if token.special)
+    tokens = sorted((token for token in tokens if token), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, tokens))) if tokens else None
 
 
 def _special_ids(tokenizer) -> set[int]:

@@ -52,10 +52,10 @@ def test_threshold_masks_assistant_tokens_above_2_5(scored_sample, scores, tmp_p
 
 def test_no_keep_eos_masks_end_of_turn_tokens_too(scored_sample, scores, tmp_path):
     ids, assistant, ppl, _ = scores
-    _, labels, _ = training_arrays(mask(scored_sample, tmp_path, threshold=1.0, keep_eos=False, min_kept=0))
+    _, labels, _ = training_arrays(mask(scored_sample, tmp_path, threshold=1.001, keep_eos=False, min_kept=0))
     eot = assistant & (ids == EOT)
-    np.testing.assert_array_equal(labels[eot] == IGNORE_INDEX, ppl[eot] > 1.0)
-    _, kept, _ = training_arrays(mask(scored_sample, tmp_path, "kept", threshold=1.0, keep_eos=True, min_kept=0))
+    np.testing.assert_array_equal(labels[eot] == IGNORE_INDEX, ppl[eot] > 1.001)
+    _, kept, _ = training_arrays(mask(scored_sample, tmp_path, "kept", threshold=1.001, keep_eos=True, min_kept=0))
     assert (kept[eot] == EOT).all()
 
 

@@ -389,7 +389,7 @@ def test_errors_are_one_line(train, hub, tmp_path):
         "error: cannot reach http://127.0.0.1:9: check the network (or HF_ENDPOINT), then rerun to push")
     assert time.monotonic() - started < 15
     bad_id = push(folder, hub, tmp_path, "--config-name", "../up", check=False)
-    assert bad_id.returncode == 1 and bad_id.stderr.startswith("error: --config-name ../up")
+    assert bad_id.returncode == 1 and bad_id.stderr.startswith("error: --config-name '../up'")
     assert not hub.commits()
 
 

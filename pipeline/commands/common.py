@@ -47,6 +47,10 @@ def batch_tokens(what: str = "Token budget of one forward pass, padding included
     return positive(help=what)
 
 
+def trust_remote_code():
+    return setting(False, help="Let a model that ships its own Python code run it (only for models you trust).")
+
+
 def dtype():
     return setting("auto", choices=DTYPES, help="auto: float32 on CPU, bfloat16 on GPU.")
 

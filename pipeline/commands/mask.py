@@ -17,7 +17,7 @@ from ftprep.stages.anchor import ANCHOR_RULES
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.mask import MaskStage, candidate_perplexities, training_schema
 from ftprep.stages.strategies import AGAINST_LOGPROBS, REGISTRY, STRATEGIES, TARGETS, WEIGHT_FNS, check_mask_settings, strategy_named
-from ftprep.writers import dataset_files, read_arrow, read_manifest, read_shards
+from ftprep.writers import dataset_files, read_arrow, read_shards, verify_output
 
 SUMMARY = "Turn SCORED into a training dataset: input_ids, attention_mask, labels (and loss_weights)."
 STRATEGY_HELP = "How scores become labels or weights: " + "; ".join(f"{s.name}: {s.summary}" for s in REGISTRY.values()) + "."
@@ -28,8 +28,8 @@ class MaskSettings(Settings):
     scored: str = setting(argument=True, path=True, help="A folder written by ftprep score.")
     output: str = setting(flags=("-o", "--output"), help="Folder for the training dataset.")
     strategy: str = setting("threshold", choices=STRATEGIES, help=STRATEGY_HELP)
-    threshold: float = setting(2.5, help="threshold: mask assistant tokens with perplexity above this.")
-    quantile: float = setting(0.2, low=0, high=1, help="quantile: share of assistant tokens to mask.")
+    threshold: float = setting(2.5, low=1, low_open=True, help="threshold: mask assistant tokens with perplexity above this.")
+    quantile: float = setting(0.2, low=0, high=1, low_open=True, high_open=True, help="quantile: share of assistant tokens to mask.")
     scope: str = setting("sample", choices=("sample", "dataset"), help="quantile: per row or over the dataset.")
     weight_fn: str = setting("gauss", choices=WEIGHT_FNS, help="soft: exp(-((ppl-1)/sigma)^2) or p^alpha.")
     sigma: float = positive(0.75, help="soft gauss width.")
@@ -89,9 +89,11 @@ class MaskCommand:
         self.output = settings.output
         self.config = settings.to_dict()
         self.scored_dir = Path(settings.scored)
-        self.scored = read_manifest(self.scored_dir)
+        self.scored = verify_output(self.scored_dir)
         if self.scored is None or self.scored.get("stage") != "score":
             raise FtprepError(f"{settings.scored} is not a scored dataset (no ftprep.json from ftprep score): run ftprep score first")
+        if not self.scored.get("counts", {}).get("rows_out"):
+            raise FtprepError(f"{settings.scored} has no rows (all were rejected: see its rejects.jsonl): nothing to mask")
         check_mask_settings(self.config, self.scored["config"])
         self.end_of_turn_ids = self.scored["tokenizer"]["end_of_turn_ids"]
         self.against, self.against_rows = against_scores(settings, self.scored_dir)

@@ -54,6 +54,7 @@ class RegenSettings(Settings):
     backend: str = shared.backend("Generation and scoring engine; auto: vllm on a CUDA GPU when installed, else hf.")
     batch_tokens: int | None = shared.batch_tokens("hf scoring: token budget of one forward pass.")
     dtype: str = shared.dtype()
+    trust_remote_code: bool = shared.trust_remote_code()
     device: str = shared.device()
     shard_rows: int = shared.shard_rows()
     gpu_memory_utilization: float | None = shared.gpu_memory_utilization()
@@ -96,7 +97,7 @@ class RegenCommand:
             beat_ground_truth=settings.beat_ground_truth, verify=settings.verify, pattern=settings.pattern,
             seed=settings.seed, max_new_tokens=settings.max_new_tokens)
         self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
-                                       executor.cuda_available())
+                                       executor.cuda_available(), settings.trust_remote_code)
         self.device = self.runtime.device
 
     def identity(self) -> dict:

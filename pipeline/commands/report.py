@@ -9,6 +9,7 @@ import click
 
 from ftprep.commands import command
 from ftprep.settings import Settings, setting
+from ftprep.stages.errors import FtprepError
 
 SUMMARY = "Write one self-contained HTML page with plots and examples for FOLDER."
 
@@ -17,14 +18,21 @@ SUMMARY = "Write one self-contained HTML page with plots and examples for FOLDER
 class ReportSettings(Settings):
     folder: str = setting(argument=True, help="A folder written by ftprep score or mask.")
     output: str = setting("report.html", flags=("-o", "--output"), help="HTML file to write.")
-    threshold: float = setting(2.5, help="Scored datasets: the perplexity threshold to show.")
+    threshold: float = setting(2.5, low=1, low_open=True, help="Scored datasets: the perplexity threshold to show.")
 
 
 def write_report(settings: ReportSettings) -> None:
     from ftprep.report import render_report
+    from ftprep.runner import check_output_apart
     from ftprep.writers import write_text_atomic
 
-    write_text_atomic(Path(settings.output), render_report(Path(settings.folder), settings.threshold))
+    output = Path(settings.output)
+    if output.is_dir():
+        raise FtprepError(f"-o {settings.output} is a folder: give the HTML file to write, e.g. {output / 'report.html'}")
+    if not output.parent.is_dir():
+        raise FtprepError(f"-o {settings.output}: the folder {output.parent} does not exist")
+    check_output_apart(settings.output, [settings.folder])
+    write_text_atomic(output, render_report(Path(settings.folder), settings.threshold))
     click.echo(f"wrote {settings.output}")
 
 

@@ -17,6 +17,7 @@ from ftprep.models import context_length
 from ftprep.readers import input_format, open_source, read_source_shard
 from ftprep.runtime import library_versions, make_scorer, resolve_runtime
 from ftprep.settings import Settings, setting
+from ftprep.stages.errors import FtprepError
 from ftprep.stages.normalize import NormalizeStage
 from ftprep.stages.score import ScoreStage, default_batch_tokens, scored_schema
 from ftprep.stages.tokenization import ChatTokenizer, TokenizeStage
@@ -41,6 +42,9 @@ class ScoreSettings(Settings):
     device: str = shared.device()
     top_k: int = setting(0, low=0, high=1000, help="Also store the model's top-k ids and logprobs per token.")
     score_prompt: bool = setting(False, help="Score every token, not only assistant tokens.")
+    trust_remote_code: bool = shared.trust_remote_code()
+    allow_special_tokens: bool = setting(False, help="Let message text that spells the chat template's control tokens "
+                                                     "(e.g. <|im_start|>) act as them; by default such rows are rejected.")
     shard_rows: int = shared.shard_rows()
     gpu_memory_utilization: float | None = shared.gpu_memory_utilization()
     max_num_batched_tokens: int | None = shared.max_num_batched_tokens()
@@ -55,10 +59,11 @@ class ScoreCommand:
         self.output = settings.output
         self.source = open_source(settings.input, settings.split, settings.limit)
         self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
-                                       executor.cuda_available())
+                                       executor.cuda_available(), settings.trust_remote_code)
         self.device = self.runtime.device
         self.batch_tokens = settings.batch_tokens or default_batch_tokens(self.device)
         self.chat = None
+        check_top_k(settings.top_k, self.runtime.tokenizer)
 
     def identity(self) -> dict:
         return {"command": "score", "settings": self.settings.result_settings(), "input": self.source.identity(),
@@ -75,7 +80,8 @@ class ScoreCommand:
         self.format = input_format(self.source, settings.format)
         # Rows longer than the model's context cannot be scored: they take the --overlong path too.
         limits = [limit for limit in (settings.max_length, context_length(self.runtime.model_dir)) if limit]
-        self.chat = ChatTokenizer(self.runtime.tokenizer, settings.train_on, min(limits) if limits else None, settings.overlong)
+        self.chat = ChatTokenizer(self.runtime.tokenizer, settings.train_on, min(limits) if limits else None, settings.overlong,
+                                  allow_special_tokens=settings.allow_special_tokens)
         return ShardWork(read=read_source_shard, stages=(NormalizeStage(self.format), TokenizeStage(self.chat)),
                          build_model_stage=partial(build_score_stage, settings, self.runtime, self.batch_tokens),
                          columns=tuple(self.schema().names))
@@ -101,6 +107,12 @@ class ScoreCommand:
             "counts": {key: stats[key] for key in ("rows_in", "rows_out", "rows_rejected")},
         }
         return manifest, stats
+
+
+def check_top_k(top_k: int, tokenizer) -> None:
+    vocabulary = len(tokenizer)
+    if top_k > vocabulary:
+        raise FtprepError(f"--top-k {top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}")
 
 
 def build_score_stage(settings: ScoreSettings, runtime, batch_tokens: int) -> ScoreStage:

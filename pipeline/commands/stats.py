@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +24,12 @@ def show_stats(settings: StatsSettings) -> None:
     if not path.is_file():
         raise FtprepError(f"{settings.folder} has no stats.json: give a folder written by ftprep score or ftprep mask")
     from ftprep.inspection import format_stats
+    from ftprep.writers import read_json_file
 
-    click.echo(format_stats(json.loads(path.read_text())))
+    stats = read_json_file(path, "stats.json")
+    if not isinstance(stats, dict):
+        raise FtprepError(f"{path} is damaged (not a stats object): rerun the command that wrote it")
+    click.echo(format_stats(stats))
 
 
 cli = command("stats", StatsSettings, show_stats, SUMMARY)

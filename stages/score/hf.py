@@ -141,7 +141,7 @@ def head_logits(model, decoder, states: torch.Tensor) -> torch.Tensor:
     forward computes them from its decoder's output (LM head and all that follows it)."""
     placeholder_ids = torch.zeros((1, len(states)), dtype=torch.long, device=states.device)
     with decoder_returning(decoder, states[None]):
-        return model(input_ids=placeholder_ids, use_cache=False, logits_to_keep=0).logits[0]
+        return model(input_ids=placeholder_ids, use_cache=False).logits[0]
 
 
 @torch.inference_mode()

@@ -179,6 +179,11 @@ def _tool_fields(turn: Mapping) -> dict:
     """An OpenAI message's tool-use keys (tool_calls, tool_call_id, name) as one JSON text in
     `tool`, where the normalized messages keep them; none: no key."""
     fields = {key: turn[key] for key in TOOL_KEYS if turn.get(key) is not None}
+    if isinstance(turn.get("tool"), str):  # ftprep's own output read back (score a regen folder)
+        try:
+            fields = {**json.loads(turn["tool"]), **fields}
+        except json.JSONDecodeError:
+            raise RowError("a message's 'tool' field is not JSON") from None
     if "tool_calls" in fields:
         fields["tool_calls"] = [_tool_call(call) for call in _list(fields["tool_calls"], "tool_calls")]
     return {"tool": json.dumps(fields, ensure_ascii=False, sort_keys=True)} if fields else {}

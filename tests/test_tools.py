@@ -74,3 +74,13 @@ def test_a_template_that_refuses_a_role_says_so(tmp_path, tiny_model_dir):
     assert rejects["legacy"] == ("chat template cannot render this tool-use conversation: "
                                  "roles must be system, user or assistant")
     assert rejects["weather"].startswith("chat template cannot render this tool-use conversation")
+
+
+def test_a_scored_tool_use_folder_reads_back_with_its_tool_fields(tmp_path, tiny_model_dir):
+    """ftprep's own output as input (a regen folder, a scored one): the `tool` field carries the calls."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_cli("score", TOOLS, "-o", first, "--model", tiny_model_dir, "--chat-template", TOOLS_TEMPLATE, "--backend", "hf")
+    run_cli("score", first, "-o", second, "--model", tiny_model_dir, "--chat-template", TOOLS_TEMPLATE, "--backend", "hf")
+    again, once = load_table(second), load_table(first)
+    assert again.column("messages").to_pylist() == once.column("messages").to_pylist()
+    assert again.column("input_ids").to_pylist() == once.column("input_ids").to_pylist()

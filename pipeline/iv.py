@@ -148,7 +148,7 @@ def extract_instruction_vector(config: Any) -> dict:
         raise FtprepError(f"-o {config.output}: name a .safetensors file, e.g. iv.safetensors")
     source = open_source(config.input, config.split, config.limit)
     model_dir = resolve_model(config.model)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, config.chat_template)
     rows, fmt = rows_and_format(source, config.format)
     candidates, skipped = instruction_rows(rows, fmt)
     if len(candidates) < config.prompts:

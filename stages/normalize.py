@@ -14,10 +14,13 @@ import pyarrow as pa
 
 from ftprep.stages import Rejects
 from ftprep.stages.errors import FtprepError, RowError
-from ftprep.stages.tokenization import MESSAGES_TYPE
+from ftprep.stages.tokenization import MESSAGES_TYPE, TOOL_KEYS
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 ROLES = ("system", "user", "assistant")
+# OpenAI tool use: tool results, the newer system role, the legacy function role. Whether the
+# model's chat template renders them is the tokenizer's to find out.
+TOOL_ROLES = ("tool", "developer", "function")
 SHAREGPT_ROLES = {
     "system": "system",
     "human": "user",
@@ -117,7 +120,8 @@ def row_id(row: Mapping, index: int) -> str:
 def normalize_row(row: Mapping, fmt: str) -> list[Message]:
     """Return the conversation as [{"role", "content"}], or raise RowError with the reason."""
     if fmt == "messages":
-        messages = _message_list(_field(row, "messages"), "role", "content", {role: role for role in ROLES})
+        messages = _message_list(_field(row, "messages"), "role", "content",
+                                 {role: role for role in ROLES + TOOL_ROLES}, with_tools=True)
     elif fmt == "sharegpt":
         messages = _message_list(_field(row, "conversations"), "from", "value", SHAREGPT_ROLES)
     elif fmt == "alpaca":
@@ -157,22 +161,64 @@ def _turns(value, default_role: str) -> list[Message]:
     return _message_list(value, "role", "content", {role: role for role in ROLES})
 
 
-def _message_list(value, role_key: str, content_key: str, role_names: Mapping[str, str]) -> list[Message]:
+def _message_list(value, role_key: str, content_key: str, role_names: Mapping[str, str],
+                  with_tools: bool = False) -> list[Message]:
     if not isinstance(value, list):
         raise RowError(f"conversation is {type(value).__name__}, not a list of messages")
     messages = []
     for turn in value:
         if not isinstance(turn, Mapping):
             raise RowError("a message is not an object")
-        if role_key not in turn or content_key not in turn:
+        calls = turn.get("tool_calls") if with_tools else None
+        if role_key not in turn or (content_key not in turn and not calls):
             raise RowError(f"a message lacks '{role_key}' or '{content_key}'")
         role = turn[role_key]
         if not isinstance(role, str):
             raise RowError(f"a message's '{role_key}' is {type(role).__name__}, not a string")
         if role not in role_names:
             raise RowError(f"unknown role {role!r}")
-        messages.append({"role": role_names[role], "content": _string(turn[content_key], "message content")})
+        content = turn.get(content_key)
+        message = {"role": role_names[role], "content": "" if content is None and calls else _string(content, "message content")}
+        if with_tools:
+            message.update(_tool_fields(turn))
+        messages.append(message)
     return messages
+
+
+def _tool_fields(turn: Mapping) -> dict:
+    """An OpenAI message's tool-use keys (tool_calls, tool_call_id, name) as one JSON text in
+    `tool`, where the normalized messages keep them; none: no key."""
+    fields = {key: turn[key] for key in TOOL_KEYS if turn.get(key) is not None}
+    if isinstance(turn.get("tool"), str):  # ftprep's own output read back (score a regen folder)
+        try:
+            fields = {**json.loads(turn["tool"]), **fields}
+        except json.JSONDecodeError:
+            raise RowError("a message's 'tool' field is not JSON") from None
+    if "tool_calls" in fields:
+        fields["tool_calls"] = [_tool_call(call) for call in _list(fields["tool_calls"], "tool_calls")]
+    return {"tool": json.dumps(fields, ensure_ascii=False, sort_keys=True)} if fields else {}
+
+
+def _tool_call(call) -> dict:
+    if not isinstance(call, Mapping) or not isinstance(call.get("function"), Mapping) or "name" not in call["function"]:
+        raise RowError("a tool call lacks function.name")
+    function = dict(call["function"])
+    # OpenAI sends the arguments as JSON text; chat templates expect an object (they render it
+    # with tojson), so text that holds a JSON object becomes one.
+    if isinstance(function.get("arguments"), str):
+        try:
+            parsed = json.loads(function["arguments"])
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            function["arguments"] = parsed
+    return {**call, "function": function}
+
+
+def _list(value, name: str) -> list:
+    if not isinstance(value, list):
+        raise RowError(f"{name} is {type(value).__name__}, not a list")
+    return value
 
 
 def _check_conversation(messages: list[Message]) -> None:
@@ -183,5 +229,10 @@ def _check_conversation(messages: list[Message]) -> None:
     first = next(message["role"] for message in messages if message["role"] != "system")
     if first == "assistant":
         raise RowError("conversation starts with an assistant turn: it needs a user message before it")
-    if any(message["role"] == "assistant" and not message["content"].strip() for message in messages):
+    if any(message["role"] == "assistant" and not message["content"].strip() and not _calls_tools(message)
+           for message in messages):
         raise RowError("empty assistant turn")
+
+
+def _calls_tools(message: Message) -> bool:
+    return bool(message.get("tool") and json.loads(message["tool"]).get("tool_calls"))

@@ -9,6 +9,7 @@ it, and checked: the decoded span must equal the assistant content, or the row i
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -18,7 +19,26 @@ import pyarrow as pa
 from ftprep.stages.errors import FtprepError, RowError
 
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
-MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+# `tool`: a message's OpenAI tool-use keys (tool_calls, tool_call_id, name) as JSON text, null
+# for a plain message.
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()), ("tool", pa.string())]))
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
+
+
+def template_messages(messages: list[dict]) -> list[dict]:
+    """Normalized messages as a chat template takes them: role, content and the tool-use keys
+    (no `tool` text, no null fields a template would see as defined)."""
+    rendered = []
+    for message in messages:
+        plain = {"role": message["role"], "content": message["content"]}
+        if message.get("tool"):
+            plain.update(json.loads(message["tool"]))
+        rendered.append(plain)
+    return rendered
+
+
+def uses_tools(messages: list[dict]) -> bool:
+    return any(message.get("tool") or message["role"] not in ("system", "user", "assistant") for message in messages)
 
 
 @dataclass
@@ -48,12 +68,14 @@ class ChatTokenizer:
     def __post_init__(self):
         template = self.tokenizer.chat_template
         if not template:
-            raise FtprepError("the model's tokenizer has no chat template: use an instruct/chat model")
+            raise FtprepError("the model's tokenizer has no chat template (a base model?): give one with "
+                              "--chat-template FILE (a Jinja file), or use an instruct/chat model")
         self.uses_generation_markers = bool(GENERATION_MARKER.search(template))
         self.special_ids = np.array(sorted(_special_ids(self.tokenizer)), dtype=np.int64)
         self.control_tokens = None if self.allow_special_tokens else _control_token_pattern(self.tokenizer)
 
     def __call__(self, conversations: list[list[dict]]) -> list[TokenizedRow | RowError]:
+        conversations = [template_messages(messages) for messages in conversations]
         forged = [self._forged_turns(messages) for messages in conversations]
         clean = [messages for messages, error in zip(conversations, forged) if error is None]
         if self.uses_generation_markers:
@@ -95,12 +117,13 @@ class ChatTokenizer:
 
     def _render_with_spans(self, messages):
         full = self._render(messages, add_generation_prompt=False)
+        self._check_tools_rendered(messages, full)
         spans, contents = [], []
         for index in self._trainable_turns(messages):
             prefix = self._render(messages[:index], add_generation_prompt=True)
             if not full.startswith(prefix):
                 raise RowError("chat template renders the turns before an assistant message differently in the full conversation")
-            content = messages[index]["content"]
+            content = self._turn_text(messages, index, prefix)
             start = full.find(content, len(prefix))
             if start < 0:  # templates that trim the content
                 content = content.strip()
@@ -112,9 +135,14 @@ class ChatTokenizer:
         return full, spans, contents
 
     def _tokenize_with_markers(self, messages):
-        encoded = self.tokenizer.apply_chat_template(
-            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
+        try:
+            encoded = self.tokenizer.apply_chat_template(
+                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
+        except Exception as exc:
+            raise template_error(messages, exc) from exc
+        if any(message.get("tool_calls") or message["role"] not in ("system", "user", "assistant") for message in messages):
+            self._check_tools_rendered(messages, self._render(messages, add_generation_prompt=False))
         ids = np.asarray(encoded["input_ids"], dtype=np.int32)
         marked = np.asarray(encoded["assistant_masks"], dtype=np.int8)
         edges = np.flatnonzero(np.diff(np.concatenate([[0], marked, [0]])))
@@ -123,7 +151,7 @@ class ChatTokenizer:
         if len(runs) != len(turns):
             raise RowError(f"chat template marks {len(runs)} generation spans for {len(turns)} assistant turns")
         keep = set(self._trainable_turns(messages))
-        chosen = [(run, messages[turn]["content"]) for run, turn in zip(runs, turns) if turn in keep]
+        chosen = [(run, self._turn_text(messages, turn)) for run, turn in zip(runs, turns) if turn in keep]
         return self._finish(ids, [run for run, _ in chosen], [content for _, content in chosen])
 
     def _trainable_turns(self, messages) -> list[int]:
@@ -131,7 +159,37 @@ class ChatTokenizer:
         return turns[-1:] if self.train_on == "last" else turns
 
     def _render(self, messages, add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        except Exception as exc:  # jinja errors, and the template's own raise_exception
+            raise template_error(messages, exc) from exc
+
+    def _turn_text(self, messages, index: int, prefix: str | None = None) -> str:
+        """What the assistant turn `index` is trained on: its content, or for a turn that calls
+        tools, all the template renders for it (content and calls) up to its end-of-turn."""
+        if not messages[index].get("tool_calls"):
+            return messages[index]["content"]
+        if prefix is None:
+            prefix = self._render(messages[:index], add_generation_prompt=True)
+        upto = self._render(messages[: index + 1], add_generation_prompt=False)
+        text = upto[len(prefix):].strip() if upto.startswith(prefix) else ""
+        for marker in sorted(self.tokenizer.all_special_tokens, key=len, reverse=True):
+            if marker and text.endswith(marker):  # its end-of-turn token: added to the span later
+                text = text[: -len(marker)].rstrip()
+                break
+        return text
+
+    def _check_tools_rendered(self, messages, full: str) -> None:
+        """A template that does not know tool calls or tool results drops them without an error:
+        the row would train on a conversation it does not show. Reject it instead."""
+        if any(message.get("tool_calls") for message in messages):
+            without_calls = [{key: value for key, value in message.items() if key != "tool_calls"} for message in messages]
+            if self._render(without_calls, add_generation_prompt=False) == full:
+                raise RowError("chat template does not render tool calls: give one that does with --chat-template")
+        for message in messages:
+            if message["role"] not in ("system", "user", "assistant") and message["content"].strip() not in full:
+                raise RowError(f"chat template does not render {message['role']!r} messages: give one that does with "
+                               "--chat-template")
 
     # -- mask, check, length --------------------------------------------------------------
 
@@ -174,6 +232,13 @@ class ChatTokenizer:
             return error
         except Exception as exc:  # a chat template raising on this conversation (jinja exceptions)
             return RowError(f"chat template failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+
+
+def template_error(messages, exc: Exception) -> RowError:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if uses_tools(messages):
+        return RowError(f"chat template cannot render this tool-use conversation: {first_line}")
+    return RowError(f"chat template failed: {first_line}")
 
 
 def _chars_to_tokens(offsets: np.ndarray, start: int, end: int) -> tuple[int, int]:

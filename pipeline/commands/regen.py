@@ -32,6 +32,7 @@ class RegenSettings(Settings):
     input: str = shared.input_path()
     output: str = shared.output("Folder for the regenerated dataset (messages format).")
     model: str = shared.model("Alias, model folder, .gguf file or hub id (the model you will fine-tune).")
+    chat_template: str | None = shared.chat_template()
     format: str | None = shared.input_format()
     split: str | None = shared.split()
     limit: int | None = shared.limit()
@@ -59,6 +60,7 @@ class RegenSettings(Settings):
     shard_rows: int = shared.shard_rows()
     gpu_memory_utilization: float | None = shared.gpu_memory_utilization()
     max_num_batched_tokens: int | None = shared.max_num_batched_tokens()
+    tensor_parallel_size: int = shared.tensor_parallel_size()
 
 
 def default_generation_tokens(device: str) -> int:
@@ -97,7 +99,8 @@ class RegenCommand:
             beat_ground_truth=settings.beat_ground_truth, verify=settings.verify, pattern=settings.pattern,
             seed=settings.seed, max_new_tokens=settings.max_new_tokens)
         self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
-                                       executor.cuda_available(), settings.trust_remote_code)
+                                       executor.cuda_available(), chat_template=settings.chat_template,
+                                       trust_remote_code=settings.trust_remote_code)
         self.device = self.runtime.device
 
     def identity(self) -> dict:
@@ -153,7 +156,8 @@ def build_regen_stage(settings: RegenSettings, stage_settings, runtime):
     batch_tokens = settings.batch_tokens or default_batch_tokens(runtime.device)
     model_dir = runtime.local_model_dir()
     scorer = make_scorer(runtime, 0, False, batch_tokens, settings.gpu_memory_utilization,
-                         settings.max_num_batched_tokens, seed=settings.seed)
+                         settings.max_num_batched_tokens, seed=settings.seed, max_model_len=context_length(model_dir),
+                         tensor_parallel_size=settings.tensor_parallel_size)
     if runtime.backend == "vllm":
         from transformers import GenerationConfig
 

@@ -30,6 +30,7 @@ class ScoreSettings(Settings):
     input: str = shared.input_path()
     output: str = shared.output("Folder for the scored dataset.")
     model: str = shared.model()
+    chat_template: str | None = shared.chat_template()
     format: str | None = shared.input_format()
     split: str | None = shared.split()
     limit: int | None = shared.limit()
@@ -48,6 +49,7 @@ class ScoreSettings(Settings):
     shard_rows: int = shared.shard_rows()
     gpu_memory_utilization: float | None = shared.gpu_memory_utilization()
     max_num_batched_tokens: int | None = shared.max_num_batched_tokens()
+    tensor_parallel_size: int = shared.tensor_parallel_size()
 
 
 class ScoreCommand:
@@ -59,7 +61,8 @@ class ScoreCommand:
         self.output = settings.output
         self.source = open_source(settings.input, settings.split, settings.limit)
         self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
-                                       executor.cuda_available(), settings.trust_remote_code)
+                                       executor.cuda_available(), chat_template=settings.chat_template,
+                                       trust_remote_code=settings.trust_remote_code)
         self.device = self.runtime.device
         self.batch_tokens = settings.batch_tokens or default_batch_tokens(self.device)
         self.chat = None
@@ -78,10 +81,8 @@ class ScoreCommand:
     def work(self) -> ShardWork:
         settings = self.settings
         self.format = input_format(self.source, settings.format)
-        # Rows longer than the model's context cannot be scored: they take the --overlong path too.
-        limits = [limit for limit in (settings.max_length, context_length(self.runtime.model_dir)) if limit]
-        self.chat = ChatTokenizer(self.runtime.tokenizer, settings.train_on, min(limits) if limits else None, settings.overlong,
-                                  allow_special_tokens=settings.allow_special_tokens)
+        self.chat = ChatTokenizer(self.runtime.tokenizer, settings.train_on, length_limit(settings, self.runtime.model_dir),
+                                  settings.overlong, allow_special_tokens=settings.allow_special_tokens)
         return ShardWork(read=read_source_shard, stages=(NormalizeStage(self.format), TokenizeStage(self.chat)),
                          build_model_stage=partial(build_score_stage, settings, self.runtime, self.batch_tokens),
                          columns=tuple(self.schema().names))
@@ -115,9 +116,19 @@ def check_top_k(top_k: int, tokenizer) -> None:
         raise FtprepError(f"--top-k {top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}")
 
 
+def length_limit(settings: ScoreSettings, model_dir: str) -> int | None:
+    """The longest row scored: --max-length, at most the model's context. Longer rows take the
+    --overlong path in the tokenizer; vLLM gets the same limit as its max_model_len, so none
+    reaches it, and it reserves no KV cache for a context the run never uses."""
+    limits = [limit for limit in (settings.max_length, context_length(model_dir)) if limit]
+    return min(limits) if limits else None
+
+
 def build_score_stage(settings: ScoreSettings, runtime, batch_tokens: int) -> ScoreStage:
     return ScoreStage(make_scorer(runtime, settings.top_k, settings.score_prompt, batch_tokens,
-                                  settings.gpu_memory_utilization, settings.max_num_batched_tokens))
+                                  settings.gpu_memory_utilization, settings.max_num_batched_tokens,
+                                  max_model_len=length_limit(settings, runtime.local_model_dir()),
+                                  tensor_parallel_size=settings.tensor_parallel_size))
 
 
 def finish_score_stats(stats: dict) -> dict:

@@ -22,7 +22,7 @@ from ftprep.stages import flat_values, row_offsets
 from ftprep.stages.errors import RowError
 from ftprep.stages.regen.checks import compile_pattern, rejection_reason
 from ftprep.stages.regen.prompts import DEFAULT_TEMPLATE, check_template, generation_messages, scaffolding_lines, turn_tasks, with_response
-from ftprep.stages.tokenization import MESSAGES_TYPE, ChatTokenizer, tokenized_table
+from ftprep.stages.tokenization import MESSAGES_TYPE, ChatTokenizer, template_messages, tokenized_table
 
 TURN_TYPE = pa.list_(pa.struct([("index", pa.int32()), ("source", pa.string()), ("ground_truth", pa.string())]))
 
@@ -147,7 +147,7 @@ class RegenStage:
     def _prompt_ids(self, tasks) -> list[list[int]]:
         if not tasks:
             return []
-        texts = [self.tokenizer.apply_chat_template(generation_messages(task, self.settings.mode, self.template),
+        texts = [self.tokenizer.apply_chat_template(template_messages(generation_messages(task, self.settings.mode, self.template)),
                                                     tokenize=False, add_generation_prompt=True) for task in tasks]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 

@@ -4,9 +4,16 @@ Rows are sorted by length and packed into batches under a token budget (padding 
 right-padded so that causal attention alone keeps padding out of every real position. The
 decoder runs over every token, but the LM head and the log-softmax run only on the positions
 that are scored, in chunks of positions, so no float32 logits for a whole batch ever exist.
+
+The logits of a chunk come from the model's own forward, handed the chunk's decoder states
+as its decoder's output: whatever a family does after its LM head (Gemma 2's final
+softcapping, Cohere's logit_scale, Granite's logits_scaling, a future family's twist) is
+applied by the model itself, never re-implemented here.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -31,9 +38,8 @@ class HFScorer:
         self.top_k = top_k
         self.score_prompt = score_prompt
         self.decoder = self.model.get_decoder()
-        self.head = self.model.get_output_embeddings()
-        self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        self.chunk_positions = max(1, CHUNK_ELEMENTS // self.head.weight.shape[0])
+        self.chunk_positions = max(1, CHUNK_ELEMENTS // self.model.get_output_embeddings().weight.shape[0])
+        check_logits_path(self.model, self.decoder)
 
     def close(self) -> None:
         """Nothing to stop: the model goes with the object."""
@@ -68,13 +74,14 @@ class HFScorer:
             # The state at i - 1 predicts token i.
             states = hidden[torch.from_numpy(slots).to(self.device), torch.from_numpy(local - 1).to(self.device)]
             targets = torch.from_numpy(flat_ids[positions[selected]]).to(self.device)
-            for start in range(0, len(selected), self.chunk_positions):
-                part = slice(start, start + self.chunk_positions)
-                into = selected[part]
-                scores = self._score_chunk(states[part], targets[part])
-                logprobs[into], entropy[into], rank[into] = scores[:3]
-                if self.top_k:
-                    topk_ids[into], topk_logprobs[into] = scores[3:]
+            chunks = [self._score_chunk(states[start : start + self.chunk_positions], targets[start : start + self.chunk_positions])
+                      for start in range(0, len(selected), self.chunk_positions)]
+            # Results stay on the device until the batch is done: one copy to the host per batch,
+            # not a GPU synchronisation per chunk.
+            batch_scores = [torch.cat(parts).cpu().numpy() for parts in zip(*chunks)]
+            logprobs[selected], entropy[selected], rank[selected] = batch_scores[:3]
+            if self.top_k:
+                topk_ids[selected], topk_logprobs[selected] = batch_scores[3:]
 
         columns = score_columns(offsets, positions, logprobs, entropy, rank, topk_ids, topk_logprobs)
         for name, column in columns.items():
@@ -94,9 +101,7 @@ class HFScorer:
 
     @torch.inference_mode()
     def _score_chunk(self, states: torch.Tensor, targets: torch.Tensor):
-        logits = self.head(states).float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
+        logits = head_logits(self.model, self.decoder, states).float()
         # Few passes over the vocab-sized chunk, in place where possible: on CPU these passes
         # cost as much as the LM head matmul itself.
         target_logits = logits.gather(1, targets[:, None])
@@ -112,11 +117,51 @@ class HFScorer:
         expected_shifted = torch.bmm(unnormalized.unsqueeze(1), shifted.unsqueeze(2)).view(-1) / partition
         logprobs = (target_logits - top).view(-1) - log_partition
         entropy = log_partition - expected_shifted
-        out = [logprobs.cpu().numpy(), entropy.cpu().numpy(), rank.to(torch.int32).cpu().numpy()]
+        out = [logprobs, entropy, rank.to(torch.int32)]
         if self.top_k:
             values, indices = torch.topk(shifted, self.top_k, dim=-1)
-            out += [indices.to(torch.int32).cpu().numpy(), (values - log_partition[:, None]).cpu().numpy()]
+            out += [indices.to(torch.int32), values - log_partition[:, None]]
         return out
+
+
+@contextmanager
+def decoder_returning(decoder, states: torch.Tensor):
+    """While inside, `decoder` returns `states` ([batch, positions, hidden]) as its output
+    without running: the model's forward then does only what follows its decoder."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    decoder.forward = lambda *args, **kwargs: BaseModelOutputWithPast(last_hidden_state=states)
+    try:
+        yield
+    finally:
+        del decoder.forward  # back to the class's forward
+
+
+@torch.inference_mode()
+def head_logits(model, decoder, states: torch.Tensor) -> torch.Tensor:
+    """Logits [positions, vocab] of decoder states [positions, hidden], as the model's own
+    forward computes them from its decoder's output (LM head and all that follows it)."""
+    placeholder_ids = torch.zeros((1, len(states)), dtype=torch.long, device=states.device)
+    with decoder_returning(decoder, states[None]):
+        return model(input_ids=placeholder_ids, use_cache=False).logits[0]
+
+
+@torch.inference_mode()
+def check_logits_path(model, decoder, length: int = 8) -> None:
+    """The decoder-then-head path must give the logits of one plain forward pass: a model whose
+    forward does more than decoder + its tail (none that transformers ships today) would
+    otherwise be scored wrong without a word."""
+    from ftprep.stages.errors import FtprepError
+
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = (torch.arange(length, device=model.device)[None] * 7919 + 3) % vocab
+    direct = model(input_ids=ids, use_cache=False).logits[0].float()
+    states = decoder(input_ids=ids, use_cache=False).last_hidden_state[0]
+    split = head_logits(model, decoder, states).float()
+    tolerance = 1e-4 if direct.dtype == torch.float32 and model.dtype == torch.float32 else 1e-2
+    if not torch.allclose(direct, split, rtol=tolerance, atol=tolerance * float(direct.abs().max().clamp(min=1))):
+        raise FtprepError(f"{type(model).__name__}: its logits cannot be computed position by position from its "
+                          "decoder's states; this family is not supported by the hf backend (try --backend vllm)")
 
 
 def length_sorted_batches(bounds: np.ndarray, rows: np.ndarray, batch_tokens: int) -> list[np.ndarray]:

@@ -24,6 +24,13 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+# Bytes per (batched token x vocabulary entry) of the prompt-logprob pass: float32 logits, then
+# their float32 log-softmax while the bf16 logits still exist (vLLM's sampler), ~6 bytes.
+PROMPT_LOGITS_BYTES = 6
+# Bounds of the engine step: below 512 tokens a GPU idles; above 16384 it gains nothing.
+BATCHED_TOKENS_RANGE = (512, 16384)
+
+
 def default_engine_settings(device: str) -> dict:
     """On CPU, vLLM's memory share is of RAM: its GPU default (0.92) fails on a small machine.
     The logits of a batch (batched tokens x vocab x ~6 bytes) are outside vLLM's memory
@@ -31,6 +38,24 @@ def default_engine_settings(device: str) -> dict:
     if device == "cpu":
         return {"gpu_memory_utilization": 0.3, "max_num_batched_tokens": 2048}
     return {"gpu_memory_utilization": 0.85, "max_num_batched_tokens": 8192}
+
+
+def batched_tokens_for_memory(vocab_size: int, free_bytes: int, total_bytes: int, utilization: float) -> int:
+    """Tokens per engine step whose prompt-logprob logits (tokens x vocab x ~6 bytes, which
+    vLLM's memory profile does not count) fit in half of what its share leaves free on the GPU.
+
+    A step can hold prompt tokens of several rows, and every one of them gets logits: with a
+    262k vocabulary, 8192 tokens take 12.9 GB, more than the 15 % left beside vLLM on a 80 GB GPU
+    once the CUDA context and other processes have taken theirs."""
+    left_free = free_bytes - utilization * total_bytes
+    fitting = int(left_free / 2 / (vocab_size * PROMPT_LOGITS_BYTES))
+    low, high = BATCHED_TOKENS_RANGE
+    if fitting < low:
+        from ftprep.stages.errors import FtprepError
+
+        raise FtprepError(f"too little GPU memory left beside vLLM for the logits of {low} tokens x {vocab_size} "
+                          f"vocabulary ({max(left_free, 0) / 2**30:.1f} GiB free): lower --gpu-memory-utilization")
+    return min(high, fitting) // 256 * 256
 
 
 def returned_entries(prompt_logprobs, targets: np.ndarray, width: int):
@@ -52,10 +77,16 @@ def returned_entries(prompt_logprobs, targets: np.ndarray, width: int):
 
 
 def engine_arguments(model_dir: str, dtype: str, device: str, top_k: int, gpu_memory_utilization: float | None,
-                     max_num_batched_tokens: int | None, seed: int) -> dict:
-    """What `vllm.LLM` is built with for scoring (and regen's sampling) on `device`."""
+                     max_num_batched_tokens: int | None, seed: int, max_model_len: int | None = None,
+                     tensor_parallel_size: int = 1) -> dict:
+    """What `vllm.LLM` is built with for scoring (and regen's sampling) on `device`.
+
+    `max_model_len`: the longest row the run keeps (--max-length, else the model's context):
+    vLLM sizes its KV cache and its checks from it, and would otherwise reserve a 128k-context
+    model's whole context. `max_num_batched_tokens`: as asked, or as `batched_tokens_for_memory`
+    sized it."""
     settings = default_engine_settings(device)
-    return dict(
+    arguments = dict(
         model=model_dir,
         dtype=dtype,
         skip_tokenizer_init=True,
@@ -65,6 +96,13 @@ def engine_arguments(model_dir: str, dtype: str, device: str, top_k: int, gpu_me
         max_logprobs=returned_k(top_k),
         seed=seed,  # scoring draws nothing; regen's sampling does
     )
+    if max_model_len:
+        arguments["max_model_len"] = int(max_model_len)
+    if tensor_parallel_size > 1:
+        # The engine's own worker processes on this machine's GPUs (a Ray worker's GPUs on Ray):
+        # inside a Ray actor vLLM would otherwise try to place its workers through Ray.
+        arguments.update(tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="mp")
+    return arguments
 
 
 def returned_k(top_k: int) -> int:

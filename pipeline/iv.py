@@ -148,7 +148,7 @@ def extract_instruction_vector(config: Any) -> dict:
         raise FtprepError(f"-o {config.output}: name a .safetensors file, e.g. iv.safetensors")
     source = open_source(config.input, config.split, config.limit)
     model_dir = resolve_model(config.model)
-    tokenizer = load_tokenizer(model_dir, config.chat_template)
+    tokenizer = load_tokenizer(model_dir, config.chat_template, config.trust_remote_code)
     rows, fmt = rows_and_format(source, config.format)
     candidates, skipped = instruction_rows(rows, fmt)
     if len(candidates) < config.prompts:
@@ -160,7 +160,7 @@ def extract_instruction_vector(config: Any) -> dict:
 
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    model = load_model(model_dir, dtype, device)
+    model = load_model(model_dir, dtype, device, config.trust_remote_code)
     layout = attention_layout(model)
     layers = parse_layers(config.layers, layout.layers)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

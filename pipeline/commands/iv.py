@@ -19,6 +19,7 @@ class IVSettings(Settings):
     output: str = shared.output("The .safetensors file for the vectors; OUT.json beside it gets the heads and scores.")
     model: str = shared.model("Alias, model folder, .gguf file or hub id (the model you will fine-tune).")
     chat_template: str | None = shared.chat_template()
+    trust_remote_code: bool = shared.trust_remote_code()
     format: str | None = shared.input_format()
     split: str | None = shared.split()
     limit: int | None = shared.limit()

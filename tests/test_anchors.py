@@ -205,7 +205,7 @@ def test_axolotl_layout_is_shifted_and_renormalized(scored_topk, scores, tmp_pat
     config = run_cli("export-config", folder, "--target", "axolotl").stdout
     settings = {line.split("#")[0].strip() for line in config.splitlines()}
     assert {"- axolotl.integrations.kd.KDPlugin", "kd_trainer: true", "kd_beta: 1.0", "kd_normalize_topk: true",
-            f"- path: {folder.resolve()}", "type:"} <= settings
+            f"- path: {json.dumps(str(folder.resolve()))}", "type:"} <= settings
     refused = run_cli("export-config", folder, "--target", "trl", check=False)
     assert refused.returncode == 1 and "Axolotl's KD layout" in refused.stderr
 

@@ -11,7 +11,7 @@ from conftest import DATA, flat, load_table, read_jsonl, run_cli, score_folder
 
 from ftprep.against import match_rows
 from ftprep.stages.mask import IGNORE_INDEX
-from ftprep.writers import dataset_files, write_arrow_atomic
+from ftprep.writers import dataset_files, file_record, write_arrow_atomic
 
 EOT = 2  # <|im_end|> in SmolLM2
 ROWS = 8
@@ -101,6 +101,10 @@ def tampered_copy(folder, target, change_row):
     rows = load_table(target).to_pylist()
     rows[0] = change_row(rows[0])
     write_arrow_atomic(path, pa.Table.from_pylist(rows, schema=load_table(folder).schema))
+    # Rewritten on purpose: record the new file as the folder's own, or it reads as damaged.
+    manifest = json.loads((target / "ftprep.json").read_text())
+    manifest["files"][path.name] = file_record(path)
+    (target / "ftprep.json").write_text(json.dumps(manifest))
     return target
 
 

@@ -91,7 +91,8 @@ def test_candidates_that_cannot_finish_fall_back_to_the_ground_truth(tmp_path):
     output = tmp_path / "short"
     run_cli("regen", ARITHMETIC, "-o", output, "--limit", 3, "--max-new-tokens", 3, "--n", 2)
     rows = load_table(output).to_pylist()
-    assert [row["messages"] for row in rows] == [row["messages"] for row in read_jsonl(ARITHMETIC)[:3]]
+    plain = [[{"role": m["role"], "content": m["content"]} for m in row["messages"]] for row in rows]
+    assert plain == [row["messages"] for row in read_jsonl(ARITHMETIC)[:3]]
     assert {row["source"] for row in rows} == {"ground_truth"}
     stats = json.loads((output / "stats.json").read_text())
     assert stats["candidate_rejections"] == {"token_limit": 6}

@@ -69,14 +69,11 @@ def test_score_prompt_and_top_k(model_dir, tokenized, plain_model):
 def test_a_tie_counts_against_the_target_on_both_backends():
     """Rank = tokens at least as likely as the target, itself included: a token tied with the greedy
     choice has rank 2, as vLLM ranks it (issue 13: hf gave it rank 1)."""
-    from types import SimpleNamespace
-
-    from ftprep.stages.score.hf import HFScorer
+    from ftprep.stages.score.hf import scores_from_logits
 
     logits = torch.tensor([[2.0, 2.0, 0.5, -1.0], [2.0, 2.0, 0.5, -1.0], [3.0, 1.0, 1.0, 1.0], [3.0, 1.0, 0.0, -1.0]])
     targets = torch.tensor([0, 1, 2, 0])
-    head_is_identity = SimpleNamespace(head=lambda states: states, softcap=None, top_k=0)
-    ranks = HFScorer._score_chunk(head_is_identity, logits.clone(), targets)[2]
+    ranks = scores_from_logits(logits.clone(), targets)[2]
     assert ranks.tolist() == [2, 2, 4, 1]
     vllm_ops = pytest.importorskip("vllm.v1.sample.ops.logprobs")  # what vLLM's sampler ranks prompt tokens with
     logprobs = torch.log_softmax(logits, dim=-1)

@@ -1,5 +1,6 @@
 """The trainer module: weighted token cross-entropy that HF Trainer / TRL train with."""
 
+import json
 import math
 
 import pytest
@@ -111,9 +112,10 @@ def test_exported_yaml_names_the_folder(scored_sample, tmp_path):
     folder = tmp_path / "train"
     run_cli("mask", scored_sample, "-o", folder, "--target", "axolotl")
     axolotl = run_cli("export-config", folder, "--target", "axolotl").stdout
-    assert f"  - path: {folder.resolve()}\n" in axolotl and "    type:\n" in axolotl
+    # Paths are quoted: a folder named `run #2` must not become `run` in YAML.
+    assert f"  - path: {json.dumps(str(folder.resolve()))}\n" in axolotl and "    type:\n" in axolotl
     factory = run_cli("export-config", folder, "--target", "llama-factory").stdout
-    assert f"tokenized_path: {folder.resolve()}\n" in factory
+    assert f"tokenized_path: {json.dumps(str(folder.resolve()))}\n" in factory
     run_cli("mask", scored_sample, "-o", tmp_path / "soft", "--strategy", "soft")
     refused = run_cli("export-config", tmp_path / "soft", "--target", "axolotl", check=False)
     assert refused.returncode == 1 and "cannot read" in refused.stderr

@@ -101,27 +101,31 @@ class HFScorer:
 
     @torch.inference_mode()
     def _score_chunk(self, states: torch.Tensor, targets: torch.Tensor):
-        logits = head_logits(self.model, self.decoder, states).float()
-        # Few passes over the vocab-sized chunk, in place where possible: on CPU these passes
-        # cost as much as the LM head matmul itself.
-        target_logits = logits.gather(1, targets[:, None])
-        # Rank = how many tokens are at least as likely as the target, itself included: a tie counts
-        # against the target (rank 1 = the one greedy choice). vLLM counts the same way.
-        rank = (logits >= target_logits).sum(dim=-1)
-        top = logits.amax(dim=-1, keepdim=True)
-        shifted = logits.sub_(top)
-        unnormalized = torch.exp(shifted)
-        partition = unnormalized.sum(dim=-1)
-        log_partition = partition.log()
-        # H = log Z - E_p[shifted logit]; the expectation as one batched dot product.
-        expected_shifted = torch.bmm(unnormalized.unsqueeze(1), shifted.unsqueeze(2)).view(-1) / partition
-        logprobs = (target_logits - top).view(-1) - log_partition
-        entropy = log_partition - expected_shifted
-        out = [logprobs, entropy, rank.to(torch.int32)]
-        if self.top_k:
-            values, indices = torch.topk(shifted, self.top_k, dim=-1)
-            out += [indices.to(torch.int32), values - log_partition[:, None]]
-        return out
+        return scores_from_logits(head_logits(self.model, self.decoder, states).float(), targets, self.top_k)
+
+
+def scores_from_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0) -> list[torch.Tensor]:
+    """Logprob, entropy and rank of each target (and the top-k ids and logprobs) from float32
+    logits [positions, vocab], which it overwrites: few passes over the vocab-sized chunk, in
+    place where possible, since on CPU these passes cost as much as the LM head matmul itself."""
+    target_logits = logits.gather(1, targets[:, None])
+    # Rank = how many tokens are at least as likely as the target, itself included: a tie counts
+    # against the target (rank 1 = the one greedy choice). vLLM counts the same way.
+    rank = (logits >= target_logits).sum(dim=-1)
+    top = logits.amax(dim=-1, keepdim=True)
+    shifted = logits.sub_(top)
+    unnormalized = torch.exp(shifted)
+    partition = unnormalized.sum(dim=-1)
+    log_partition = partition.log()
+    # H = log Z - E_p[shifted logit]; the expectation as one batched dot product.
+    expected_shifted = torch.bmm(unnormalized.unsqueeze(1), shifted.unsqueeze(2)).view(-1) / partition
+    logprobs = (target_logits - top).view(-1) - log_partition
+    entropy = log_partition - expected_shifted
+    out = [logprobs, entropy, rank.to(torch.int32)]
+    if top_k:
+        values, indices = torch.topk(shifted, top_k, dim=-1)
+        out += [indices.to(torch.int32), values - log_partition[:, None]]
+    return out
 
 
 @contextmanager

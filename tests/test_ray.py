@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, REPO, load_table, read_jsonl, run_cli
+from conftest import DATA, REPO, load_table, read_jsonl
+from conftest import (
+    run_cli_process as run_cli,  # the commands in a process of their own: a Ray driver in this one outlives ray.shutdown() and is ended when the cluster stops
+)
 
 from ftprep.commands.score import ScoreCommand, ScoreSettings
 from ftprep.engines import EngineOptions, RayEngine, ShardWork, open_engine, worker_resources
@@ -39,6 +42,17 @@ def ray_cluster(tmp_path_factory):
                    check=True, capture_output=True, cwd=tmp_path_factory.mktemp("ray-head"))
     yield f"127.0.0.1:{port}"
     subprocess.run([str(ray), "stop"], capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def no_driver_left_connected():
+    """The commands run in this process: a Ray driver left connected when the module's cluster
+    stops would have Ray end this process a minute later (GCS unreachable)."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 # A client that names the head's address must send the token `ray start` set up (Ray 2.59 and

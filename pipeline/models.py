@@ -6,6 +6,7 @@ Accepted: the alias of the embedded default model, a local HF model folder, a `.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -14,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 
 from ftprep.progress import notice
@@ -177,10 +179,28 @@ def _local_only(model_dir: str) -> bool:
 
 def load_tokenizer(model_dir: str, chat_template: str | None = None, trust_remote_code: bool = False):
     """`chat_template`: a Jinja file that replaces the model's own template (or gives a base
-    model one)."""
+    model one).
+
+    Loaded once per process for the same files and template: a notebook or script that runs
+    several commands pays the load (and the fingerprint) once. ftprep never changes a loaded
+    tokenizer, so sharing it is safe; a changed folder or template loads afresh."""
+    template = read_chat_template(chat_template) if chat_template else None
+    return _load_tokenizer(model_dir, template, trust_remote_code, _folder_state(model_dir))
+
+
+def _folder_state(model_dir: str) -> tuple:
+    """Names, sizes and times of a local folder's files: the tokenizer cache's key."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return ()
+    return tuple(sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+                        for entry in path.iterdir() if entry.is_file()))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(model_dir: str, template: str | None, trust_remote_code: bool, folder_state: tuple):
     from transformers import AutoTokenizer
 
-    template = read_chat_template(chat_template) if chat_template else None
     local_only = _local_only(model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=local_only, trust_remote_code=trust_remote_code)
@@ -318,6 +338,16 @@ def fingerprint_model(model_dir: str) -> str:
 
 
 def fingerprint_tokenizer(tokenizer) -> str:
+    if tokenizer not in _TOKENIZER_FINGERPRINTS:
+        _TOKENIZER_FINGERPRINTS[tokenizer] = _fingerprint_tokenizer(tokenizer)
+    return _TOKENIZER_FINGERPRINTS[tokenizer]
+
+
+# A shared tokenizer's fingerprint, computed once (a sorted dump of the whole vocabulary).
+_TOKENIZER_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint_tokenizer(tokenizer) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     digest.update((tokenizer.chat_template or "").encode())

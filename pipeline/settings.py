@@ -56,11 +56,7 @@ class Settings:
 
     def __post_init__(self):
         for item in dataclasses.fields(self):
-            check_value(self.name_of(item), getattr(self, item.name), spec_of(item))
-
-    @staticmethod
-    def name_of(item: dataclasses.Field) -> str:
-        return option_name(item)
+            check_value(option_name(item), getattr(self, item.name), spec_of(item))
 
     def to_dict(self) -> dict:
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self) if spec_of(item).identity}

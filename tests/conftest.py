@@ -17,6 +17,31 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
 
 
+# The modules that take longest start first, so that with `pytest -n 2 --dist loadfile` (what
+# `make test` runs) neither worker is left with one long module at the end.
+LONGEST_FIRST = ("test_vllm", "test_regen", "test_families", "test_ray", "test_fuzz", "test_faults", "test_mask")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.module.__name__ if item.module else ""
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the tests of one module keep their order
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker gets its share of the cores: torch's threads (and those of
+    the commands the tests start) would otherwise fight over the same ones."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class CliResult:
     returncode: int

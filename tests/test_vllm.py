@@ -6,8 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import DATA, flat, load_table
-from conftest import run_cli_process as run_cli  # vLLM spawns processes: a console script of its own
+from conftest import DATA, flat, load_table, run_cli, run_cli_process
 
 VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
 
@@ -31,9 +30,11 @@ needs_vllm = pytest.mark.skipif(not VLLM_INSTALLED, reason="vLLM is not installe
 def scored_by_both(tmp_path_factory):
     out = tmp_path_factory.mktemp("backends")
     for backend in ("hf", "vllm"):
+        # vLLM spawns processes: it runs as a console script of its own; transformers in this process.
+        run = run_cli_process if backend == "vllm" else run_cli
         # --max-length 140: 4 of these 20 rows are longer, and take the --overlong path on both.
-        result = run_cli("score", DATA / "sample.jsonl", "-o", out / backend, "--backend", backend, "--dtype", "float32",
-                         "--top-k", "5", "--limit", 20, "--max-length", LENGTH_LIMIT, env=EAGER)
+        result = run("score", DATA / "sample.jsonl", "-o", out / backend, "--backend", backend, "--dtype", "float32",
+                     "--top-k", "5", "--limit", 20, "--max-length", LENGTH_LIMIT, env=EAGER)
         (out / f"{backend}.stderr").write_text(result.stderr)
         run_cli("mask", out / backend, "-o", out / f"{backend}-train", "--strategy", "threshold")
     return out
@@ -97,8 +98,8 @@ def test_older_vllm_dict_logprobs_parse_like_flat_ones():
 @needs_vllm
 def test_regen_samples_and_scores_on_one_vllm_engine(tmp_path):
     output = tmp_path / "regen"
-    run_cli("regen", DATA / "arithmetic.jsonl", "-o", output, "--backend", "vllm", "--limit", 6, "--n", 4,
-            "--max-new-tokens", 64, "--verify", "math", "--dtype", "float32", "--no-beat-ground-truth", env=EAGER)
+    run_cli_process("regen", DATA / "arithmetic.jsonl", "-o", output, "--backend", "vllm", "--limit", 6, "--n", 4,
+                    "--max-new-tokens", 64, "--verify", "math", "--dtype", "float32", "--no-beat-ground-truth", env=EAGER)
     rows = load_table(output).to_pylist()
     stats = json.loads((output / "stats.json").read_text())
     assert len(rows) == 6 and stats["candidates_tried"] == 24
@@ -167,9 +168,7 @@ def test_auto_dtype_is_bfloat16_only_where_the_gpu_has_it():
 
 @needs_vllm
 def test_tensor_parallel_on_cpu_is_a_one_line_error(tmp_path, tiny_model_dir):
-    from conftest import run_cli as run_in_process
-
-    result = run_in_process("score", DATA / "sample.jsonl", "-o", tmp_path / "out", "--model", tiny_model_dir,
-                            "--backend", "vllm", "--device", "cpu", "--tensor-parallel-size", 2, "--limit", 2, check=False)
+    result = run_cli("score", DATA / "sample.jsonl", "-o", tmp_path / "out", "--model", tiny_model_dir,
+                     "--backend", "vllm", "--device", "cpu", "--tensor-parallel-size", 2, "--limit", 2, check=False)
     assert result.returncode == 1 and "--tensor-parallel-size is for GPUs" in result.stderr
     assert "Traceback" not in result.stderr

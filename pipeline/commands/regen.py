@@ -13,16 +13,21 @@ import click
 
 from ftprep.commands import common as shared
 from ftprep.commands import shard_command
+from ftprep.commands.model_run import ModelRun
 from ftprep.engines import ShardWork
 from ftprep.models import context_length
-from ftprep.readers import input_format, open_source, read_source_shard
-from ftprep.runtime import library_versions, make_scorer, resolve_runtime
+from ftprep.readers import input_format, read_source_shard
+from ftprep.runtime import library_versions, make_scorer
 from ftprep.settings import Settings, positive, setting
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.normalize import NormalizeStage
+from ftprep.stages.regen import RegenSettings as StageSettings
 from ftprep.stages.regen.checks import VERIFIERS
 from ftprep.stages.regen.prompts import MODES
 from ftprep.stages.score import default_batch_tokens
+
+# The stage owns the defaults of what it decides; the command only declares them as options.
+STAGE_DEFAULTS = StageSettings()
 
 SUMMARY = "Rewrite the assistant turns of INPUT with the model itself; keep the best checked rewrite, else the ground truth."
 
@@ -37,19 +42,19 @@ class RegenSettings(Settings):
     split: str | None = shared.split()
     limit: int | None = shared.limit()
     train_on: str = shared.train_on("Which assistant turns to rewrite.")
-    mode: str = setting("rephrase", choices=MODES,
+    mode: str = setting(STAGE_DEFAULTS.mode, choices=MODES,
                         help="rephrase: the model sees the reference answer as a guide (SDFT); self: the original prompt alone.")
     template: str | None = setting(None, path=True,
                                    help="rephrase: text file with {instruction} and {reference} (see --print-template).")
     n: int = setting(4, low=1, high=64, help="Candidates sampled per turn.")
     temperature: float = setting(0.7, low=0, low_open=True, help="Sampling temperature.")
     top_p: float = setting(0.95, low=0, high=1, low_open=True, help="Nucleus sampling mass.")
-    max_new_tokens: int = positive(512, help="Longest candidate; longer ones are rejected.")
-    seed: int = setting(0, help="Sampling seed: the same seed gives the same output.")
-    length_ratio: float = setting(3.0, low=1, help="Reject candidates more than this many times longer or shorter than the reference.")
-    beat_ground_truth: bool = setting(True, toggle=True,
+    max_new_tokens: int = positive(STAGE_DEFAULTS.max_new_tokens, help="Longest candidate; longer ones are rejected.")
+    seed: int = setting(STAGE_DEFAULTS.seed, help="Sampling seed: the same seed gives the same output.")
+    length_ratio: float = setting(STAGE_DEFAULTS.length_ratio, low=1, help="Reject candidates more than this many times longer or shorter than the reference.")
+    beat_ground_truth: bool = setting(STAGE_DEFAULTS.beat_ground_truth, toggle=True,
                                       help="Accept only rewrites the model finds likelier (lower perplexity) than the ground truth.")
-    verify: str = setting("none", choices=VERIFIERS,
+    verify: str = setting(STAGE_DEFAULTS.verify, choices=VERIFIERS,
                           help="math: same final number as the reference; exact: same normalized text; regex: same --pattern capture.")
     pattern: str | None = setting(None, help="--verify regex: the answer's pattern; group 1 (or the whole match) is compared.")
     backend: str = shared.backend("Generation and scoring engine; auto: vllm on a CUDA GPU when installed, else hf.")
@@ -81,37 +86,23 @@ def read_template(settings: RegenSettings) -> str:
     return check_template(path.read_text())
 
 
-class RegenCommand:
+class RegenCommand(ModelRun):
     name = "regen"
-    made_from = "input"
 
     def __init__(self, settings: RegenSettings, executor):
-        from ftprep.stages.regen import RegenSettings as StageSettings
         from ftprep.stages.regen.checks import compile_pattern
 
-        self.settings = settings
-        self.output = settings.output
-        self.source = open_source(settings.input, settings.split, settings.limit)
         self.template = read_template(settings)
         compile_pattern(settings.pattern, settings.verify)  # a bad pattern fails before the model loads
         self.stage_settings = StageSettings(
             mode=settings.mode, template=self.template, train_on=settings.train_on, length_ratio=settings.length_ratio,
             beat_ground_truth=settings.beat_ground_truth, verify=settings.verify, pattern=settings.pattern,
             seed=settings.seed, max_new_tokens=settings.max_new_tokens)
-        self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
-                                       executor.cuda_available(), chat_template=settings.chat_template,
-                                       trust_remote_code=settings.trust_remote_code)
-        self.device = self.runtime.device
+        super().__init__(settings, executor)
 
     def identity(self) -> dict:
         return {"command": "regen", "settings": self.settings.result_settings(), "template": self.template,
                 "input": self.source.identity(), **self.runtime.identity()}
-
-    def total_rows(self) -> int | None:
-        return self.source.count()
-
-    def shard_reads(self, executor):
-        return executor.shard_reads(self.source, self.settings.shard_rows)
 
     def work(self) -> ShardWork:
         self.format = input_format(self.source, self.settings.format)

@@ -12,10 +12,11 @@ import numpy as np
 
 from ftprep.commands import common as shared
 from ftprep.commands import shard_command
+from ftprep.commands.model_run import ModelRun
 from ftprep.engines import ShardWork
 from ftprep.models import context_length
-from ftprep.readers import input_format, open_source, read_source_shard
-from ftprep.runtime import library_versions, make_scorer, resolve_runtime
+from ftprep.readers import input_format, read_source_shard
+from ftprep.runtime import library_versions, make_scorer
 from ftprep.settings import Settings, setting
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.normalize import NormalizeStage
@@ -52,18 +53,11 @@ class ScoreSettings(Settings):
     tensor_parallel_size: int = shared.tensor_parallel_size()
 
 
-class ScoreCommand:
+class ScoreCommand(ModelRun):
     name = "score"
-    made_from = "input"
 
     def __init__(self, settings: ScoreSettings, executor):
-        self.settings = settings
-        self.output = settings.output
-        self.source = open_source(settings.input, settings.split, settings.limit)
-        self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
-                                       executor.cuda_available(), chat_template=settings.chat_template,
-                                       trust_remote_code=settings.trust_remote_code)
-        self.device = self.runtime.device
+        super().__init__(settings, executor)
         self.batch_tokens = settings.batch_tokens or default_batch_tokens(self.device)
         self.chat = None
         check_top_k(settings.top_k, self.runtime.tokenizer)
@@ -71,12 +65,6 @@ class ScoreCommand:
     def identity(self) -> dict:
         return {"command": "score", "settings": self.settings.result_settings(), "input": self.source.identity(),
                 "batch_tokens": self.batch_tokens, **self.runtime.identity()}
-
-    def total_rows(self) -> int | None:
-        return self.source.count()
-
-    def shard_reads(self, executor):
-        return executor.shard_reads(self.source, self.settings.shard_rows)
 
     def work(self) -> ShardWork:
         settings = self.settings

@@ -39,7 +39,8 @@ class ScoreSettings(Settings):
     overlong: str = setting("drop", choices=("drop", "truncate"), help="What to do with longer rows.")
     backend: str = shared.backend()
     batch_tokens: int | None = shared.batch_tokens()
-    dtype: str = shared.dtype()
+    dtype: str = shared.dtype("auto: bfloat16 on a CPU with native bfloat16 matmuls (AVX512-BF16, AMX) and on a GPU "
+                              "that has it, float16 on an older GPU, float32 on other CPUs.")
     device: str = shared.device()
     top_k: int = setting(0, low=0, high=1000, help="Also store the model's top-k ids and logprobs per token.")
     score_prompt: bool = setting(False, help="Score every token, not only assistant tokens.")
@@ -61,7 +62,7 @@ class ScoreCommand:
         self.output = settings.output
         self.source = open_source(settings.input, settings.split, settings.limit)
         self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
-                                       executor.cuda_available(), chat_template=settings.chat_template,
+                                       executor.cuda_available(), chat_template=settings.chat_template, cpu_bf16=None,
                                        trust_remote_code=settings.trust_remote_code)
         self.device = self.runtime.device
         self.batch_tokens = settings.batch_tokens or default_batch_tokens(self.device)
@@ -92,6 +93,8 @@ class ScoreCommand:
 
     def finish(self, stats: dict) -> tuple[dict, dict]:
         stats = finish_score_stats(stats)
+        # With the throughput: what the model computed in (auto differs from machine to machine).
+        stats["dtype"] = self.runtime.dtype
         tokenizer = self.runtime.tokenizer
         # Collected per shard, so that a resumed run knows the ones its earlier part saw.
         end_of_turn_ids = (sorted(int(token) for token in stats.pop("end_of_turn_ids", {}))

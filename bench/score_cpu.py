@@ -1,18 +1,24 @@
-"""CPU benchmark of `ftprep score` against the naive reference and the fp32 matmul ceiling.
+"""CPU benchmark of `ftprep score` (its default, whole process) against the STM paper's naive
+loop and against the machine's matmul ceilings, all measured in one run.
 
-On the same tokenized rows it measures:
-  1. the `ftprep score` path (HFScorer on cpu), tokens/s over all tokens of the rows, in
-     float32 (the default on CPU) and in bfloat16 (`--dtype bfloat16`);
-  2. the naive reference as the STM paper's code does it: the model loaded in bfloat16, one
-     row at a time, a full forward to `.logits`, log-softmax over the whole vocabulary in
-     bfloat16, gather the targets; and the same with float32 weights (on a prefix of the rows
-     when the whole set would take more than ~120 s);
-  3. the fp32 matmul ceiling: best GFLOP/s of a large matmul, divided by 2 x parameters
-     FLOPs per token (and the bf16 matmul peak, for context);
-and the peak RSS of each, each run in its own fresh subprocess (`--only NAME`).
-It also prints the mean |logprob difference| of the two paths on assistant tokens.
+  1. input: the rows of data/sample.jsonl and data/arithmetic.jsonl, repeated under new ids
+     until they hold >= --min-tokens tokens (so that start-up is not the figure);
+  2. `ftprep score` as a user runs it (a subprocess, default settings: --dtype auto), wall
+     time of the whole process; its steady rate is stats.json's tokens_per_second;
+  3. start-up: `ftprep score` on 2 rows, whole process (import, model load, first batch);
+  4. the naive loop (the paper's code): bf16 model, one row at a time, full forward to
+     .logits, bf16 log-softmax over the vocabulary, gather; whole process and steady;
+  5. fp32 and bf16 matmul peaks measured now: square (2048-4096) and at the model's own shapes
+     (batch_tokens x hidden x intermediate and back, and the LM head), and the ceilings in
+     tok/s they give (2 x weights of the linear layers FLOPs per token; attention ignored);
+  6. accuracy of the default against `ftprep score --dtype float32` on the unique rows:
+     mean and p99 |logprob difference| and the share of assistant tokens that change side of
+     the STM threshold (perplexity 2.5); the same for the naive loop.
 
-Run: .venv/bin/python bench/score_cpu.py [--input data/sample.jsonl] [--repeat-data 3] [--skip-naive]
+The machine's load from other processes during the run is printed: figures are comparable
+within one run only.
+
+Run: .venv/bin/python bench/score_cpu.py [--min-tokens 50000] [--model smollm2-135m]
 """
 
 from __future__ import annotations
@@ -28,42 +34,42 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-NAIVE_BUDGET_S = 120.0
+SOURCES = ("data/sample.jsonl", "data/arithmetic.jsonl")
+STM_THRESHOLD = 2.5
 WARMUP_ROWS = 2
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--input", default="data/sample.jsonl", help="relative paths are from the repo root")
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--batch-tokens", type=int, help="default: ftprep's default for the CPU")
-    parser.add_argument("--repeat-data", type=int, default=3, help="repeat the rows N times")
-    parser.add_argument("--skip-naive", action="store_true")
-    parser.add_argument("--only", choices=sorted(MEASURES), help=argparse.SUPPRESS)
+    parser.add_argument("--min-tokens", type=int, default=50_000)
+    parser.add_argument("--batch-tokens", type=int, default=1024, help="the model-shape matmuls' first dimension")
+    parser.add_argument("--naive-budget", type=float, help="stop the naive loop after this many seconds (on a slow or "
+                        "loaded machine); its figures are then over the rows it scored")
+    parser.add_argument("--unique-rows", type=int, help="only the first N data rows (a quick check of the bench itself)")
+    parser.add_argument("--only", choices=("naive", "matmul"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
         work = Path(args.workdir)
-        result = MEASURES[args.only](args, work)
-        # KiB on Linux; vLLM runs its engine in a child process, so count the largest child too.
-        result["peak_rss_mib"] = sum(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+        result = {"naive": measure_naive, "matmul": measure_matmul}[args.only](args, work)
         (work / f"{args.only}.json").write_text(json.dumps(result))
         return
     started, cpu_before = time.perf_counter(), cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="score-bench-") as tmp:
         work = Path(tmp)
-        table = load_table(args)
-        with pa.OSFile(str(work / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        runs = ["matmul", "hf", "hf-bf16"] + ([] if args.skip_naive else ["naive", "naive-fp32"])
-        results = {name: run_child(args, work, name) for name in runs}
-        diff = {name: logprob_diff(table, work, name, results[name]["rows"]) for name in runs if name.startswith(("naive", "hf-"))}
-    report(args, table, results, diff)
+        unique, rows = write_inputs(args, work)
+        results = {"matmul": timed_child(args, work, "matmul")}
+        results["startup"] = run_ftprep(args, work, "startup", work / "rows.jsonl", "--limit", str(WARMUP_ROWS))
+        results["default"] = run_ftprep(args, work, "default", work / "rows.jsonl")
+        results["naive"] = timed_child(args, work, "naive")
+        results["fp32"] = run_ftprep(args, work, "fp32", work / "unique.jsonl", "--dtype", "float32")
+        accuracy = {name: compare(work, name, unique) for name in ("default", "naive")}
+    report(args, rows, unique, results, accuracy)
     wall = time.perf_counter() - started
     machine, mine = (after - before for after, before in zip(cpu_seconds(), cpu_before))
     others = max(0.0, machine - mine) / (wall * os.cpu_count())
@@ -74,24 +80,25 @@ def main() -> None:
 # -- parent ----------------------------------------------------------------------------------
 
 
-def load_table(args) -> pa.Table:
-    """Rows of --input, normalized and tokenized by the project's own code, repeated N times."""
+def write_inputs(args, work: Path) -> tuple[int, int]:
+    """unique.jsonl: the data rows once; rows.jsonl: repeated under new ids to >= min_tokens."""
     from ftprep.models import load_tokenizer, resolve_model
-    from ftprep.readers import input_format, open_source, source_table
-    from ftprep.stages import Rejects
-    from ftprep.stages.normalize import NormalizeStage
-    from ftprep.stages.tokenization import ChatTokenizer, TokenizeStage
+    from ftprep.stages.tokenization import ChatTokenizer, TokenizedRow
 
-    path = Path(args.input)
-    source = open_source(str(path if path.is_absolute() else ROOT / path))
-    rows = source_table(list(source.rows()))
-    rejects = Rejects()
-    normalized, _ = NormalizeStage(input_format(source, None))(rows, rejects)
-    table, _ = TokenizeStage(ChatTokenizer(load_tokenizer(resolve_model(args.model))))(normalized, rejects)
-    table = table.drop_columns(["index"])
-    if rejects:
-        print(f"{len(rejects)} rows rejected by normalize/tokenize, left out", file=sys.stderr)
-    return pa.concat_tables([table] * args.repeat_data)
+    rows = [json.loads(line) for source in SOURCES for line in (ROOT / source).read_text().splitlines() if line.strip()]
+    rows = rows[: args.unique_rows]
+    chat = ChatTokenizer(load_tokenizer(resolve_model(args.model)))
+    tokenized = chat([row["messages"] for row in rows])
+    # Only rows ftprep scores, so that every run holds the same rows in the same order.
+    rows = [row for row, result in zip(rows, tokenized) if isinstance(result, TokenizedRow)]
+    tokens_once = sum(len(result.input_ids) for result in tokenized if isinstance(result, TokenizedRow))
+    copies = -(-args.min_tokens // tokens_once)
+    (work / "unique.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with open(work / "rows.jsonl", "w") as out:
+        for copy in range(copies):
+            for row in rows:
+                out.write(json.dumps({**row, "id": f"{row['id']}-{copy}"}) + "\n")
+    return len(rows), len(rows) * copies
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -104,161 +111,182 @@ def cpu_seconds() -> tuple[float, float]:
     return machine, mine
 
 
-def run_child(args, work: Path, name: str) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--workdir", str(work), "--model", args.model]
-    if args.batch_tokens:
-        command += ["--batch-tokens", str(args.batch_tokens)]
+def timed_child(args, work: Path, name: str) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--workdir", str(work),
+               "--model", args.model, "--batch-tokens", str(args.batch_tokens)]
+    if args.naive_budget:
+        command += ["--naive-budget", str(args.naive_budget)]
     print(f"running {name} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
     subprocess.run(command, check=True)
-    return json.loads((work / f"{name}.json").read_text())
+    return {**json.loads((work / f"{name}.json").read_text()), "process_seconds": time.perf_counter() - started}
 
 
-def logprob_diff(table: pa.Table, work: Path, name: str, rows: int) -> float:
-    """Mean |ftprep fp32 - other| over the assistant tokens (never a row's first) of the rows both scored."""
-    offsets = table.column("input_ids").combine_chunks().offsets.to_numpy()[: rows + 1]
-    mask = table.column("assistant_mask").combine_chunks().values.to_numpy(zero_copy_only=False).astype(bool)
-    not_first = np.ones(offsets[-1], dtype=bool)
-    not_first[offsets[:-1]] = False
-    hf = np.load(work / "hf_logprobs.npy")[: offsets[-1]][not_first]
-    other = np.load(work / f"{name}_logprobs.npy")
-    if not name.startswith("naive"):  # scorer outputs hold every position of every row
-        other = other[: offsets[-1]][not_first]
-    # naive files hold each row's positions 1.., rows concatenated
-    keep = mask[: offsets[-1]][not_first]
-    return float(np.abs(hf[keep] - other[keep]).mean())
+def run_ftprep(args, work: Path, name: str, source: Path, *options: str) -> dict:
+    """`ftprep score` as a user runs it, in a process of its own."""
+    script = Path(sys.executable).parent / "ftprep"
+    output = work / name
+    command = [str(script), "score", str(source), "-o", str(output), "--model", args.model, "--device", "cpu", *options]
+    print(f"running {name}: ftprep {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    stats = json.loads((output / "stats.json").read_text())
+    manifest = json.loads((output / "ftprep.json").read_text())
+    return {"process_seconds": seconds, "tokens": stats["tokens"], "steady": stats.get("tokens_per_second"),
+            "dtype": manifest["model"]["dtype"], "folder": str(output)}
 
 
-def report(args, table: pa.Table, results: dict, diff: dict) -> None:
-    hf, matmul = results["hf"], results["matmul"]
-    tokens = len(table.column("input_ids").combine_chunks().values)
-    assistant = int(table.column("assistant_mask").combine_chunks().values.to_numpy(zero_copy_only=False).sum())
-    flops_per_token = 2 * hf["params"]
-    ceiling = matmul["gflops"] * 1e9 / flops_per_token
+def scored_logprobs(folder: str, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logprobs and assistant mask of the first `rows` rows, positions 1.. of each row, concatenated."""
+    import pyarrow as pa
+
+    from ftprep.writers import read_shards
+
+    table = pa.concat_tables(list(read_shards(Path(folder)))).slice(0, rows)
+    logprobs = [np.asarray(values, dtype=np.float64)[1:] for values in table.column("logprobs").to_pylist()]
+    assistant = [np.asarray(values, dtype=bool)[1:] for values in table.column("assistant_mask").to_pylist()]
+    return np.concatenate(logprobs), np.concatenate(assistant)
+
+
+def compare(work: Path, name: str, unique: int) -> dict:
+    """The `name` run against ftprep in float32, on the assistant tokens of the unique rows."""
+    exact, assistant = scored_logprobs(str(work / "fp32"), unique)
+    if name == "naive":
+        other = np.load(work / "naive_logprobs.npy")[: len(exact)]
+        exact, assistant = exact[: len(other)], assistant[: len(other)]  # a naive loop cut by --naive-budget
+    else:
+        other, _ = scored_logprobs(str(work / name), unique)
+    keep = assistant & ~np.isnan(exact)
+    difference = np.abs(other[keep] - exact[keep])
+    threshold = -np.log(STM_THRESHOLD)
+    return {"mean": float(difference.mean()), "p99": float(np.percentile(difference, 99)),
+            "flips": float(np.mean((other[keep] < threshold) != (exact[keep] < threshold))), "tokens": int(keep.sum())}
+
+
+def report(args, rows: int, unique: int, results: dict, accuracy: dict) -> None:
+    matmul, default, naive = results["matmul"], results["default"], results["naive"]
+    tokens = default["tokens"]
     print()
-    print(f"rows {table.num_rows}, tokens {tokens} (assistant {assistant}), model {args.model}, "
-          f"{hf['params'] / 1e6:.1f}M params, {flops_per_token / 1e6:.0f} MFLOP/token, "
-          f"batch_tokens {hf['batch_tokens']}, torch threads {matmul['threads']}")
-    print(f"fp32 matmul peak            {matmul['gflops']:6.1f} GFLOP/s  (n={matmul['n']})  -> ceiling {ceiling:.0f} tok/s")
-    print(f"bf16 matmul peak            {matmul['bf16_gflops']:6.1f} GFLOP/s  (for context: the ceiling above is fp32)")
-
-    def line(label, result):
-        rate = result["tokens"] / result["seconds"]
-        print(f"{label:<28}{rate:6.0f} tok/s   peak RSS {result['peak_rss_mib']:5.0f} MiB "
-              f"(model loaded {result['loaded_rss_mib']:4.0f})   {100 * rate / ceiling:4.0f} % of ceiling")
-        return rate
-
-    hf_rate = line("ftprep score (hf, fp32)", hf)
-    bf16_rate = line("ftprep score (hf, bf16)", results["hf-bf16"])
-    labels = {"naive": "naive reference (bf16)", "naive-fp32": "naive, fp32 weights"}
-    naive_rates = {}
-    for name, label in labels.items():
-        if name in results:
-            naive = results[name]
-            naive_rates[name] = line(label, naive)
-            if naive["rows"] < table.num_rows:
-                print(f"  ({name}: first {naive['rows']} of {table.num_rows} rows, {naive['tokens']} tokens, "
-                      f"stopped at the {NAIVE_BUDGET_S:.0f} s budget)")
-    if "naive" in naive_rates:
-        print(f"ratio ftprep fp32 / naive (bf16, the paper's)   {hf_rate / naive_rates['naive']:5.2f}  (target >= 2)")
-        print(f"ratio ftprep bf16 / naive (bf16, the paper's)   {bf16_rate / naive_rates['naive']:5.2f}")
-        print(f"ratio ftprep fp32 / naive with fp32 weights     {hf_rate / naive_rates['naive-fp32']:5.2f}")
-    print(f"ratio ftprep fp32 / fp32 ceiling                {hf_rate / ceiling:5.2f}  (target >= 0.80)")
-    for name, value in diff.items():
-        print(f"mean |logprob diff| ftprep fp32 vs {name}: {value:.4f} nats")
+    print(f"model {args.model}: {matmul['linear_params'] / 1e6:.1f}M weights in linear layers, "
+          f"{matmul['flops_per_token'] / 1e6:.0f} MFLOP/token; input {rows} rows ({unique} unique), {tokens:,} tokens; "
+          f"torch threads {matmul['threads']}")
+    print("matmul peaks (GFLOP/s), measured now:")
+    for name, shape in matmul["shapes"].items():
+        print(f"  {name:<34} fp32 {shape['float32']:7.1f}   bf16 {shape['bfloat16']:7.1f}")
+    ceilings = {dtype: matmul["model_gflops"][dtype] * 1e9 / matmul["flops_per_token"] for dtype in ("float32", "bfloat16")}
+    print(f"ceilings at the model's shapes: fp32 {ceilings['float32']:,.0f} tok/s, bf16 {ceilings['bfloat16']:,.0f} tok/s")
+    print()
+    whole = tokens / default["process_seconds"]
+    naive_whole = naive["tokens"] / naive["process_seconds"]
+    naive_steady = naive["tokens"] / naive["seconds"]
+    print(f"start-up: ftprep score on {WARMUP_ROWS} rows, whole process   {results['startup']['process_seconds']:6.1f} s")
+    print(f"ftprep score default ({default['dtype']}), whole process   {whole:7.0f} tok/s  ({default['process_seconds']:.0f} s)")
+    print(f"ftprep score default, steady (stats.json)        {default['steady']:7.0f} tok/s")
+    print(f"naive bf16 loop, whole process                   {naive_whole:7.0f} tok/s  ({naive['process_seconds']:.0f} s, "
+          f"{naive['rows']} of {rows} rows, {naive['tokens']:,} tokens)")
+    print(f"naive bf16 loop, steady                          {naive_steady:7.0f} tok/s")
+    print()
+    print(f"ratio default / naive, whole process      {whole / naive_whole:5.2f}  (target >= 1.8)")
+    print(f"ratio default / naive, steady             {default['steady'] / naive_steady:5.2f}")
+    dtype_ceiling = ceilings.get(default["dtype"], ceilings["float32"])
+    print(f"ratio default steady / {default['dtype']} ceiling   {default['steady'] / dtype_ceiling:5.2f}  (target >= 0.85 of bf16)")
+    print(f"ratio naive steady / bf16 ceiling         {naive_steady / ceilings['bfloat16']:5.2f}")
+    print()
+    for name, label in (("default", f"ftprep default ({default['dtype']})"), ("naive", "naive bf16 loop")):
+        figures = accuracy[name]
+        print(f"{label} vs ftprep float32, {figures['tokens']} assistant tokens: mean |d logprob| {figures['mean']:.4f} "
+              f"nats, p99 {figures['p99']:.3f}, STM flips (ppl {STM_THRESHOLD}) {100 * figures['flips']:.2f} %"
+              "  (targets: mean <= 0.01, flips <= 0.5 %)")
 
 
 # -- children --------------------------------------------------------------------------------
 
 
-def read_rows(work: Path) -> pa.Table:
-    with pa.memory_map(str(work / "rows.arrow")) as source:
-        return pa.ipc.open_file(source).read_all()
+def read_token_rows(args) -> list[list[int]]:
+    from ftprep.models import load_tokenizer, resolve_model
+    from ftprep.stages.tokenization import ChatTokenizer
+
+    rows = [json.loads(line) for line in (Path(args.workdir) / "rows.jsonl").read_text().splitlines()]
+    chat = ChatTokenizer(load_tokenizer(resolve_model(args.model)))
+    return [list(result.input_ids) for result in chat([row["messages"] for row in rows])]
 
 
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def measure_hf(args, work: Path, dtype: str = "float32", name: str = "hf", backend: str = "hf") -> dict:
-    from ftprep.runtime import make_scorer, resolve_runtime
-
-    table = read_rows(work)
-    started = time.perf_counter()
-    runtime = resolve_runtime(args.model, "cpu", dtype, backend)
-    scorer = make_scorer(runtime, top_k=0, score_prompt=False, batch_tokens=args.batch_tokens)
-    scorer(table.slice(0, WARMUP_ROWS))
-    startup = time.perf_counter() - started
-    loaded = current_rss_mib()
-    started = time.perf_counter()
-    scored = scorer(table)
-    seconds = time.perf_counter() - started
-    np.save(work / f"{name}_logprobs.npy", scored.column("logprobs").combine_chunks().values.to_numpy(zero_copy_only=False))
-    return {"seconds": seconds, "tokens": len(scored.column("input_ids").combine_chunks().values),
-            "rows": table.num_rows, "startup_seconds": startup, "loaded_rss_mib": loaded,
-            "params": sum(p.numel() for p in scorer.model.parameters()) if backend == "hf" else None,
-            "batch_tokens": getattr(scorer, "batch_tokens", None)}
-
-
-def measure_naive(args, work: Path, weights: str = "bfloat16", name: str = "naive") -> dict:
+def measure_naive(args, work: Path) -> dict:
+    """The paper's loop: bf16 model, one row at a time, bf16 log-softmax over the full vocabulary."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from ftprep.models import resolve_model
 
-    rows = read_rows(work).column("input_ids").to_pylist()
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(args.model), dtype=getattr(torch, weights)).eval()
+    rows = read_token_rows(args)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(args.model), dtype=torch.bfloat16).eval()
 
     @torch.no_grad()
     def score(ids: list[int]) -> np.ndarray:
         input_ids = torch.tensor([ids])
-        logits = model(input_ids).logits
-        logprobs = torch.log_softmax(logits.to(torch.bfloat16), -1)
+        logprobs = torch.log_softmax(model(input_ids).logits.to(torch.bfloat16), -1)
         return logprobs[0, :-1].gather(-1, input_ids[0, 1:, None]).squeeze(-1).float().numpy()
 
     for ids in rows[:WARMUP_ROWS]:
         score(ids)
-    loaded = current_rss_mib()
-    parts, tokens = [], 0
-    started = time.perf_counter()
+    started, parts, tokens = time.perf_counter(), [], 0
     for ids in rows:
         parts.append(score(ids))
         tokens += len(ids)
-        if time.perf_counter() - started > NAIVE_BUDGET_S:
+        if args.naive_budget and time.perf_counter() - started > args.naive_budget:
             break
     seconds = time.perf_counter() - started
-    np.save(work / f"{name}_logprobs.npy", np.concatenate(parts))
-    return {"seconds": seconds, "tokens": tokens, "rows": len(parts), "loaded_rss_mib": loaded}
+    np.save(work / "naive_logprobs.npy", np.concatenate(parts))
+    return {"seconds": seconds, "tokens": tokens, "rows": len(parts)}
 
 
 def measure_matmul(args, work: Path) -> dict:
     import torch
+    from transformers import AutoConfig
 
-    def peak(dtype):
-        best = (0.0, 0)
-        for n, repeats in ((2048, 10), (3072, 6), (4096, 4)):
-            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-            a @ b  # warm-up
-            for _ in range(2):  # best of two timings: the figure is a ceiling
-                started = time.perf_counter()
-                for _ in range(repeats):
-                    a @ b
-                best = max(best, (2 * n**3 * repeats / (time.perf_counter() - started) / 1e9, n))
-        return best
+    from ftprep.models import resolve_model
 
-    (gflops, n), (bf16_gflops, _) = peak(torch.float32), peak(torch.bfloat16)
-    return {"gflops": gflops, "n": n, "bf16_gflops": bf16_gflops, "threads": torch.get_num_threads(),
-            "loaded_rss_mib": current_rss_mib()}
+    config = AutoConfig.from_pretrained(resolve_model(args.model))
+    config = getattr(config, "text_config", config)
+    hidden, intermediate, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    per_layer = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * intermediate
+    linear_params = config.num_hidden_layers * per_layer + hidden * vocab
+    n = args.batch_tokens
+    shapes = {"square 2048": (2048, 2048, 2048), "square 4096": (4096, 4096, 4096),
+              f"mlp up {n}x{hidden}x{intermediate}": (n, hidden, intermediate),
+              f"mlp down {n}x{intermediate}x{hidden}": (n, intermediate, hidden),
+              f"attention {n}x{hidden}x{hidden}": (n, hidden, hidden),
+              f"lm head {n}x{hidden}x{vocab}": (n, hidden, vocab)}
 
+    def peak(m: int, k: int, n_: int, dtype) -> float:
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n_, dtype=dtype)
+        a @ b  # warm-up
+        repeats = max(2, int(2e10 / (2 * m * k * n_)))
+        best = float("inf")
+        for _ in range(3):  # best of three: the figure is a ceiling
+            started = time.perf_counter()
+            for _ in range(repeats):
+                a @ b
+            best = min(best, (time.perf_counter() - started) / repeats)
+        return 2 * m * k * n_ / best / 1e9
 
-MEASURES = {
-    "matmul": measure_matmul,
-    "hf": measure_hf,
-    "hf-bf16": lambda args, work: measure_hf(args, work, "bfloat16", "hf-bf16"),
-    "vllm": lambda args, work: measure_hf(args, work, "float32", "vllm", backend="vllm"),
-    "naive": measure_naive,
-    "naive-fp32": lambda args, work: measure_naive(args, work, "float32", "naive-fp32"),
-}
+    measured = {name: {dtype: peak(*shape, getattr(torch, dtype)) for dtype in ("float32", "bfloat16")}
+                for name, shape in shapes.items()}
+    # The model's time per token: each linear layer's FLOPs at its own shape's rate.
+    flops = {"attention": hidden * head_dim * (2 * heads + 2 * kv_heads), "mlp up": 2 * hidden * intermediate,
+             "mlp down": hidden * intermediate}
+    model_gflops = {}
+    for dtype in ("float32", "bfloat16"):
+        rate = {part: next(value[dtype] for name, value in measured.items() if name.startswith(part))
+                for part in ("attention", "mlp up", "mlp down", "lm head")}
+        seconds = (config.num_hidden_layers * sum(2 * flops[part] / rate[part] for part in flops)
+                   + 2 * hidden * vocab / rate["lm head"])
+        model_gflops[dtype] = 2 * linear_params / seconds
+    return {"shapes": measured, "model_gflops": model_gflops, "linear_params": linear_params,
+            "flops_per_token": 2 * linear_params, "threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":

@@ -42,18 +42,38 @@ def resolve_device(device: str, cuda_available: bool | None = None) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str, bf16_supported: bool | None = None) -> str:
+def resolve_dtype(dtype: str, device: str, bf16_supported: bool | None = None, cpu_bf16: bool | None = False) -> str:
     """`bf16_supported`: whether the GPU computes in bfloat16 (compute capability 8.0 and up:
-    A100, H100, L4...; not V100 or T4); default: this machine's GPU, else assumed."""
+    A100, H100, L4...; not V100 or T4); default: this machine's GPU, else assumed.
+    `cpu_bf16`: whether auto is bfloat16 on this CPU: None where it multiplies bfloat16 matrices
+    natively (scoring); False keeps float32 (generation, whose text bf16 would change)."""
     if dtype == "auto":
         if not device.startswith("cuda"):
-            return "float32"
+            if cpu_bf16 is None:
+                cpu_bf16 = cpu_has_native_bf16()
+            return "bfloat16" if cpu_bf16 else "float32"
         if bf16_supported is None:
             bf16_supported = local_gpu_has_bf16()
         return "bfloat16" if bf16_supported else "float16"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise FtprepError(f"unknown --dtype {dtype}: use auto, float32, bfloat16 or float16")
     return dtype
+
+
+# CPU features (as torch.cpu.get_capabilities() names them) that run bfloat16 matmuls in
+# hardware: AVX512-BF16 (Zen 4 and later, Cooper Lake) and AMX (Sapphire Rapids and later).
+# Elsewhere torch emulates bfloat16 and it is slower than float32.
+NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(capabilities: dict | None = None) -> bool:
+    """`capabilities`: torch.cpu.get_capabilities() of the CPU in question (default: this one)."""
+    if capabilities is None:
+        import torch
+
+        get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+        capabilities = get_capabilities() if get_capabilities else {}
+    return any(capabilities.get(feature) for feature in NATIVE_BF16_FEATURES)
 
 
 def local_gpu_has_bf16() -> bool:
@@ -119,13 +139,16 @@ class Runtime:
 
 
 def resolve_runtime(model: str, device: str, dtype: str, backend: str = "hf", cuda_available: bool | None = None,
-                    chat_template: str | None = None, trust_remote_code: bool = False) -> Runtime:
+                    chat_template: str | None = None, trust_remote_code: bool = False,
+                    cpu_bf16: bool | None = False) -> Runtime:
     """`chat_template`: a Jinja file that replaces the model's template (its content is part of
-    the tokenizer's fingerprint, so a resume with another template is refused)."""
+    the tokenizer's fingerprint, so a resume with another template is refused). `cpu_bf16`:
+    whether `--dtype auto` may pick bfloat16 on a CPU (None: where this CPU has native bf16
+    matmuls; scoring does, generation keeps float32 on CPU)."""
     device = resolve_device(device, cuda_available)
     model_dir = resolve_model(model)
     tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
-    return Runtime(model, model_dir, tokenizer, device, resolve_dtype(dtype, device), resolve_backend(backend, device),
+    return Runtime(model, model_dir, tokenizer, device, resolve_dtype(dtype, device, cpu_bf16=cpu_bf16), resolve_backend(backend, device),
                    fingerprint_model(model_dir), fingerprint_tokenizer(tokenizer), trust_remote_code)
 
 

@@ -87,7 +87,9 @@ def run_cli_process(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
 
 
 def score_folder(input, output, **settings):
-    """`ftprep score` through the Python API, quietly."""
+    """`ftprep score` through the Python API, quietly; in float32 unless told (`--dtype auto` is
+    bfloat16 on some CPUs, and the tests compare with float32 references)."""
+    settings.setdefault("dtype", "float32")
     ftprep.score(str(input), output=str(output), **settings)
     return Path(output)
 

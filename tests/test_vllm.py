@@ -162,7 +162,7 @@ def test_auto_dtype_is_bfloat16_only_where_the_gpu_has_it():
 
     assert resolve_dtype("auto", "cuda", bf16_supported=True) == "bfloat16"
     assert resolve_dtype("auto", "cuda:1", bf16_supported=False) == "float16"  # V100, T4
-    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("auto", "cpu") == "float32"  # unless the caller lets a bf16 CPU have it (score)
     assert resolve_dtype("bfloat16", "cuda", bf16_supported=False) == "bfloat16"  # asked for: vLLM/torch say if it cannot
 
 

@@ -56,8 +56,8 @@ def trust_remote_code():
     return setting(False, help="Let a model that ships its own Python code run it (only for models you trust).")
 
 
-def dtype():
-    return setting("auto", choices=DTYPES, help="auto: float32 on CPU, bfloat16 on GPU.")
+def dtype(what: str = "auto: float32 on CPU, bfloat16 on a GPU that has it, else float16."):
+    return setting("auto", choices=DTYPES, help=what)
 
 
 def device():

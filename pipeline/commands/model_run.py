@@ -11,6 +11,9 @@ class ModelRun:
     so that a bad path, model or option fails before work starts."""
 
     made_from = "input"
+    # Whether --dtype auto may pick bfloat16 on a CPU that multiplies it natively: scoring does;
+    # generation keeps float32 there, as bfloat16 would change the text it writes.
+    auto_bf16_on_cpu = False
 
     def __init__(self, settings, executor):
         self.settings = settings
@@ -18,7 +21,8 @@ class ModelRun:
         self.source = open_source(settings.input, settings.split, settings.limit)
         self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
                                        executor.cuda_available(), chat_template=settings.chat_template,
-                                       trust_remote_code=settings.trust_remote_code)
+                                       trust_remote_code=settings.trust_remote_code,
+                                       cpu_bf16=None if self.auto_bf16_on_cpu else False)
         self.device = self.runtime.device
 
     def total_rows(self) -> int | None:

@@ -40,7 +40,8 @@ class ScoreSettings(Settings):
     overlong: str = setting("drop", choices=("drop", "truncate"), help="What to do with longer rows.")
     backend: str = shared.backend()
     batch_tokens: int | None = shared.batch_tokens()
-    dtype: str = shared.dtype()
+    dtype: str = shared.dtype("auto: bfloat16 on a CPU with native bfloat16 matmuls (AVX512-BF16, AMX) and on a GPU "
+                              "that has it, float16 on an older GPU, float32 on other CPUs.")
     device: str = shared.device()
     top_k: int = setting(0, low=0, high=1000, help="Also store the model's top-k ids and logprobs per token.")
     score_prompt: bool = setting(False, help="Score every token, not only assistant tokens.")
@@ -55,6 +56,7 @@ class ScoreSettings(Settings):
 
 class ScoreCommand(ModelRun):
     name = "score"
+    auto_bf16_on_cpu = True
 
     def __init__(self, settings: ScoreSettings, executor):
         super().__init__(settings, executor)
@@ -80,6 +82,8 @@ class ScoreCommand(ModelRun):
 
     def finish(self, stats: dict) -> tuple[dict, dict]:
         stats = finish_score_stats(stats)
+        # With the throughput: what the model computed in (auto differs from machine to machine).
+        stats["dtype"] = self.runtime.dtype
         tokenizer = self.runtime.tokenizer
         # Collected per shard, so that a resumed run knows the ones its earlier part saw.
         end_of_turn_ids = (sorted(int(token) for token in stats.pop("end_of_turn_ids", {}))

@@ -10,7 +10,8 @@
 #
 # FTPREP: the ftprep command to use (default .venv/bin/ftprep, as `make` installs it); PYTHON: the
 # interpreter for the trainers' environments (default python3.11); FTPREP_TORCH_VERSION (2.13.0);
-# SKIP_AXOLOTL_TRAIN=1 stops Axolotl after preprocess. Installs come from the configured package
+# SKIP_AXOLOTL_TRAIN=1 stops Axolotl after preprocess; TRAINER_VENVS: where the two environments
+# live (default: the repository root). Installs come from the configured package
 # index; point pip at the CPU wheels (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu) where
 # a bare `torch` would pull CUDA wheels.
 set -eu
@@ -20,6 +21,7 @@ python=${PYTHON:-python3.11}
 ftprep=${FTPREP:-$repo/.venv/bin/ftprep}
 torch_version=${FTPREP_TORCH_VERSION:-2.13.0}
 helpers=$repo/scripts/check_trainers
+venvs=${TRAINER_VENVS:-$repo}
 [ -x "$ftprep" ] || ftprep=$(command -v ftprep) || { echo "no ftprep: run make, or set FTPREP" >&2; exit 1; }
 
 say() { printf '\n== %s\n' "$*"; }
@@ -32,7 +34,7 @@ new_venv() {  # new_venv DIR: a fresh environment with the CPU build of torch
 }
 
 install_axolotl() {
-    venv=$repo/.venv-axolotl
+    venv=$venvs/.venv-axolotl
     [ -f "$venv/.ready" ] && return 0
     say "installing Axolotl 0.21.0 in $venv"
     new_venv "$venv"
@@ -41,12 +43,14 @@ install_axolotl() {
     "$venv/bin/python" -m pip install -q --no-deps --ignore-requires-python axolotl==0.21.0
     "$venv/bin/python" -m pip install -q transformers==5.20.1 tokenizers==0.23.3 peft==0.21.2 accelerate==1.15.0 \
         datasets==5.0.1 trl==1.14.1 pydantic==2.13.5 PyYAML==6.0.3 packaging==26.0 python-dotenv==1.0.1 \
-        addict fire colorama einops requests sentencepiece art fastcore numpy scipy posthog pillow numba
+        addict fire colorama einops requests sentencepiece art fastcore numpy scipy posthog pillow numba \
+        bitsandbytes==0.50.2 "kernels>=0.17.2,<0.18.0" evaluate wandb
+    "$venv/bin/python" -m pip install -q --no-deps axolotl-contribs-lgpl==0.0.7 axolotl-contribs-mit==0.0.6
     touch "$venv/.ready"
 }
 
 install_llamafactory() {
-    venv=$repo/.venv-llamafactory
+    venv=$venvs/.venv-llamafactory
     [ -f "$venv/.ready" ] && return 0
     say "installing LLaMA-Factory 0.9.5 in $venv"
     new_venv "$venv"
@@ -82,14 +86,20 @@ install_axolotl
 install_llamafactory
 
 say "a small training folder: 8 rows of data/sample.jsonl, scored by the embedded model, STM threshold"
+# WORK_DIR is emptied first: only a folder this script made before, or an empty one.
+if [ -d "$work" ] && [ -n "$(ls -A "$work")" ] && [ ! -f "$work/.check-trainers" ]; then
+    echo "$work holds other files: give a new folder" >&2
+    exit 1
+fi
 rm -rf "$work"
 mkdir -p "$work"
+touch "$work/.check-trainers"
 cd "$work"
 "$ftprep" score "$repo/data/sample.jsonl" --limit 8 -o scored
 "$ftprep" mask scored -o train
 # The trainers run offline here: --base-model names the local copy of the model that scored
 # (the default, HuggingFaceTB/SmolLM2-135M-Instruct, needs the Hub).
-model=$("$repo/.venv-axolotl/bin/python" -c "import json; print(json.load(open('train/ftprep.json'))['model']['path'])")
+model=$("$venvs/.venv-axolotl/bin/python" -c "import json; print(json.load(open('train/ftprep.json'))['model']['path'])")
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1 AXOLOTL_DO_NOT_TRACK=1 WANDB_DISABLED=true
 
 say "Axolotl"
@@ -98,25 +108,25 @@ mkdir axolotl
 cat axolotl/axolotl.yml
 # Each trainer runs with its environment's bin/ first on PATH, as once activated (`axolotl train`
 # starts `accelerate launch` from PATH).
-(cd axolotl && PATH=$repo/.venv-axolotl/bin:$PATH && axolotl preprocess axolotl.yml > preprocess.log 2>&1) \
+(cd axolotl && PATH=$venvs/.venv-axolotl/bin:$PATH && axolotl preprocess axolotl.yml > preprocess.log 2>&1) \
     || { tail -30 axolotl/preprocess.log; exit 1; }
 grep "Success" axolotl/preprocess.log
 prepared=$(dirname "$(ls axolotl/last_run_prepared/*/state.json)")
-"$repo/.venv-axolotl/bin/python" "$helpers/compare_labels.py" train --prepared "$prepared"
+"$venvs/.venv-axolotl/bin/python" "$helpers/compare_labels.py" train --prepared "$prepared"
 if [ "${SKIP_AXOLOTL_TRAIN:-0}" != 1 ]; then
-    (cd axolotl && PATH=$repo/.venv-axolotl/bin:$PATH && recorded "$PWD/batches.jsonl" axolotl train axolotl.yml > train.log 2>&1) \
+    (cd axolotl && PATH=$venvs/.venv-axolotl/bin:$PATH && recorded "$PWD/batches.jsonl" axolotl train axolotl.yml > train.log 2>&1) \
         || { tail -30 axolotl/train.log; exit 1; }
     grep -o "{'train_runtime'[^}]*}" axolotl/train.log | tail -1
-    "$repo/.venv-axolotl/bin/python" "$helpers/compare_labels.py" train --batches axolotl/batches.jsonl
+    "$venvs/.venv-axolotl/bin/python" "$helpers/compare_labels.py" train --batches axolotl/batches.jsonl
 fi
 
 say "LLaMA-Factory"
 mkdir llama-factory
 "$ftprep" export-config train --target llama-factory --base-model "$model" > llama-factory/llama-factory.yml
 cat llama-factory/llama-factory.yml
-(cd llama-factory && PATH=$repo/.venv-llamafactory/bin:$PATH && recorded "$PWD/batches.jsonl" llamafactory-cli train \
+(cd llama-factory && PATH=$venvs/.venv-llamafactory/bin:$PATH && recorded "$PWD/batches.jsonl" llamafactory-cli train \
     llama-factory.yml > train.log 2>&1) || { tail -30 llama-factory/train.log; exit 1; }
 grep -o "{'train_runtime'[^}]*}" llama-factory/train.log | tail -1
-"$repo/.venv-llamafactory/bin/python" "$helpers/compare_labels.py" train --batches llama-factory/batches.jsonl
+"$venvs/.venv-llamafactory/bin/python" "$helpers/compare_labels.py" train --batches llama-factory/batches.jsonl
 
 say "all trainers ran the exported configs as printed; labels unchanged"

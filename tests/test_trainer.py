@@ -120,6 +120,16 @@ def test_exported_trl_script_runs_as_printed(small_scored, tiny_model_dir, tmp_p
     assert trainer.args.use_cpu == (not torch.cuda.is_available())
     assert not trainer.args.fp16 and trainer.args.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     assert (tmp_path / "ftprep-sft").is_dir()
+    # The batches TRL builds carry ftprep's labels unchanged: every -100 survives (padding aside).
+    dataset = namespace["dataset"]
+    labels_of = {tuple(ids): labels for ids, labels in zip(dataset["input_ids"], dataset["labels"])}
+    seen = 0
+    for batch in trainer.get_train_dataloader():
+        for ids, mask, labels in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()):
+            length = sum(mask)
+            assert labels[:length] == labels_of[tuple(ids[:length])] and set(labels[length:]) <= {-100}
+            seen += 1
+    assert seen == len(dataset) == 8
 
 
 def test_trl_sft_trains_on_the_local_parquet_export(small_scored, tiny_model_dir, tmp_path):

@@ -11,9 +11,8 @@
 # FTPREP: the ftprep command to use (default .venv/bin/ftprep, as `make` installs it); PYTHON: the
 # interpreter for the trainers' environments (default python3.11); FTPREP_TORCH_VERSION (2.13.0);
 # SKIP_AXOLOTL_TRAIN=1 stops Axolotl after preprocess; TRAINER_VENVS: where the two environments
-# live (default: the repository root). Installs come from the configured package
-# index; point pip at the CPU wheels (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu) where
-# a bare `torch` would pull CUDA wheels.
+# live (default: the repository root); TORCH_INDEX: an index for torch alone, e.g.
+# https://download.pytorch.org/whl/cpu where the configured index would give torch's CUDA wheels.
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$repo/out/check-trainers}
@@ -30,7 +29,7 @@ new_venv() {  # new_venv DIR: a fresh environment with the CPU build of torch
     rm -rf "$1"
     "$python" -m venv "$1"
     "$1/bin/python" -m pip install -q --upgrade pip
-    "$1/bin/python" -m pip install -q "torch==$torch_version"
+    "$1/bin/python" -m pip install -q ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "torch==$torch_version"
 }
 
 install_axolotl() {

@@ -15,11 +15,11 @@ import sys
 
 import click
 
-from ftprep.commands import export_config, hft_plan, inspect_row, iv, mask, push, regen, report, score, stats
+from ftprep.commands import export, export_config, hft_plan, inspect_row, iv, mask, push, regen, report, score, stats
 from ftprep.stages.errors import FtprepError
 
 # In the order a user runs them.
-COMMANDS = (score.cli, regen.cli, mask.cli, inspect_row.cli, stats.cli, report.cli, export_config.cli, push.cli,
+COMMANDS = (score.cli, regen.cli, mask.cli, inspect_row.cli, stats.cli, report.cli, export_config.cli, export.cli, push.cli,
             hft_plan.cli, iv.cli)
 
 

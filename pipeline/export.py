@@ -5,24 +5,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ftprep.models import EMBEDDED_MODEL_ORIGINS
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.strategies import check_export_target, describe
 from ftprep.writers import read_manifest, read_shards
 
 TRL_SNIPPET = '''\
 # Train with TRL on {where} ({strategy}{weights_note}).
+import torch
 from datasets import {loader}
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 {weights_import}
-model_path = {model!r}
+{model_note}model_path = {model!r}
 tokenizer = AutoTokenizer.from_pretrained(model_path)
 model = AutoModelForCausalLM.from_pretrained(model_path)
 dataset = {load}  # input_ids, attention_mask, labels{weights_column}: used as they are
 
 # max_length=None: the rows are as long as ftprep score allowed (--max-length); TRL's own
 # truncation would cut input_ids and labels but not the other per-token columns.
-args = SFTConfig(output_dir="ftprep-sft", num_train_epochs=1, per_device_train_batch_size=4, max_length=None{weights_args})
+# Precision from the machine this runs on: bf16 on a GPU that has it, fp16 on an older GPU, fp32 on the CPU.
+gpu = torch.cuda.is_available()
+bf16 = gpu and torch.cuda.is_bf16_supported()
+args = SFTConfig(output_dir="ftprep-sft", num_train_epochs=1, per_device_train_batch_size=4, max_length=None,
+                 use_cpu=not gpu, bf16=bf16, fp16=gpu and not bf16{weights_args})
 trainer = {trainer}(model=model, args=args, train_dataset=dataset, processing_class=tokenizer{weights_collator})
 trainer.train()
 '''
@@ -37,12 +43,16 @@ output_dir: ./ftprep-axolotl
 micro_batch_size: 4
 num_epochs: 1
 learning_rate: 2.0e-5
+# bf16 where the GPU has it; fp16 stays off, so the CPU (and a GPU without bf16) train in fp32
+# (on such a GPU, fp16: true halves the memory). Axolotl's default would pick fp16 on the CPU.
+bf16: auto
+fp16: false
 '''
 
 AXOLOTL_SNIPPET = '''\
 # Axolotl: {folder} is a save_to_disk folder, already tokenized (Axolotl opens a local folder
 # with load_from_disk); an empty `type:` makes it use the columns as they are.
-base_model: {model}
+{model_note}base_model: {model}
 ''' + AXOLOTL_TRAINING
 
 AXOLOTL_KD_SNIPPET = '''\
@@ -50,7 +60,7 @@ AXOLOTL_KD_SNIPPET = '''\
 # anchors take cross-entropy; target_token_ids/target_logprobs/target_mask hold the reference
 # model's top-k on the other assistant tokens (position i: the distribution of token i + 1,
 # renormalized), which the plugin's KL keeps the model close to.
-base_model: {model}
+{model_note}base_model: {model}
 plugins:
   - axolotl.integrations.kd.KDPlugin
 kd_trainer: true
@@ -63,10 +73,14 @@ kd_temperature: 1.0
 
 LLAMA_FACTORY_SNIPPET = '''\
 # LLaMA-Factory: tokenized_path loads {folder} as it is and skips its own preprocessing.
-model_name_or_path: {model}
+# It trains in fp32 on the CPU and on a GPU (add bf16: true on a GPU that has bf16).
+{model_note}model_name_or_path: {model}
 stage: sft
 do_train: true
 finetuning_type: full
+# LLaMA-Factory asks for a dataset name even with tokenized_path; it reads the data from
+# tokenized_path alone and never looks this name up.
+dataset: ftprep
 tokenized_path: {folder}
 cutoff_len: {sequence_len}
 output_dir: ./ftprep-llama-factory
@@ -83,7 +97,22 @@ def longest_row(folder: Path) -> int:
     return max(lengths, default=0)
 
 
-def export_config(folder: Path, target: str) -> str:
+def default_base_model(model: dict) -> str:
+    """The model a trainer starts from: the hub model the embedded alias was quantized from (same
+    tokenizer, so the token ids match), else what --model named (a hub id, or the local folder)."""
+    return EMBEDDED_MODEL_ORIGINS.get(model["spec"], model["path"])
+
+
+def base_model_note(model: dict, base_model: str | None) -> str:
+    """Comment lines where the default stands in for the embedded model: how to train the copy that scored instead."""
+    if base_model is not None or model["spec"] not in EMBEDDED_MODEL_ORIGINS:
+        return ""
+    return (f"# {EMBEDDED_MODEL_ORIGINS[model['spec']]}: the hub model that {model['spec']} (which scored) was quantized from.\n"
+            f"# To train the dequantized copy that scored: --base-model {printable(model['path'])}\n")
+
+
+def export_config(folder: Path, target: str, base_model: str | None = None) -> str:
+    """The snippet for `target`; `base_model` (default: default_base_model) is the model it trains."""
     manifest = read_manifest(folder)
     if manifest is None or manifest.get("stage") != "mask":
         raise FtprepError(f"{folder} is not a training dataset (no ftprep.json from ftprep mask): run ftprep mask first")
@@ -96,26 +125,28 @@ def export_config(folder: Path, target: str) -> str:
     has_kd_targets = "target_token_ids" in features  # Axolotl's KD layout
     values = {
         "folder": str(folder.resolve()),
-        "model": manifest["model"]["path"],
+        "model": base_model or default_base_model(manifest["model"]),
         "strategy": describe(manifest["config"]),
         "sequence_len": longest_row(folder),
     }
     # YAML: paths and names as double-quoted scalars (JSON strings are valid YAML), so that a
     # '#', ': ' or a newline in them reads back as the same string.
-    quoted = {**values, "folder": yaml_string(values["folder"]), "model": yaml_string(values["model"])}
+    quoted = {**values, "folder": yaml_string(values["folder"]), "model": yaml_string(values["model"]),
+              "model_note": base_model_note(manifest["model"], base_model)}
     if target == "axolotl":
         return (AXOLOTL_KD_SNIPPET if has_kd_targets else AXOLOTL_SNIPPET).format(**quoted)
     if target == "llama-factory":
         return LLAMA_FACTORY_SNIPPET.format(**quoted)
     return trl_snippet(values["model"], values["strategy"], has_weights, values["folder"], f"load_from_disk({values['folder']!r})",
-                       anchors=has_anchors)
+                       anchors=has_anchors, model_note=base_model_note(manifest["model"], base_model))
 
 
 def yaml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: str, anchors: bool = False) -> str:
+def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: str, anchors: bool = False,
+                model_note: str = "") -> str:
     """TRL training code for data that `load` (a `datasets` call, e.g. load_from_disk('train')) opens;
     `anchors`: the data holds KL targets (--strategy anchor), trained with ftprep.trainer's anchor loss."""
     anchored = {
@@ -139,5 +170,10 @@ def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: 
     # `where` goes into a comment: quoted where it holds a newline or another control character.
     where = where if where.isprintable() else repr(where)
     strategy = strategy if strategy.isprintable() else repr(strategy)
-    return TRL_SNIPPET.format(model=model, strategy=strategy, where=where, loader=loader, load=load,
+    return TRL_SNIPPET.format(model=model, model_note=model_note, strategy=strategy, where=where, loader=loader, load=load,
                               **(anchored if anchors else weighted if has_weights else plain))
+
+
+def printable(text: str) -> str:
+    """`text` as it can stand in a one-line comment: quoted where it holds a newline or another control character."""
+    return text if text.isprintable() else repr(text)

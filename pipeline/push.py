@@ -12,12 +12,16 @@
 
 The token comes from HF_TOKEN or the saved login (`hf auth login`); it only travels in request
 headers and is never printed or written to a file.
+
+`ftprep export FOLDER --parquet DIR` (export_parquet) stages the same files and places them in a local
+DIR instead of a repo: no token, no network; `datasets.load_dataset(DIR)` and `trl sft` read it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from contextlib import contextmanager
@@ -122,6 +126,79 @@ def write_card_files(folder: Path, staging: Path, manifest: dict, repo_id: str, 
     (staging / image_path(config_name)).parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(staging / image_path(config_name), histogram_png(histogram, threshold_of(manifest)))
     return ["README.md", image_path(config_name)]
+
+
+def stage(folder: Path, manifest: dict, config_name: str, card_name: str, license: str | None,
+          existing_card: str | None) -> tuple[Path, list[StagedFile], list[str]]:
+    """The one writer behind push and export: Parquet files, card and image in the staging folder.
+    `card_name` is what the card's load_dataset() call opens (a repo id or a local folder)."""
+    staging = staging_folder(folder, config_name)
+    staged = build_upload_folder(folder, staging, config_name)
+    card_files = write_card_files(folder, staging, manifest, card_name, config_name, license, existing_card)
+    return staging, staged, card_files
+
+
+def checked_source(folder: Path) -> dict:
+    manifest = verify_output(folder)
+    if manifest is None or manifest.get("stage") not in ("score", "mask"):
+        raise FtprepError(f"{folder} is not an ftprep output (no ftprep.json): give a folder from ftprep score or ftprep mask")
+    return manifest
+
+
+# -- a local folder instead of a repo -------------------------------------------------------
+
+CARD_MARK = "<!-- ftprep:begin "  # what every card ftprep writes holds: a folder with it is an earlier export
+
+
+def check_export_folder(folder: Path, target: Path) -> None:
+    """`target` may be new, empty, or an earlier export (its other configs are kept); nothing else
+    is overwritten."""
+    source, destination = folder.resolve(), target.resolve()
+    if destination == source or source in destination.parents:
+        raise FtprepError(f"--parquet {target} is inside {folder}: give a folder outside it")
+    if destination.exists() and not destination.is_dir():
+        raise FtprepError(f"--parquet {target} is a file: give a folder")
+    if destination.is_dir() and any(destination.iterdir()):
+        card = destination / "README.md"
+        if not (card.is_file() and CARD_MARK in card.read_text(encoding="utf-8", errors="replace")):
+            raise FtprepError(f"--parquet {target} holds other files: give a new or empty folder, or one ftprep export wrote")
+
+
+def place(source: Path, target: Path) -> None:
+    """`target` becomes a copy of `source`, atomically: a hard link where the file system allows
+    (the staged files are never rewritten in place, so the link stays a true copy), else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
+
+
+def export_parquet(folder: Path, target: Path, *, config_name: str = "default", license: str | None = None) -> str:
+    """Write `folder` (from ftprep score or mask) to the local folder `target` as push lays out a repo:
+    Parquet files, the dataset card and its image. Returns the line to show last."""
+    folder, target = Path(folder), Path(target)
+    manifest = checked_source(folder)
+    check_config_name(config_name)
+    check_export_folder(folder, target)
+    card_path = target / "README.md"
+    existing_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
+    staging, staged, card_files = stage(folder, manifest, config_name, str(target.resolve()), license, existing_card)
+    ours = {item.path for item in staged}
+    for item in staged:
+        place(staging / item.path, target / item.path)
+    # Before the card: its data_files pattern would also match an earlier export's shards.
+    for stale in (target / data_dir(config_name)).glob(f"{SPLIT}-*.parquet"):
+        if stale.relative_to(target).as_posix() not in ours:
+            stale.unlink()
+    for path in card_files:
+        place(staging / path, target / path)
+    rows = sum(item.rows for item in staged)
+    config = "" if config_name == "default" else f", {config_name!r}"
+    return (f"{target}: {len(staged)} Parquet file{'s' if len(staged) != 1 else ''} ({rows} rows) and a dataset card; "
+            f"load with datasets.load_dataset({str(target)!r}{config}, split={SPLIT!r})")
 
 
 # -- comparing with the repo ----------------------------------------------------------------
@@ -312,9 +389,7 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = False, revision: 
     from huggingface_hub import HfApi, constants
 
     folder = Path(folder)
-    manifest = verify_output(folder)
-    if manifest is None or manifest.get("stage") not in ("score", "mask"):
-        raise FtprepError(f"{folder} is not an ftprep output (no ftprep.json): give a folder from ftprep score or ftprep mask")
+    manifest = checked_source(folder)
     # fullmatch: `$` alone would let a trailing newline through.
     if not REPO_ID.fullmatch(repo_id):
         raise FtprepError(f"{repo_id!r} is not a repo id: give it as user/name or org/name")
@@ -322,16 +397,14 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = False, revision: 
     token = hub_token()
     check_reachable(constants.ENDPOINT)
 
-    staging = staging_folder(folder, config_name)
     api = HfApi(endpoint=constants.ENDPOINT, token=token)
     with hub_errors(repo_id, constants.ENDPOINT, token):
         # The repo first: a refused token or a wrong name stops the push before any conversion.
-        destination = open_destination(api, repo_id, private, revision, create_pr, staging, echo)
-        staged = build_upload_folder(folder, staging, config_name)
-        echo(f"staged {len(staged)} Parquet files ({sum(item.rows for item in staged)} rows) in {staging}")
+        destination = open_destination(api, repo_id, private, revision, create_pr, staging_folder(folder, config_name), echo)
         remote = remote_files(api, repo_id, destination.revision)
         existing_card = remote_text(api, repo_id, destination.revision, "README.md") if "README.md" in remote else None
-        card_files = write_card_files(folder, staging, manifest, repo_id, config_name, license, existing_card)
+        staging, staged, card_files = stage(folder, manifest, config_name, repo_id, license, existing_card)
+        echo(f"staged {len(staged)} Parquet files ({sum(item.rows for item in staged)} rows) in {staging}")
         plan = plan_upload(staging, staged, card_files, remote, config_name, files_per_commit)
         if plan.empty:
             return f"{repo_id} ({destination.revision}) already holds these files: nothing to push"

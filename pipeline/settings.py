@@ -140,8 +140,10 @@ def click_param(item: dataclasses.Field, hint) -> click.Parameter:
             flags = flags if "/" in flags[-1] else [f"{flags[0]}/--no-{flags[0][2:]}"]
             return click.Option([*flags, item.name], default=default, help=spec.help, show_default=default is not None)
         return click.Option([*flags, item.name], is_flag=True, default=bool(default), help=spec.help)
-    return click.Option([*flags, item.name], type=click_type(spec, kind), default=default, required=required,
-                        help=spec.help, metavar=spec.metavar, show_default=default is not None)
+    # A required option gets no default at all: click 8.5 takes an explicit default=None as a value.
+    default_kwargs = {} if required else {"default": default}
+    return click.Option([*flags, item.name], type=click_type(spec, kind), required=required, help=spec.help,
+                        metavar=spec.metavar, show_default=default is not None, **default_kwargs)
 
 
 def click_type(spec: Spec, kind):

@@ -327,12 +327,14 @@ def test_untrained_model_is_at_its_own_reference(scored_topk, tmp_path, plain_mo
     assert at_reference.item() < 1e-3 < 0.1 < shuffled.item()
 
 
-def test_trl_trains_one_step_with_the_exported_snippet(scored_topk, tmp_path):
+def test_trl_trains_one_step_with_the_exported_snippet(scored_topk, model_dir, tmp_path):
     folder = tmp_path / "train"
     mask_anchor(scored_topk, folder, "--confidence", 0.9)
-    snippet = run_cli("export-config", folder, "--target", "trl").stdout
+    # The local copy of the model that scored: the default, its hub origin, needs the network.
+    snippet = run_cli("export-config", folder, "--target", "trl", "--base-model", model_dir).stdout
     assert "with_anchor_kl(SFTTrainer)" in snippet and "AnchorKLCollator" in snippet
-    quick = snippet.replace("num_train_epochs=1", "max_steps=1, use_cpu=True, report_to=[], save_strategy='no'")
+    # The snippet picks the device itself; only the run length changes for the test.
+    quick = snippet.replace("num_train_epochs=1", "max_steps=1, report_to=[], save_strategy='no'")
     quick = quick.replace('output_dir="ftprep-sft"', f'output_dir="{tmp_path / "run"}"')
     assert quick != snippet
     namespace = {}

@@ -193,4 +193,4 @@ def test_bare_ftprep_shows_the_commands_in_workflow_order_and_exits_2():
     result = run_cli(check=False)
     assert result.returncode == 2
     listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()]
-    assert listed == ["score", "regen", "mask", "inspect", "stats", "report", "export-config", "push", "hft-plan", "iv"]
+    assert listed == ["score", "regen", "mask", "inspect", "stats", "report", "export-config", "export", "push", "hft-plan", "iv"]

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import flat, load_table, run_cli, run_cli_process  # push reads HF_ENDPOINT and HF_HOME at import: a process of its own
+from conftest import DATA, flat, load_table, run_cli, run_cli_process  # push reads HF_ENDPOINT and HF_HOME at import: a process of its own
 
 TOKEN = "hf_fakeSecret" + "7f3a9c1e5b2d4f60"
 REPO = "someone/ftprep-demo"
@@ -465,6 +465,72 @@ def test_stale_shards_of_the_config_are_removed_and_others_kept(tmp_path):
     plan = plan_upload(staging, [StagedFile("data/train-00000-of-00001.parquet", 5)], ["README.md"], remote, "default", 50)
     assert plan.stale == ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]
     assert plan.last == [] and [[item.path for item in batch] for batch in plan.batches] == [["data/train-00000-of-00001.parquet"]]
+
+
+# -- ftprep export --parquet: the same files in a local folder, without a token ----------------------------
+
+
+def relative_files(folder: Path) -> list[str]:
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+
+
+def test_export_writes_the_files_push_uploads_to_a_local_folder(train, scored_sample, tmp_path):
+    import shutil
+
+    import datasets
+
+    folder, target = copy_of(train, tmp_path), tmp_path / "parquet"
+    no_login = {"HF_TOKEN": None, "HF_HOME": str(tmp_path / "no-login"), "HF_HUB_OFFLINE": "1"}  # export needs no token
+    result = run_cli("export", folder, "--parquet", target, env=no_login)
+    assert relative_files(target) == ["README.md", "data/train-00000-of-00003.parquet", "data/train-00001-of-00003.parquet",
+                                      "data/train-00002-of-00003.parquet", "ppl_histogram.png"]
+    assert result.stdout.strip().splitlines()[-1].startswith(f"{target}: 3 Parquet files (40 rows) and a dataset card")
+    # push's writer made them: byte for byte the files a push stages (the card names the folder, not a repo).
+    staging = folder / ".ftprep-push" / "default"
+    for name in relative_files(target):
+        if name != "README.md":
+            assert (target / name).read_bytes() == (staging / name).read_bytes(), name
+    card = (target / "README.md").read_text()
+    assert front_matter(card)["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert f"load_dataset({str(target.resolve())!r}, 'default', split='train')" in card and "# parquet\n" in card
+
+    loaded = datasets.load_dataset(str(target), split="train", cache_dir=str(tmp_path / "cache"))
+    local = load_table(train)
+    assert loaded.column_names == local.column_names and loaded["labels"] == local.column("labels").to_pylist()
+
+    # A second config joins the first; the first one's files and card section stay.
+    scored = tmp_path / "scored"
+    shutil.copytree(scored_sample, scored)
+    run_cli("export", scored, "--parquet", target, "--config-name", "scores")
+    card = (target / "README.md").read_text()
+    assert [entry["config_name"] for entry in front_matter(card)["configs"]] == ["default", "scores"]
+    assert "## Config `default`: threshold strategy" in card and "## Config `scores`: scored dataset" in card
+    assert "data/train-00000-of-00003.parquet" in relative_files(target)
+    scores = datasets.load_dataset(str(target), "scores", split="train", cache_dir=str(tmp_path / "cache"))
+    assert scores["id"] == load_table(scored_sample).column("id").to_pylist()
+
+
+def test_a_new_export_replaces_the_configs_old_shards(train, tiny_model_dir, tmp_path):
+    target = tmp_path / "parquet"
+    run_cli("export", copy_of(train, tmp_path), "--parquet", target)  # 3 shards
+    run_cli("score", DATA / "sample.jsonl", "--limit", "4", "--model", tiny_model_dir, "-o", tmp_path / "scored")
+    run_cli("mask", tmp_path / "scored", "-o", tmp_path / "one")  # 1 shard
+    run_cli("export", tmp_path / "one", "--parquet", target)
+    assert relative_files(target) == ["README.md", "data/train-00000-of-00001.parquet", "ppl_histogram.png"]
+
+
+def test_export_writes_over_nothing_but_an_earlier_export(train, tmp_path):
+    folder = copy_of(train, tmp_path)
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    refused = run_cli("export", folder, "--parquet", other, check=False)
+    assert refused.returncode == 1 and "holds other files" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert relative_files(other) == ["notes.txt"]
+    inside = run_cli("export", folder, "--parquet", folder / "parquet", check=False)
+    assert inside.returncode == 1 and "inside" in inside.stderr and not (folder / "parquet").exists()
+    missing = run_cli("export", folder, check=False)
+    assert missing.returncode == 2 and "--parquet" in missing.stderr
 
 
 def test_png_round_trips_through_pillow():

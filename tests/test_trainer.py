@@ -2,11 +2,16 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import run_cli
+import yaml
+from conftest import DATA, run_cli, score_folder
 
+from ftprep.export import default_base_model
 from ftprep.trainer import TokenWeightCollator, weighted_cross_entropy, with_token_weights
 
 ROWS = [
@@ -93,19 +98,76 @@ def test_trl_trains_one_step_on_soft_weights(scored_sample, tmp_path, model_dir)
     assert math.isfinite(result.training_loss) and result.training_loss > 0
 
 
+@pytest.fixture(scope="module")
+def small_scored(tmp_path_factory, tiny_model_dir):
+    """8 rows of data/sample.jsonl scored by the tiny model: one epoch is two steps at the snippets' batch size 4."""
+    return score_folder(DATA / "sample.jsonl", tmp_path_factory.mktemp("small") / "scored", model=tiny_model_dir, limit=8)
+
+
 @pytest.mark.parametrize("strategy", ["threshold", "soft"])
-def test_exported_trl_snippet_trains_one_step(scored_sample, tmp_path, strategy):
+def test_exported_trl_script_runs_as_printed(small_scored, tiny_model_dir, tmp_path, monkeypatch, strategy):
     folder = tmp_path / strategy
-    run_cli("mask", scored_sample, "-o", folder, "--strategy", strategy)
-    snippet = run_cli("export-config", folder, "--target", "trl").stdout
-    assert ("with_token_weights(SFTTrainer)" in snippet) == (strategy == "soft")
-    # Only the run length changes for the test: one CPU step, no reports, nothing saved.
-    quick = snippet.replace("num_train_epochs=1", "max_steps=1, use_cpu=True, report_to=[], save_strategy='no'")
-    quick = quick.replace('output_dir="ftprep-sft"', f'output_dir="{tmp_path / "run"}"')
-    assert quick != snippet
-    namespace = {}
-    exec(compile(quick, "snippet.py", "exec"), namespace)
-    assert namespace["trainer"].state.global_step == 1
+    run_cli("mask", small_scored, "-o", folder, "--strategy", strategy)
+    script = run_cli("export-config", folder, "--target", "trl").stdout
+    # Scored with a local folder: that folder is the model the script trains.
+    assert f"model_path = {tiny_model_dir!r}\n" in script
+    assert ("with_token_weights(SFTTrainer)" in script) == (strategy == "soft")
+    monkeypatch.chdir(tmp_path)  # the script's output_dir is relative
+    namespace = {"__name__": "__main__"}
+    exec(compile(script, "train.py", "exec"), namespace)  # the printed text, unchanged
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 2  # one epoch of 8 rows at batch size 4
+    assert trainer.args.use_cpu == (not torch.cuda.is_available())
+    assert not trainer.args.fp16 and trainer.args.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert (tmp_path / "ftprep-sft").is_dir()
+    # The batches TRL builds carry ftprep's labels unchanged: every -100 survives (padding aside).
+    dataset = namespace["dataset"]
+    labels_of = {tuple(ids): labels for ids, labels in zip(dataset["input_ids"], dataset["labels"])}
+    seen = 0
+    for batch in trainer.get_train_dataloader():
+        for ids, mask, labels in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()):
+            length = sum(mask)
+            assert labels[:length] == labels_of[tuple(ids[:length])] and set(labels[length:]) <= {-100}
+            seen += 1
+    assert seen == len(dataset) == 8
+
+
+def test_trl_sft_trains_on_the_local_parquet_export(small_scored, tiny_model_dir, tmp_path):
+    folder, parquet = tmp_path / "train", tmp_path / "parquet"
+    run_cli("mask", small_scored, "-o", folder)
+    run_cli("export", folder, "--parquet", parquet)
+    # `trl sft`, TRL's own command line, from this environment; offline, with its caches in tmp_path.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env |= {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "trl.cli.main", "sft", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(parquet),
+         "--max_steps", "2", "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "sft"), "--use_cpu",
+         "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'epoch'" in result.stdout + result.stderr  # it logged training steps
+    assert (tmp_path / "sft" / "config.json").is_file()  # and saved the model it trained
+
+
+def test_base_model_defaults_to_the_hub_model_and_can_be_overridden(scored_sample, model_dir, tmp_path):
+    folder = tmp_path / "train"
+    run_cli("mask", scored_sample, "-o", folder)
+    keys = {"axolotl": "base_model", "llama-factory": "model_name_or_path"}
+    for target in ("trl", "axolotl", "llama-factory"):
+        printed = run_cli("export-config", folder, "--target", target).stdout
+        # The embedded alias: the hub model it was quantized from, and how to train the local copy instead.
+        assert f"# To train the dequantized copy that scored: --base-model {model_dir}\n" in printed
+        chosen = run_cli("export-config", folder, "--target", target, "--base-model", "me/my-model").stdout
+        assert "SmolLM2" not in chosen and "dequantized" not in chosen
+        if target == "trl":
+            assert "model_path = 'HuggingFaceTB/SmolLM2-135M-Instruct'\n" in printed
+            assert "model_path = 'me/my-model'\n" in chosen
+        else:
+            assert yaml.safe_load(printed)[keys[target]] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+            assert yaml.safe_load(chosen)[keys[target]] == "me/my-model"
+    # A hub id stays a hub id; a local folder or GGUF file is the folder that scored.
+    assert default_base_model({"spec": "org/model", "path": "org/model"}) == "org/model"
+    assert default_base_model({"spec": "m.gguf", "path": "/cache/models/m-1234"}) == "/cache/models/m-1234"
 
 
 def test_exported_yaml_names_the_folder(scored_sample, tmp_path):
@@ -114,8 +176,12 @@ def test_exported_yaml_names_the_folder(scored_sample, tmp_path):
     axolotl = run_cli("export-config", folder, "--target", "axolotl").stdout
     # Paths are quoted: a folder named `run #2` must not become `run` in YAML.
     assert f"  - path: {json.dumps(str(folder.resolve()))}\n" in axolotl and "    type:\n" in axolotl
+    # Precision that works on the CPU and on a GPU: bf16 where the GPU has it, never Axolotl's fp16 default.
+    assert {key: yaml.safe_load(axolotl)[key] for key in ("bf16", "fp16")} == {"bf16": "auto", "fp16": False}
     factory = run_cli("export-config", folder, "--target", "llama-factory").stdout
     assert f"tokenized_path: {json.dumps(str(folder.resolve()))}\n" in factory
+    config = yaml.safe_load(factory)
+    assert config["tokenized_path"] == str(folder.resolve()) and config["dataset"]  # LLaMA-Factory asks for both
     run_cli("mask", scored_sample, "-o", tmp_path / "soft", "--strategy", "soft")
     refused = run_cli("export-config", tmp_path / "soft", "--target", "axolotl", check=False)
     assert refused.returncode == 1 and "cannot read" in refused.stderr

@@ -18,12 +18,14 @@ SUMMARY = "Print a ready-to-use training snippet for FOLDER (TRL Python, Axolotl
 class ExportSettings(Settings):
     folder: str = setting(argument=True, help="A folder written by ftprep mask.")
     target: str = setting("trl", choices=TARGETS, help="Trainer to print a snippet for (hf and trl print the same TRL Python).")
+    base_model: str | None = setting(None, help="Model the snippet trains: a hub id or a local folder (default: the hub model "
+                                           "--model came from; for the embedded alias, the hub model it was quantized from).")
 
 
 def print_snippet(settings: ExportSettings) -> None:
     from ftprep.export import export_config
 
-    click.echo(export_config(Path(settings.folder), settings.target), nl=False)
+    click.echo(export_config(Path(settings.folder), settings.target, settings.base_model), nl=False)
 
 
 cli = command("export-config", ExportSettings, print_snippet, SUMMARY)

@@ -1,0 +1,33 @@
+"""`ftprep export`: an output folder as local Parquet files and a dataset card, as `ftprep push` uploads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from ftprep.commands import command
+from ftprep.settings import Settings, setting
+
+SUMMARY = ("Write FOLDER as Parquet files and a dataset card to a local folder, as push uploads them "
+           "(no token): datasets.load_dataset(DIR) and trl sft read it.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSettings(Settings):
+    folder: str = setting(argument=True, help="A folder written by ftprep score or mask.")
+    parquet: str = setting(path=True, metavar="DIR", help="Folder to write: new, empty, or one an earlier export wrote "
+                                                          "(its other configs are kept).")
+    config_name: str = setting("default", help="Config (subset) the files become; several configs can share DIR.")
+    license: str | None = setting(None, help="License in the card's metadata (default: the card's, else other).")
+
+
+def export(settings: ExportSettings) -> None:
+    from ftprep.push import export_parquet
+
+    click.echo(export_parquet(Path(settings.folder), Path(settings.parquet), config_name=settings.config_name,
+                              license=settings.license))
+
+
+cli = command("export", ExportSettings, export, SUMMARY)

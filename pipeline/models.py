@@ -33,7 +33,19 @@ EMBEDDED_MODEL_ORIGINS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FTPREP_CACHE", "~/.cache/ftprep")).expanduser()
+    """Where converted models (and saved in-memory inputs) live: $FTPREP_CACHE, else beside the
+    Hugging Face cache when the user moved it ($HF_HOME/ftprep: converted models belong with the
+    models), else the XDG cache ($XDG_CACHE_HOME/ftprep), else ~/.cache/ftprep."""
+    return Path(cache_dir_for(os.environ)).expanduser()
+
+
+def cache_dir_for(environ) -> str:
+    if environ.get("FTPREP_CACHE"):
+        return environ["FTPREP_CACHE"]
+    for variable in ("HF_HOME", "XDG_CACHE_HOME"):
+        if environ.get(variable):
+            return str(Path(environ[variable]) / "ftprep")
+    return "~/.cache/ftprep"
 
 
 def resolve_model(spec: str) -> str:

@@ -167,4 +167,4 @@ def against_scores(settings: MaskSettings, scored_dir: Path):
     return against, against.rows_for(scored_dir, [table.select(columns) for table in read_shards(scored_dir)])
 
 
-cli = shard_command("mask", MaskSettings, MaskCommand, SUMMARY)
+cli = shard_command("mask", MaskSettings, MaskCommand, SUMMARY, model=False)

@@ -18,6 +18,10 @@ from ftprep.stages.anchor import AXOLOTL_COLUMNS, HF_COLUMNS, axolotl_columns, h
 from ftprep.stages.strategies import AGAINST_LOGPROBS, strategy_named, writes_weights
 
 IGNORE_INDEX = -100
+# Soft weights are counted per shard on a grid of 1 / WEIGHT_BINS over [0, 1]; the quantiles
+# that stats.json reports come from the merged counts, to within half a step (0.0005).
+WEIGHT_BINS = 1000
+WEIGHT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # Perplexity histogram edges: fine below the usual thresholds, coarse in the tail.
 PPL_BIN_EDGES = (1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0)
 
@@ -79,6 +83,25 @@ def perplexity_histogram(perplexities: np.ndarray, edges=PPL_BIN_EDGES) -> dict[
     return dict(zip(labels, counts.tolist()))
 
 
+def weight_histogram(weights: np.ndarray) -> dict[str, int]:
+    """Counts of weights rounded to the nearest 1 / WEIGHT_BINS (0 and 1 stay exact), keyed by
+    that step's number, empty steps left out: shards add up key by key (merge_counters)."""
+    steps = np.rint(np.clip(np.asarray(weights, dtype=np.float64), 0.0, 1.0) * WEIGHT_BINS).astype(np.int64)
+    found, counts = np.unique(steps, return_counts=True)
+    return {str(int(step)): int(count) for step, count in zip(found, counts)}
+
+
+def weight_quantiles(histogram: Mapping[str, int], quantiles=WEIGHT_QUANTILES) -> dict[str, float]:
+    """Quantiles of the weights a weight_histogram counted, as {"p5": ..., "p50": ...}: the
+    weight (to within 0.0005) that a share q of the weights is at or below."""
+    steps = np.array(sorted(int(step) for step in histogram), dtype=np.int64)
+    if not len(steps):
+        return {}
+    cumulative = np.cumsum([histogram[str(step)] for step in steps])
+    return {f"p{round(q * 100)}": float(steps[np.searchsorted(cumulative, q * cumulative[-1], side="left")] / WEIGHT_BINS)
+            for q in quantiles}
+
+
 def training_schema(config: Mapping) -> pa.Schema:
     """The training columns a mask run with these settings writes."""
     fields = [("input_ids", pa.list_(pa.int32())), ("attention_mask", pa.list_(pa.int8())), ("labels", pa.list_(pa.int32()))]
@@ -127,7 +150,13 @@ class MaskStage:
                         f"only {int(kept_per_row[row])} supervised tokens left (--min-kept {self.config['min_kept']})",
                         kind="fewer supervised tokens than --min-kept")
         output = self._training_table(view, labels, weights, extra).filter(pa.array(keep_row))
-        stats = self._stats(view, masked, supervised, weights)
+        # One meaning of "masked" everywhere (stats, report, card, inspect): no loss, because
+        # the label is -100 or the weight is 0 (soft weights underflow to exactly 0).
+        no_loss = view.assistant & ((labels == IGNORE_INDEX) | (weights == 0))
+        stats = self._stats(view, no_loss, supervised, weights)
+        if self.strategy.makes_weights:
+            stats["zero_weight_tokens"] = int((view.assistant & (weights == 0)).sum())
+            stats["weight_histogram"] = weight_histogram(weights[view.assistant])
         if kl_mask is not None:
             stats.update(anchor_tokens=int((view.assistant & ~masked).sum()), kl_tokens=int(kl_mask.sum()))
         return output, stats

@@ -64,6 +64,26 @@ class TokenView:
         return perplexity(self.logprobs)
 
 
+def tokens_without_loss(assistant: np.ndarray, labels: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """What "masked" means in stats, report, card and inspect alike: assistant tokens that get
+    no loss, because their label is -100 or their weight is 0."""
+    no_loss = labels == IGNORE_INDEX
+    if weights is not None:
+        no_loss |= weights == 0
+    return assistant & no_loss
+
+
+def threshold_preview(offsets, input_ids, assistant, logprobs, end_of_turn_ids, threshold: float) -> np.ndarray:
+    """On scores alone: the tokens `ftprep mask --strategy threshold --threshold T` would mask,
+    by the mask's own rule (end-of-turn tokens stay supervised, as --keep-eos does by default)."""
+    ids = np.asarray(input_ids)
+    view = TokenView(offsets=np.asarray(offsets), input_ids=ids, assistant=np.asarray(assistant, dtype=bool),
+                     logprobs=np.asarray(logprobs, dtype=np.float32),
+                     end_of_turn=np.asarray(assistant, dtype=bool) & np.isin(ids, np.asarray(list(end_of_turn_ids), dtype=np.int64)))
+    masked, _ = strategy_named("threshold").masked(view, mask_candidates(view, keep_eos=True), {"threshold": threshold}, None)
+    return masked
+
+
 def mask_candidates(view: TokenView, keep_eos: bool) -> np.ndarray:
     """Assistant tokens a strategy may mask or down-weight."""
     return view.assistant & ~view.end_of_turn if keep_eos else view.assistant.copy()
@@ -152,7 +172,7 @@ class MaskStage:
         output = self._training_table(view, labels, weights, extra).filter(pa.array(keep_row))
         # One meaning of "masked" everywhere (stats, report, card, inspect): no loss, because
         # the label is -100 or the weight is 0 (soft weights underflow to exactly 0).
-        no_loss = view.assistant & ((labels == IGNORE_INDEX) | (weights == 0))
+        no_loss = tokens_without_loss(view.assistant, labels, weights)
         stats = self._stats(view, no_loss, supervised, weights)
         if self.strategy.makes_weights:
             stats["zero_weight_tokens"] = int((view.assistant & (weights == 0)).sum())

@@ -19,7 +19,8 @@ SUMMARY = "Show one row's tokens, with masked or low-weight tokens marked, and i
 class InspectSettings(Settings):
     folder: str = setting(argument=True, help="A folder written by ftprep score, regen or mask.")
     row: int = setting(0, low=0, help="Row number (0-based).")
-    threshold: float = setting(2.5, low=1, low_open=True, help="Scored datasets: mark tokens with perplexity above this.")
+    threshold: float = setting(2.5, low=1, low_open=True, help="Scored datasets: mark what ftprep mask --threshold would mask (perplexity above "
+                                                                  "this; end-of-turn tokens stay supervised).")
     color: bool | None = setting(None, toggle=True, help="Colour (default: on a terminal, unless NO_COLOR is set).")
 
 

@@ -1,5 +1,6 @@
 """`ftprep report`: a self-contained page whose plots, tables and row view a real browser shows."""
 
+import html
 import json
 import os
 import re
@@ -153,3 +154,17 @@ def test_axis_ticks_are_round_numbers():
     assert nice_ticks(20000) == [0, 5000, 10000, 15000, 20000]
     assert nice_ticks(0.8) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8])
     assert nice_ticks(0) == [0.0, 1.0]
+
+
+def test_report_lists_the_settings_and_the_rejects_by_reason(tmp_path, tiny_model_dir):
+    from conftest import DATA
+
+    scored, page = tmp_path / "scored", tmp_path / "report.html"
+    run_cli("score", DATA / "bad_rows.jsonl", "-o", scored, "--model", tiny_model_dir)
+    run_cli("report", scored, "-o", page)
+    text = page.read_text()
+    reasons = json.loads((scored / "stats.json").read_text())["reject_reasons"]
+    assert sum(reasons.values()) == 7
+    for reason, count in reasons.items():
+        assert f"{count:,} × {html.escape(reason)}" in text
+    assert "score settings</th>" in text and "model=" in text and "12 in, 5 out, 7 rejected" in text

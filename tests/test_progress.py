@@ -75,3 +75,30 @@ def test_loading_a_model_shows_no_loading_bar_and_restores_the_bars(tiny_model_d
     load_model(tiny_model_dir, "float32", "cpu")
     assert "Loading weights" not in terminal.getvalue()
     assert hf_logging.is_progress_bar_enabled()  # a notebook's bars come back after ftprep's load
+
+
+def test_regen_progress_moves_per_generation_batch(tmp_path, tiny_model_dir, monkeypatch):
+    import ftprep.commands.regen
+
+    monkeypatch.setattr(ftprep.progress, "PLAIN_LINE_SECONDS", 0.0)
+    # A small generation budget: a few prompts per `generate` call, so one shard takes several.
+    monkeypatch.setattr(ftprep.commands.regen, "default_generation_tokens", lambda device: 400)
+    out = tmp_path / "regen"
+    result = run_cli("regen", DATA / "arithmetic.jsonl", "-o", out, "--limit", 12, "--model", tiny_model_dir,
+                     "--n", 1, "--max-new-tokens", 8)
+    lines = [(int(match[1]), int(match[3].replace(",", ""))) for match in
+             (re.match(r"^regen: (\d+)/(\d+) rows, ([\d,]+) tokens", line) for line in result.stderr.splitlines()) if match]
+    stats = json.loads((out / "stats.json").read_text())
+    assert len([rows for rows, _ in lines if rows < 12]) >= 3, result.stderr
+    assert lines[-1] == (stats["rows_in"], stats["generated_tokens"]) == (12, stats["generated_tokens"])
+
+
+def test_a_row_counts_as_done_when_all_its_turns_are_generated():
+    from ftprep.stages.regen import rows_done_reporter
+    from ftprep.stages.regen.generate import Candidate
+
+    heard = []
+    report = rows_done_reporter([0, 0, 1, 2], lambda rows, tokens: heard.append((rows, tokens)))
+    report([0, 2], [[Candidate("a", True, 3)], [Candidate("b", True, 4), Candidate("c", False, 5)]])
+    report([1, 3], [[Candidate("d", True, 1)], []])
+    assert heard == [(1, 12), (2, 1)]  # row 1 first; row 0 once its second turn is done, with row 2

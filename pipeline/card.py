@@ -126,9 +126,11 @@ def facts_table(manifest: dict, stats: dict, histogram: dict[str, int], columns:
         ("assistant tokens", f"{assistant:,}"),
     ]
     if manifest["stage"] == "mask":
-        rows.append(("masked share of assistant tokens", f"{stats.get('masked_share', 0.0):.1%}"))
+        rows.append(("masked share of assistant tokens (no loss: label -100 or weight 0)", f"{stats.get('masked_share', 0.0):.1%}"))
         if manifest["config"]["strategy"] == "soft":
             rows.append(("mean weight of assistant tokens", f"{stats.get('mean_weight', 0.0):.3f}"))
+            if stats.get("weight_quantiles"):
+                rows.append(("weight quantiles", ", ".join(f"{name} {value:.3f}" for name, value in stats["weight_quantiles"].items())))
     else:
         above = sum(count for label, count in histogram.items() if float(label.split("-")[0]) >= STM_THRESHOLD)
         rows.append((f"share of assistant tokens above perplexity {STM_THRESHOLD:g}", f"{above / max(assistant, 1):.1%}"))

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from ftprep.progress import Progress
+from ftprep.progress import Progress, ShardProgress
 from ftprep.settings import Settings, setting
 from ftprep.stages import Rejects
 from ftprep.stages.errors import FtprepError
@@ -127,7 +127,7 @@ class LocalEngine(_Engine):
         return torch.cuda.is_available()
 
     def run(self, output: ShardedOutput, shards: Iterable, work: ShardWork, progress: Progress, device: str = "cpu") -> None:
-        step = None
+        step, shard_progress = None, ShardProgress(progress)
         try:
             for where in shards:
                 if output.has_shard(where.shard):
@@ -137,9 +137,11 @@ class LocalEngine(_Engine):
                 # Built on the first shard left to do: a finished run loads no model.
                 if step is None and work.build_model_stage is not None:
                     step = work.build_model_stage()
+                    if hasattr(step, "on_batch"):  # a stage that reports its batches moves the bar within a shard
+                        step.on_batch = shard_progress.batch
                 table, rejects, stats = run_model_step(step, prepared, work.columns)
                 output.write_shard(where.shard, table, rejects, stats)
-                progress.update(where.count, stats.get(work.tokens_key, 0))
+                shard_progress.finish(where.count, stats.get(work.tokens_key, 0))
         finally:
             progress.close()
             if step is not None:

@@ -14,6 +14,7 @@ import numpy as np
 from ftprep.models import load_tokenizer
 from ftprep.stages import perplexity
 from ftprep.stages.errors import FtprepError
+from ftprep.stages.mask import threshold_preview, tokens_without_loss
 from ftprep.stages.strategies import describe
 from ftprep.writers import read_manifest, read_shards
 
@@ -63,15 +64,16 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
     if manifest["stage"] == "score":
         scored = record
         assistant = np.asarray(record["assistant_mask"], dtype=bool)
-        masked = assistant & (perplexity(record["logprobs"]) > threshold)
+        masked = threshold_preview([0, len(ids)], ids, assistant, np.asarray(record["logprobs"], dtype=np.float32),
+                                   manifest["tokenizer"]["end_of_turn_ids"], threshold)
         weights = None
-        rule = f"perplexity > {threshold:g}"
+        rule = f"perplexity > {threshold:g}, end-of-turn tokens kept, as ftprep mask does"
     else:
         scored = scored_row_for_training_row(folder, Path(manifest["scored"]["path"]), row)
         labels = np.asarray(record["labels"])
         assistant = np.asarray(scored["assistant_mask"], dtype=bool) if scored else labels != -100
-        masked = assistant & (labels == -100)
         weights = np.asarray(record["loss_weights"]) if "loss_weights" in record else None
+        masked = tokens_without_loss(assistant, labels, weights)
         rule = describe(manifest["config"])
 
     pieces = [tokenizer.decode([int(token)]) for token in ids]
@@ -89,8 +91,8 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
             numbers.append(f"assistant perplexity mean {np.exp(np.mean(np.log(ppl))):.2f}, max {ppl.max():.1f}")
     if weights is not None:
         numbers.append(f"mean weight {weights[assistant].mean():.3f}" if assistant.any() else "no weights")
-    legend = ("dim: prompt, red: masked, yellow: weight < 0.5" if color
-              else "[masked]  {weight < 0.5}  prompt and kept tokens plain")
+    legend = ("dim: prompt, red: masked (no loss: label -100 or weight 0), yellow: weight < 0.5" if color
+              else "[masked: no loss, label -100 or weight 0]  {weight < 0.5}  prompt and kept tokens plain")
     return " · ".join(numbers) + "\n\n" + body + "\n\n" + legend
 
 

@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 
 from ftprep.progress import notice
@@ -35,7 +36,19 @@ EMBEDDED_MODEL_ORIGINS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FTPREP_CACHE", "~/.cache/ftprep")).expanduser()
+    """Where converted models (and saved in-memory inputs) live: $FTPREP_CACHE, else beside the
+    Hugging Face cache when the user moved it ($HF_HOME/ftprep: converted models belong with the
+    models), else the XDG cache ($XDG_CACHE_HOME/ftprep), else ~/.cache/ftprep."""
+    return Path(cache_dir_for(os.environ)).expanduser()
+
+
+def cache_dir_for(environ) -> str:
+    if environ.get("FTPREP_CACHE"):
+        return environ["FTPREP_CACHE"]
+    for variable in ("HF_HOME", "XDG_CACHE_HOME"):
+        if environ.get(variable):
+            return str(Path(environ[variable]) / "ftprep")
+    return "~/.cache/ftprep"
 
 
 def resolve_model(spec: str) -> str:
@@ -124,12 +137,15 @@ def dense_from_gguf(gguf_path: Path) -> Path:
 
 
 def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    notice(f"converting {gguf_path.name} once to a dense model in {out_dir.parent} ...")
+    with quiet_loading_bars():  # the notice says what happens; transformers' bars would repeat it
+        _dequantize(gguf_path, out_dir)
+
+
+def _dequantize(gguf_path: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    notice(f"converting {gguf_path.name} once to a dense model in {out_dir.parent} ...")
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         quantized = AutoModelForCausalLM.from_pretrained(
@@ -147,12 +163,28 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def quiet_progress_bars_off_terminal() -> None:
-    """transformers' weight-loading bars help on a terminal and flood a log file."""
-    if not sys.stderr.isatty():
-        from transformers.utils import logging as hf_logging
+@contextmanager
+def quiet_loading_bars():
+    """transformers' own "Loading weights" bar off while a model loads: on a terminal it leaves a
+    finished line above ftprep's bar, in a log file it floods. A download from the Hub keeps its
+    bar on a terminal (minutes for a big model). The previous state comes back afterwards, so a
+    notebook that calls ftprep.score keeps its bars."""
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+    transformers_bars, hub_bars_off = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # this turns the hub's bars off too
+    if not hub_bars_off and sys.stderr.isatty():
+        hub_utils.enable_progress_bars()
+    try:
+        yield
+    finally:
+        if transformers_bars:
+            hf_logging.enable_progress_bar()
+        if hub_bars_off:
+            hub_utils.disable_progress_bars()
+        else:
+            hub_utils.enable_progress_bars()
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -265,12 +297,12 @@ def load_model(model_dir: str, dtype: str, device: str, trust_remote_code: bool 
     import torch
     from transformers import AutoModelForCausalLM
 
-    quiet_progress_bars_off_terminal()
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), attn_implementation=model_attention(model_dir),
-            local_files_only=_local_only(model_dir), trust_remote_code=trust_remote_code,
-        )
+        with quiet_loading_bars():
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=getattr(torch, dtype), attn_implementation=model_attention(model_dir),
+                local_files_only=_local_only(model_dir), trust_remote_code=trust_remote_code,
+            )
     except Exception as exc:
         raise FtprepError(f"cannot load the model {model_dir}: {_load_failure(exc)}") from exc
     return model.to(device).eval()

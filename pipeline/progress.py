@@ -1,9 +1,17 @@
-"""Progress on long work: a bar on a terminal, a plain line every few seconds otherwise."""
+"""Progress on long work: a bar on a terminal, a plain line every PLAIN_LINE_SECONDS otherwise.
+
+Both count input rows and tokens as stats.json does (rows_in, tokens): a model stage reports
+each batch as it finishes, and the end of a shard tops the counts up to what it committed
+(rejected rows, rows with nothing to score), so the last line's numbers are stats.json's.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+
+# Without a terminal (a log file, a CI job): one plain line this often, and one at the end.
+PLAIN_LINE_SECONDS = 30.0
 
 
 def notice(message: str) -> None:
@@ -13,14 +21,14 @@ def notice(message: str) -> None:
 
 
 class Progress:
-    def __init__(self, label: str, total_rows: int | None, interval: float = 10.0, stream=None, unit: str = "row"):
+    def __init__(self, label: str, total_rows: int | None, interval: float | None = None, stream=None, unit: str = "row"):
         self.unit = unit
         self.label = label
         self.total = total_rows
         self.stream = stream or sys.stderr
         self.rows = self.tokens = self.printed_rows = 0
         self.started = self.last_line = time.monotonic()
-        self.interval = interval
+        self.interval = PLAIN_LINE_SECONDS if interval is None else interval
         self.bar = None
         if self.stream.isatty():
             from tqdm import tqdm
@@ -33,7 +41,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(rows)
             if self.tokens:
-                self.bar.set_postfix_str(f"{self.tokens / self.elapsed():,.0f} tok/s", refresh=False)
+                self.bar.set_postfix_str(f"{self.tokens:,} tok, {self.tokens / self.elapsed():,.0f} tok/s", refresh=False)
             return
         now = time.monotonic()
         if now - self.last_line >= self.interval:
@@ -53,6 +61,39 @@ class Progress:
             self.stream.flush()
 
     def _line(self) -> str:
+        elapsed = self.elapsed()
         total = f"/{self.total}" if self.total is not None else ""
-        rate = f", {self.tokens / self.elapsed():,.0f} tok/s" if self.tokens else ""
-        return f"{self.label}: {self.rows}{total} {self.unit}s, {self.elapsed():.0f}s{rate}"
+        tokens = f", {self.tokens:,} tokens ({self.tokens / elapsed:,.0f} tok/s)" if self.tokens else ""
+        eta = ""
+        if self.total and 0 < self.rows < self.total:
+            eta = f", ETA {clock(elapsed * (self.total - self.rows) / self.rows)}"
+        return f"{self.label}: {self.rows}{total} {self.unit}s{tokens}, {clock(elapsed)}{eta}"
+
+
+def clock(seconds: float) -> str:
+    """12s, 3m05s, 2h04m: short and unambiguous in a log line."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class ShardProgress:
+    """One shard's progress: batches as the model stage finishes them, then, at the shard's
+    end, the rest of its committed counts (rows rejected before the model, rows with nothing
+    to score), so each shard adds exactly its rows_in and tokens."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.rows = self.tokens = 0
+
+    def batch(self, rows: int, tokens: int) -> None:
+        self.rows += rows
+        self.tokens += tokens
+        self.progress.update(rows, tokens)
+
+    def finish(self, rows: int, tokens: int) -> None:
+        self.progress.update(max(rows - self.rows, 0), max(tokens - self.tokens, 0))
+        self.rows = self.tokens = 0

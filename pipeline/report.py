@@ -1,29 +1,40 @@
 """`ftprep report`: one self-contained HTML page about a scored or training dataset.
 
 Plots are inline SVG drawn here (no plotting library, no network): the perplexity histogram
-with the threshold line, the masked share per row, the weight distribution, the most often
-masked tokens and three example rows with their masked tokens highlighted.
+(with the threshold line where a threshold applies), the masked share per row, the weight
+distribution; the most masked tokens by rate and by count; the run's settings, model and
+rejects; and a sortable table of rows, each shown with its masked tokens highlighted when
+clicked (a few lines of plain JavaScript over the rows' tokens, embedded as JSON).
+
+"Masked" means what it means in stats.json and the card: no loss (label -100 or weight 0).
+On a scored dataset the page previews `ftprep mask --strategy threshold` by the mask's own
+rule (end-of-turn tokens stay supervised).
 """
 
 from __future__ import annotations
 
 import html
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ftprep.inspection import rows_mask_rejected
-from ftprep.models import load_tokenizer
+from ftprep.models import EMBEDDED_MODEL_ORIGINS, load_tokenizer
 from ftprep.stages import flat_values, perplexity, row_offsets
 from ftprep.stages.errors import FtprepError
-from ftprep.stages.mask import PPL_BIN_EDGES
-from ftprep.stages.strategies import describe
+from ftprep.stages.mask import PPL_BIN_EDGES, threshold_preview, tokens_without_loss
+from ftprep.stages.strategies import REGISTRY, describe
 from ftprep.writers import read_manifest, read_shards
 
 PPL_EDGES = np.array([*PPL_BIN_EDGES, np.inf])  # the bins of stats.json
-EXAMPLE_ROWS = 3
-LOW_WEIGHT = 0.5
+LOW_WEIGHT = 0.5  # soft weights below this are marked "down-weighted" (not masked: they still train)
+TOP_TOKENS = 20
+MIN_SEEN = 10  # a token's masked rate is listed only when it was seen at least this often
+TABLE_ROWS = 1000  # rows in the table (evenly spread over a bigger dataset): each carries its tokens
+KIND_CODES = {"prompt": "p", "kept": "k", "masked": "m", "low": "l"}
 
 
 @dataclass
@@ -32,10 +43,26 @@ class ReportData:
     input_ids: np.ndarray
     assistant: np.ndarray
     perplexity: np.ndarray
-    masked: np.ndarray
+    masked: np.ndarray  # no loss: label -100 or weight 0 (on scores: what the threshold would mask)
     weights: np.ndarray | None
     ids: list[str]
     rule: str
+    threshold: float | None = None  # where the perplexity plot draws its line; None: no threshold applies
+
+    @property
+    def rows(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def row_of_token(self) -> np.ndarray:
+        return np.repeat(np.arange(self.rows), np.diff(self.offsets))
+
+    @property
+    def low(self) -> np.ndarray:
+        """Down-weighted tokens: trained on, with a weight below LOW_WEIGHT."""
+        if self.weights is None:
+            return np.zeros(len(self.input_ids), dtype=bool)
+        return self.assistant & ~self.masked & (self.weights < LOW_WEIGHT)
 
 
 def load_report_data(folder: Path, threshold: float) -> tuple[ReportData, dict]:
@@ -52,21 +79,21 @@ def load_report_data(folder: Path, threshold: float) -> tuple[ReportData, dict]:
     scored = _concat_scored(scored_dir, rejected)
     ppl = perplexity(scored["logprobs"])
     if manifest["stage"] == "score":
-        masked = scored["assistant"] & (ppl > threshold)
-        weights, rule = None, f"perplexity > {threshold:g}"
+        masked = threshold_preview(scored["offsets"], scored["input_ids"], scored["assistant"], scored["logprobs"],
+                                   manifest["tokenizer"]["end_of_turn_ids"], threshold)
+        weights, drawn = None, threshold
+        rule = (f"preview of ftprep mask --threshold {threshold:g}: perplexity above {threshold:g}, "
+                f"end-of-turn tokens stay supervised")
     else:
         tables = list(read_shards(folder))
         labels = np.concatenate([flat_values(t, "labels") for t in tables])
         weights = np.concatenate([flat_values(t, "loss_weights") for t in tables]) if "loss_weights" in tables[0].column_names else None
-        if manifest["config"]["strategy"] == "soft":  # nothing is masked: show the down-weighted tokens instead
-            masked = scored["assistant"] & (weights < LOW_WEIGHT)
-            rule = f"{describe(manifest['config'])}; marked: weight < {LOW_WEIGHT:g}"
-        else:
-            masked = scored["assistant"] & (labels == -100)
-            rule = describe(manifest["config"])
-        threshold = manifest["config"].get("threshold", threshold)
-    data = ReportData(scored["offsets"], scored["input_ids"], scored["assistant"], ppl, masked, weights, scored["ids"], rule)
-    return data, {**manifest, "threshold": threshold}
+        masked = tokens_without_loss(scored["assistant"], labels, weights)
+        rule = describe(manifest["config"])
+        drawn = manifest["config"]["threshold"] if manifest["config"]["strategy"] == "threshold" else None
+    data = ReportData(scored["offsets"], scored["input_ids"], scored["assistant"], ppl, masked, weights, scored["ids"],
+                      rule, drawn)
+    return data, manifest
 
 
 def _concat_scored(scored_dir: Path, rejected: set[int]) -> dict:
@@ -88,54 +115,102 @@ def _concat_scored(scored_dir: Path, rejected: set[int]) -> dict:
     }
 
 
-def svg_bars(counts, labels, title: str, marker_at: float | None = None, color: str = "#4c78a8") -> str:
-    """A bar chart as inline SVG; `marker_at` draws a vertical line at that bar position."""
-    width, height, left, bottom = 640, 240, 48, 40
+# --- plots ---------------------------------------------------------------------------------
+
+def nice_ticks(top: float, most: int = 5) -> list[float]:
+    """0 and round steps (1, 2 or 5 x 10^k) up to at least `top`, at most `most` + 1 ticks."""
+    if top <= 0:
+        return [0.0, 1.0]
+    raw = top / most
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(factor * magnitude for factor in (1, 2, 5, 10) if factor * magnitude >= raw)
+    return [step * index for index in range(int(math.ceil(top / step - 1e-9)) + 1)]
+
+
+def svg_bars(counts, labels, title: str, x_title: str, y_title: str, marker_at: float | None = None,
+             marker_label: str = "", color: str = "#4c78a8") -> str:
+    """A bar chart as inline SVG with both axes titled and ticked; `marker_at` draws a dashed
+    vertical line at that bar position (bars are numbered from 0, their left edge)."""
+    width, height, left, right, top_pad, bottom = 680, 280, 70, 12, 18, 56
+    plot_w, plot_h = width - left - right, height - top_pad - bottom
     counts = np.asarray(counts, dtype=float)
-    top = counts.max() if len(counts) and counts.max() > 0 else 1.0
-    slot = (width - left - 10) / max(len(counts), 1)
-    bars, ticks = [], []
+    ticks = nice_ticks(counts.max() if len(counts) else 0)
+    scale = plot_h / ticks[-1]
+    slot = plot_w / max(len(counts), 1)
+    base = top_pad + plot_h
+    parts = []
+    for value in ticks:  # y ticks and grid lines
+        y = base - value * scale
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
+                     f'<line x1="{left - 4}" x2="{left}" y1="{y:.1f}" y2="{y:.1f}" stroke="#333"/>'
+                     f'<text x="{left - 7}" y="{y + 3.5:.1f}" font-size="10" text-anchor="end">{value:,.0f}</text>')
     for index, (count, label) in enumerate(zip(counts, labels)):
-        bar_height = (height - bottom - 20) * count / top
+        bar_h = count * scale
         x = left + index * slot
-        bars.append(f'<rect class="bar" x="{x + 2:.1f}" y="{height - bottom - bar_height:.1f}" width="{slot - 4:.1f}" '
-                    f'height="{bar_height:.1f}" fill="{color}"><title>{html.escape(str(label))}: {int(count)}</title></rect>')
-        ticks.append(f'<text x="{x + slot / 2:.1f}" y="{height - bottom + 14}" font-size="9" text-anchor="middle">{html.escape(str(label))}</text>')
-    marker = ""
+        parts.append(f'<rect class="bar" x="{x + 2:.1f}" y="{base - bar_h:.1f}" width="{max(slot - 4, 1):.1f}" '
+                     f'height="{bar_h:.1f}" fill="{color}"><title>{html.escape(str(label))}: {int(count):,}</title></rect>'
+                     f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{base}" y2="{base + 4}" stroke="#333"/>'
+                     f'<text x="{x:.1f}" y="{base + 15}" font-size="10" text-anchor="middle">{html.escape(str(label))}</text>')
+    parts.append(f'<line x1="{left}" x2="{width - right}" y1="{base}" y2="{base}" stroke="#333"/>'
+                 f'<line x1="{left}" x2="{left}" y1="{top_pad}" y2="{base}" stroke="#333"/>'
+                 f'<text x="{left + plot_w / 2:.1f}" y="{height - 12}" font-size="12" text-anchor="middle">{html.escape(x_title)}</text>'
+                 f'<text transform="translate(16 {top_pad + plot_h / 2:.1f}) rotate(-90)" font-size="12" '
+                 f'text-anchor="middle">{html.escape(y_title)}</text>')
     if marker_at is not None:
         x = left + marker_at * slot
-        marker = (f'<line class="threshold" x1="{x:.1f}" x2="{x:.1f}" y1="14" y2="{height - bottom}" stroke="#d62728" stroke-width="2" '
-                  f'stroke-dasharray="5,3"/><text x="{x + 4:.1f}" y="24" font-size="11" fill="#d62728">threshold</text>')
+        parts.append(f'<line class="threshold" x1="{x:.1f}" x2="{x:.1f}" y1="{top_pad}" y2="{base}" stroke="#d62728" '
+                     f'stroke-width="2" stroke-dasharray="5,3"/><text x="{x + 5:.1f}" y="{top_pad + 12}" font-size="11" '
+                     f'fill="#d62728">{html.escape(marker_label)}</text>')
     return (f'<figure><figcaption>{html.escape(title)}</figcaption><svg class="plot" xmlns="http://www.w3.org/2000/svg" '
-            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-            f'<line x1="{left}" x2="{width - 10}" y1="{height - bottom}" y2="{height - bottom}" stroke="#333"/>'
-            f'<text x="4" y="24" font-size="10">{int(top)}</text>{"".join(bars)}{"".join(ticks)}{marker}</svg></figure>')
+            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">{"".join(parts)}</svg></figure>')
 
 
-def perplexity_plot(data: ReportData, threshold: float) -> str:
+def perplexity_plot(data: ReportData) -> str:
     values = data.perplexity[data.assistant & ~np.isnan(data.perplexity)]
     counts, _ = np.histogram(values, bins=PPL_EDGES)
     labels = [f"{edge:g}" for edge in PPL_EDGES[:-1]]
-    # The threshold line sits where it falls between the bin edges (bins are uneven).
-    position = np.interp(threshold, PPL_EDGES[:-1], np.arange(len(PPL_EDGES) - 1))
-    return svg_bars(counts, labels, "Perplexity of assistant tokens (bins start at the label)", marker_at=position)
+    marker = None
+    if data.threshold is not None:
+        # The line sits where the threshold falls between the bin edges (bins are uneven).
+        marker = float(np.interp(data.threshold, PPL_EDGES[:-1], np.arange(len(PPL_EDGES) - 1)))
+    return svg_bars(counts, labels, "Perplexity of assistant tokens", "perplexity under the model (each bin starts at its label)",
+                    "assistant tokens", marker_at=marker, marker_label=f"threshold {data.threshold:g}" if marker is not None else "")
 
 
-def masked_share_plot(data: ReportData) -> str:
-    rows = np.repeat(np.arange(len(data.offsets) - 1), np.diff(data.offsets))
-    assistant_per_row = np.bincount(rows[data.assistant], minlength=len(data.offsets) - 1)
-    masked_per_row = np.bincount(rows[data.masked], minlength=len(data.offsets) - 1)
-    share = masked_per_row / np.maximum(assistant_per_row, 1)
+def row_numbers(data: ReportData) -> dict[str, np.ndarray]:
+    """Per row: tokens, assistant tokens, masked tokens, and the mean perplexity of its scored
+    assistant tokens (exp of their mean -logprob; NaN where none was scored)."""
+    rows = data.row_of_token
+    scored = data.assistant & ~np.isnan(data.perplexity)
+    scored_count = np.bincount(rows[scored], minlength=data.rows)
+    log_sum = np.bincount(rows[scored], weights=np.log(data.perplexity[scored]), minlength=data.rows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_ppl = np.exp(log_sum / scored_count)
+    return {
+        "tokens": np.diff(data.offsets),
+        "assistant": np.bincount(rows[data.assistant], minlength=data.rows),
+        "masked": np.bincount(rows[data.masked], minlength=data.rows),
+        "mean_ppl": np.where(scored_count > 0, mean_ppl, np.nan),
+    }
+
+
+def masked_share_plot(data: ReportData, numbers: dict) -> str:
+    share = numbers["masked"] / np.maximum(numbers["assistant"], 1)
     counts, edges = np.histogram(share, bins=10, range=(0, 1))
-    return svg_bars(counts, [f"{edge:.0%}" for edge in edges[:-1]], "Masked share of assistant tokens, per row (number of rows)", color="#f58518")
+    return svg_bars(counts, [f"{edge:.0%}" for edge in edges[:-1]], "Masked share per row (no loss: label -100 or weight 0)",
+                    "share of the row's assistant tokens masked (each bin starts at its label)", "rows", color="#f58518")
 
 
 def weight_plot(data: ReportData) -> str:
     if data.weights is None:
         return "<p>No per-token weights in this dataset (hard masks only).</p>"
     counts, edges = np.histogram(data.weights[data.assistant], bins=10, range=(0, 1))
-    return svg_bars(counts, [f"{edge:.1f}" for edge in edges[:-1]], "Weights of assistant tokens", color="#54a24b")
+    counts[-1] += int((data.weights[data.assistant] > 1).sum())
+    return svg_bars(counts, [f"{edge:.1f}" for edge in edges[:-1]], "Loss weights of assistant tokens",
+                    "loss weight (each bin starts at its label; 1.0 included in the last)", "assistant tokens", color="#54a24b")
 
+
+# --- tables --------------------------------------------------------------------------------
 
 def masked_token_counts(data: ReportData):
     """Per token id over the assistant tokens: how often it is seen, how often masked, and the share."""
@@ -146,48 +221,201 @@ def masked_token_counts(data: ReportData):
             .with_columns(share=pl.col("masked") / pl.col("seen")))
 
 
-def top_masked_table(data: ReportData, tokenizer, count: int = 20) -> str:
+def top_masked_tables(data: ReportData, tokenizer, count: int = TOP_TOKENS) -> str:
+    """The most masked tokens two ways: by rate (masked / seen, among tokens seen at least
+    MIN_SEEN times), which shows what the rule singles out, and by count, which punctuation
+    and common words lead because they are everywhere."""
     import polars as pl
 
-    top = (masked_token_counts(data).filter(pl.col("masked") > 0)
-           .sort(["masked", "token"], descending=[True, False]).head(count))
-    rows = "".join(f"<tr><td><code>{html.escape(repr(tokenizer.decode([token])))}</code></td><td>{masked}</td><td>{seen}</td>"
-                   f"<td>{share:.0%}</td></tr>" for token, masked, seen, share in top.select("token", "masked", "seen", "share").iter_rows())
-    return f'<table class="top"><tr><th>token</th><th>times masked</th><th>seen</th><th>share masked</th></tr>{rows}</table>'
+    counts = masked_token_counts(data).filter(pl.col("masked") > 0)
+    by_rate = counts.filter(pl.col("seen") >= MIN_SEEN).sort(["share", "masked", "token"], descending=[True, True, False]).head(count)
+    by_count = counts.sort(["masked", "token"], descending=[True, False]).head(count)
+
+    def table(frame, caption: str) -> str:
+        rows = "".join(f"<tr><td><code>{html.escape(repr(tokenizer.decode([token])))}</code></td><td>{share:.0%}</td>"
+                       f"<td>{masked:,}</td><td>{seen:,}</td></tr>"
+                       for token, masked, seen, share in frame.select("token", "masked", "seen", "share").iter_rows())
+        body = rows or f'<tr><td colspan="4">no masked token seen {MIN_SEEN} times or more</td></tr>'
+        return (f'<table class="top"><caption>{html.escape(caption)}</caption><tr><th>token</th><th>masked rate</th>'
+                f'<th>times masked</th><th>seen</th></tr>{body}</table>')
+
+    return (f'<div class="pair">{table(by_rate, f"by rate (masked / seen, tokens seen {MIN_SEEN} times or more)")}'
+            f'{table(by_count, "by count")}</div>')
 
 
-def example_rows(data: ReportData, tokenizer) -> str:
-    rows = np.repeat(np.arange(len(data.offsets) - 1), np.diff(data.offsets))
-    masked_per_row = np.bincount(rows[data.masked], minlength=len(data.offsets) - 1)
-    chosen = np.argsort(-masked_per_row, kind="stable")[:EXAMPLE_ROWS]
-    blocks = []
-    for row in sorted(chosen):
-        start, end = data.offsets[row], data.offsets[row + 1]
-        spans = []
-        for position in range(start, end):
-            text = html.escape(tokenizer.decode([int(data.input_ids[position])]))
-            kind = "masked" if data.masked[position] else ("kept" if data.assistant[position] else "prompt")
-            spans.append(f'<span class="{kind}" title="ppl {data.perplexity[position]:.2f}">{text}</span>')
-        blocks.append(f'<h3>row {row} · id {html.escape(data.ids[row])} · {int(masked_per_row[row])} masked</h3><pre class="row">{"".join(spans)}</pre>')
-    return "".join(blocks)
+def weight_summary(data: ReportData) -> str:
+    if data.weights is None:
+        return ""
+    weights = data.weights[data.assistant]
+    quantiles = np.quantile(weights, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(weights) else np.zeros(5)
+    spread = ", ".join(f"p{name} {value:.3f}" for name, value in zip((5, 25, 50, 75, 95), quantiles))
+    low = data.low.sum() / max(int(data.assistant.sum()), 1)
+    return (f"<p>Loss weights of assistant tokens: mean {weights.mean() if len(weights) else 0:.3f}; {spread}; "
+            f"{low:.1%} down-weighted below {LOW_WEIGHT:g} (trained on, so not counted as masked).</p>")
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}figure{margin:1em 0}
-figcaption{font-weight:600;margin-bottom:.3em}pre.row{white-space:pre-wrap;background:#f7f7f7;padding:1em}
-.prompt{color:#888}.masked{background:#f8c4c4;color:#900;text-decoration:line-through}
-table.top td,table.top th{padding:.2em .8em;text-align:left}"""
+def model_line(model: dict) -> str:
+    spec = model.get("spec", "?")
+    origin = f" ({EMBEDDED_MODEL_ORIGINS[spec]}, dequantized from its embedded GGUF)" if spec in EMBEDDED_MODEL_ORIGINS else ""
+    return f"{spec}{origin}, {model.get('backend', '?')} backend, {model.get('dtype', '?')}"
+
+
+def settings_table(folder: Path, manifest: dict) -> str:
+    """The model, each command's settings, and the rows in, out and rejected by reason."""
+    steps = [(manifest["stage"], folder, manifest)]
+    if manifest["stage"] == "mask":
+        scored_dir = Path(manifest["scored"]["path"])
+        steps.insert(0, ("score", scored_dir, read_manifest(scored_dir)))
+    rows = [("model", model_line(manifest["model"]))]
+    for stage, where, step in steps:
+        config = ", ".join(f"{key}={value}" for key, value in relevant_settings(step.get("config", {})).items())
+        counts = step.get("counts", {})
+        rows.append((f"{stage} settings", config))
+        rows.append((f"{stage} rows", f"{counts.get('rows_in', 0):,} in, {counts.get('rows_out', 0):,} out, "
+                                      f"{counts.get('rows_rejected', 0):,} rejected"))
+        for reason, count in sorted(_reject_reasons(where).items(), key=lambda item: (-item[1], item[0])):
+            rows.append((f"{stage} rejects", f"{count:,} × {reason} (see {where / 'rejects.jsonl'})"))
+    body = "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(value))}</td></tr>" for name, value in rows)
+    return f'<table class="settings">{body}</table>'
+
+
+def relevant_settings(config: dict) -> dict:
+    """The settings given or in effect, without other strategies' options (a soft run's
+    --threshold did nothing) and without options left unset."""
+    strategy = config.get("strategy")
+    others = set()
+    if strategy in REGISTRY:
+        others = {option for other in REGISTRY.values() for option in other.options} - set(REGISTRY[strategy].options)
+    return {key: value for key, value in config.items() if value is not None and key not in others}
+
+
+def _reject_reasons(folder: Path) -> dict:
+    try:
+        reasons = json.loads((folder / "stats.json").read_text()).get("reject_reasons", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return reasons if isinstance(reasons, dict) else {}
+
+
+def shown_rows(total: int, limit: int = TABLE_ROWS) -> np.ndarray:
+    """All rows, or `limit` of them evenly spread over the dataset."""
+    if total <= limit:
+        return np.arange(total)
+    return np.unique(np.linspace(0, total - 1, limit).round().astype(np.int64))
+
+
+def rows_payload(data: ReportData, numbers: dict, tokenizer, rows: np.ndarray) -> dict:
+    """What the page's script needs to show a row: each token as an index into `pieces` (the
+    decoded text of each distinct token), its kind (p prompt, k kept, m masked, l down-weighted)
+    and its perplexity."""
+    positions = np.concatenate([np.arange(data.offsets[row], data.offsets[row + 1]) for row in rows])
+    distinct, piece_of = np.unique(data.input_ids[positions], return_inverse=True)
+    kinds = np.where(data.masked, "m", np.where(data.low, "l", np.where(data.assistant, "k", "p")))
+    payload, cursor = [], 0
+    for row in rows:
+        length = int(data.offsets[row + 1] - data.offsets[row])
+        span = slice(data.offsets[row], data.offsets[row + 1])
+        ppl = data.perplexity[span]
+        payload.append({"row": int(row), "id": data.ids[row], "masked": int(numbers["masked"][row]),
+                        "t": piece_of[cursor:cursor + length].tolist(), "k": "".join(kinds[span]),
+                        "p": [None if np.isnan(value) else float(f"{value:.3g}") for value in ppl]})
+        cursor += length
+    return {"pieces": [tokenizer.decode([int(token)]) for token in distinct], "rows": payload}
+
+
+def row_table(data: ReportData, numbers: dict, rows: np.ndarray) -> str:
+    """The sortable table; each cell's data-v holds the value it sorts by."""
+    lines = []
+    for index, row in enumerate(rows):
+        share = numbers["masked"][row] / max(numbers["assistant"][row], 1)
+        ppl = numbers["mean_ppl"][row]
+        lines.append(f'<tr data-i="{index}"><td data-v="{row}">{row}</td><td data-v="{html.escape(data.ids[row], quote=True)}">'
+                     f'{html.escape(data.ids[row])}</td><td data-v="{numbers["tokens"][row]}">{numbers["tokens"][row]:,}</td>'
+                     f'<td data-v="{numbers["assistant"][row]}">{numbers["assistant"][row]:,}</td>'
+                     f'<td data-v="{share:.6f}">{share:.1%}</td>'
+                     f'<td data-v="{-1 if np.isnan(ppl) else ppl:.6f}">{"–" if np.isnan(ppl) else f"{ppl:.2f}"}</td></tr>')
+    head = "".join(f'<th data-type="{kind}" title="click to sort">{name}</th>' for name, kind in (
+        ("row", "n"), ("id", "s"), ("tokens", "n"), ("assistant tokens", "n"), ("masked share", "n"), ("mean perplexity", "n")))
+    return f'<div class="scroll"><table id="rows" class="rows"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table></div>'
+
+
+def row_html(data: ReportData, row: int, tokenizer) -> str:
+    """One row with its tokens marked, as the page shows it before any click (the same markup
+    the script builds)."""
+    spans = []
+    for position in range(data.offsets[row], data.offsets[row + 1]):
+        kind = ("masked" if data.masked[position] else "low" if data.low[position]
+                else "kept" if data.assistant[position] else "prompt")
+        ppl = data.perplexity[position]
+        title = f' title="perplexity {ppl:.3g}"' if not np.isnan(ppl) else ""
+        spans.append(f'<span class="{kind}"{title}>{html.escape(tokenizer.decode([int(data.input_ids[position])]))}</span>')
+    return "".join(spans)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}figure{margin:1em 0}
+figcaption{font-weight:600;margin-bottom:.3em}pre.row{white-space:pre-wrap;background:#f7f7f7;padding:1em;margin-top:.3em}
+.prompt{color:#888}.masked{background:#f8c4c4;color:#900;text-decoration:line-through}.low{background:#fde9a9}
+table{border-collapse:collapse}td,th{padding:.2em .8em;text-align:left}caption{text-align:left;font-weight:600;padding:.3em 0}
+.pair{display:flex;gap:3em;flex-wrap:wrap;align-items:flex-start}table.settings th{vertical-align:top;white-space:nowrap}
+table.settings td{font-family:ui-monospace,monospace;font-size:90%}
+.scroll{max-height:24em;overflow-y:auto;border:1px solid #ddd}table.rows thead th{position:sticky;top:0;background:#eee;cursor:pointer}
+table.rows tbody tr{cursor:pointer}table.rows tbody tr:hover{background:#eef3fa}table.rows tbody tr.selected{background:#d7e5f7}
+table.rows th.asc::after{content:" \\25B2"}table.rows th.desc::after{content:" \\25BC"}"""
+
+# Plain JavaScript, no library: sort the table by a clicked header, show a clicked row's
+# tokens. #row=N opens row N and #sort=COLUMN sorts by that column, largest first.
+SCRIPT = """(function(){
+const data=JSON.parse(document.getElementById('row-data').textContent);
+const table=document.getElementById('rows'),body=table.tBodies[0],view=document.getElementById('row-view');
+const head=document.getElementById('row-head'),names={p:'prompt',k:'kept',m:'masked',l:'low'};
+function show(i){const r=data.rows[i];view.textContent='';
+ for(let j=0;j<r.t.length;j++){const s=document.createElement('span');s.className=names[r.k[j]];
+  s.textContent=data.pieces[r.t[j]];if(r.p[j]!==null)s.title='perplexity '+r.p[j];view.appendChild(s);}
+ head.textContent='row '+r.row+' · id '+r.id+' · '+r.masked+' masked';
+ for(const tr of body.rows)tr.classList.toggle('selected',tr.dataset.i==String(i));}
+function sort(col,desc){const numeric=table.tHead.rows[0].cells[col].dataset.type==='n';
+ const rows=Array.from(body.rows);rows.sort(function(a,b){const x=a.cells[col].dataset.v,y=b.cells[col].dataset.v;
+  const c=numeric?(parseFloat(x)-parseFloat(y)):x.localeCompare(y);return desc?-c:c;});
+ for(const r of rows)body.appendChild(r);
+ for(const th of table.tHead.rows[0].cells)th.classList.remove('asc','desc');
+ table.tHead.rows[0].cells[col].classList.add(desc?'desc':'asc');}
+Array.from(table.tHead.rows[0].cells).forEach(function(th,col){th.addEventListener('click',function(){
+ sort(col,!th.classList.contains('desc'));});});
+body.addEventListener('click',function(e){const tr=e.target.closest('tr');if(tr)show(+tr.dataset.i);});
+const hash=new URLSearchParams(location.hash.slice(1));
+if(hash.has('sort')){const col=Array.from(table.tHead.rows[0].cells).findIndex(function(th){return th.textContent===hash.get('sort');});
+ if(col>=0)sort(col,true);}
+if(hash.has('row')){const i=data.rows.findIndex(function(r){return r.row===+hash.get('row');});if(i>=0)show(i);}
+})();"""
+
+
+def script_json(value) -> str:
+    """JSON that cannot end the <script> element it sits in."""
+    return json.dumps(value, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
 def render_report(folder: Path, threshold: float = 2.5) -> str:
     data, manifest = load_report_data(folder, threshold)
     tokenizer = load_tokenizer(manifest["model"]["path"])
+    numbers = row_numbers(data)
     assistant = int(data.assistant.sum())
     share = data.masked.sum() / max(assistant, 1)
-    summary = (f"{len(data.offsets) - 1} rows, {assistant} assistant tokens, {share:.1%} masked ({html.escape(data.rule)}); "
-               f"model {html.escape(manifest['model']['spec'])}")
+    summary = (f"{data.rows:,} rows, {assistant:,} assistant tokens, {share:.1%} masked, that is without loss "
+               f"(label -100 or weight 0). Rule: {html.escape(data.rule)}.")
+    rows = shown_rows(data.rows)
+    first = int(rows[np.argmax(numbers["masked"][rows])])  # shown before any click: the most masked row
+    which = (f"all {data.rows:,} rows" if len(rows) == data.rows
+             else f"{len(rows):,} of {data.rows:,} rows, evenly spread over the dataset")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ftprep report: {html.escape(folder.name)}</title>"
             f"<style>{STYLE}</style></head><body><h1>ftprep report: {html.escape(str(folder))}</h1><p>{summary}</p>"
-            f"{perplexity_plot(data, manifest['threshold'])}{masked_share_plot(data)}{weight_plot(data)}"
-            f"<h2>Most often masked tokens</h2>{top_masked_table(data, tokenizer)}"
-            f"<h2>Example rows</h2><p>grey: prompt · struck red: masked · plain: trained on</p>{example_rows(data, tokenizer)}"
-            f"</body></html>")
+            f"{weight_summary(data)}"
+            f"<h2>Run</h2>{settings_table(folder, manifest)}"
+            f"<h2>Distributions</h2>{perplexity_plot(data)}{masked_share_plot(data, numbers)}{weight_plot(data)}"
+            f"<h2>Most masked tokens</h2>{top_masked_tables(data, tokenizer)}"
+            f"<h2>Rows</h2><p>{which}; click a header to sort, a row to show it below "
+            f"(grey: prompt · struck red: masked · yellow: weight below {LOW_WEIGHT:g} · plain: trained on; "
+            f"hover a token for its perplexity).</p>{row_table(data, numbers, rows)}"
+            f"<h3 id='row-head'>row {first} · id {html.escape(data.ids[first])} · {int(numbers['masked'][first])} masked</h3>"
+            f"<pre class='row' id='row-view'>{row_html(data, first, tokenizer)}</pre>"
+            f"<script type='application/json' id='row-data'>{script_json(rows_payload(data, numbers, tokenizer, rows))}</script>"
+            f"<script>{SCRIPT}</script></body></html>")

@@ -18,6 +18,10 @@ from ftprep.stages.anchor import AXOLOTL_COLUMNS, HF_COLUMNS, axolotl_columns, h
 from ftprep.stages.strategies import AGAINST_LOGPROBS, strategy_named, writes_weights
 
 IGNORE_INDEX = -100
+# Soft weights are counted per shard on a grid of 1 / WEIGHT_BINS over [0, 1]; the quantiles
+# that stats.json reports come from the merged counts, to within half a step (0.0005).
+WEIGHT_BINS = 1000
+WEIGHT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # Perplexity histogram edges: fine below the usual thresholds, coarse in the tail.
 PPL_BIN_EDGES = (1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0)
 
@@ -60,6 +64,26 @@ class TokenView:
         return perplexity(self.logprobs)
 
 
+def tokens_without_loss(assistant: np.ndarray, labels: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """What "masked" means in stats, report, card and inspect alike: assistant tokens that get
+    no loss, because their label is -100 or their weight is 0."""
+    no_loss = labels == IGNORE_INDEX
+    if weights is not None:
+        no_loss |= weights == 0
+    return assistant & no_loss
+
+
+def threshold_preview(offsets, input_ids, assistant, logprobs, end_of_turn_ids, threshold: float) -> np.ndarray:
+    """On scores alone: the tokens `ftprep mask --strategy threshold --threshold T` would mask,
+    by the mask's own rule (end-of-turn tokens stay supervised, as --keep-eos does by default)."""
+    ids = np.asarray(input_ids)
+    view = TokenView(offsets=np.asarray(offsets), input_ids=ids, assistant=np.asarray(assistant, dtype=bool),
+                     logprobs=np.asarray(logprobs, dtype=np.float32),
+                     end_of_turn=np.asarray(assistant, dtype=bool) & np.isin(ids, np.asarray(list(end_of_turn_ids), dtype=np.int64)))
+    masked, _ = strategy_named("threshold").masked(view, mask_candidates(view, keep_eos=True), {"threshold": threshold}, None)
+    return masked
+
+
 def mask_candidates(view: TokenView, keep_eos: bool) -> np.ndarray:
     """Assistant tokens a strategy may mask or down-weight."""
     return view.assistant & ~view.end_of_turn if keep_eos else view.assistant.copy()
@@ -77,6 +101,25 @@ def perplexity_histogram(perplexities: np.ndarray, edges=PPL_BIN_EDGES) -> dict[
     counts, _ = np.histogram(perplexities, bins=[*edges, np.inf])
     labels = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges, [*edges[1:], np.inf])]
     return dict(zip(labels, counts.tolist()))
+
+
+def weight_histogram(weights: np.ndarray) -> dict[str, int]:
+    """Counts of weights rounded to the nearest 1 / WEIGHT_BINS (0 and 1 stay exact), keyed by
+    that step's number, empty steps left out: shards add up key by key (merge_counters)."""
+    steps = np.rint(np.clip(np.asarray(weights, dtype=np.float64), 0.0, 1.0) * WEIGHT_BINS).astype(np.int64)
+    found, counts = np.unique(steps, return_counts=True)
+    return {str(int(step)): int(count) for step, count in zip(found, counts)}
+
+
+def weight_quantiles(histogram: Mapping[str, int], quantiles=WEIGHT_QUANTILES) -> dict[str, float]:
+    """Quantiles of the weights a weight_histogram counted, as {"p5": ..., "p50": ...}: the
+    weight (to within 0.0005) that a share q of the weights is at or below."""
+    steps = np.array(sorted(int(step) for step in histogram), dtype=np.int64)
+    if not len(steps):
+        return {}
+    cumulative = np.cumsum([histogram[str(step)] for step in steps])
+    return {f"p{round(q * 100)}": float(steps[np.searchsorted(cumulative, q * cumulative[-1], side="left")] / WEIGHT_BINS)
+            for q in quantiles}
 
 
 def training_schema(config: Mapping) -> pa.Schema:
@@ -127,7 +170,13 @@ class MaskStage:
                         f"only {int(kept_per_row[row])} supervised tokens left (--min-kept {self.config['min_kept']})",
                         kind="fewer supervised tokens than --min-kept")
         output = self._training_table(view, labels, weights, extra).filter(pa.array(keep_row))
-        stats = self._stats(view, masked, supervised, weights)
+        # One meaning of "masked" everywhere (stats, report, card, inspect): no loss, because
+        # the label is -100 or the weight is 0 (soft weights underflow to exactly 0).
+        no_loss = tokens_without_loss(view.assistant, labels, weights)
+        stats = self._stats(view, no_loss, supervised, weights)
+        if self.strategy.makes_weights:
+            stats["zero_weight_tokens"] = int((view.assistant & (weights == 0)).sum())
+            stats["weight_histogram"] = weight_histogram(weights[view.assistant])
         if kl_mask is not None:
             stats.update(anchor_tokens=int((view.assistant & ~masked).sum()), kl_tokens=int(kl_mask.sum()))
         return output, stats

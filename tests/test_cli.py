@@ -50,6 +50,7 @@ def test_score_mask_inspect_end_to_end(tmp_path):
     colored = run_cli("inspect", scored, "--row", "0", "--color").stdout
     assert "\x1b[1;31m" in colored
     assert "masked_share" in run_cli("stats", train).stdout
+    assert json.loads(run_cli("stats", train, "--json").stdout) == json.loads((train / "stats.json").read_text())
     again = run_cli("mask", scored, "-o", train)
     assert "already complete" in again.stdout
 
@@ -194,3 +195,34 @@ def test_bare_ftprep_shows_the_commands_in_workflow_order_and_exits_2():
     assert result.returncode == 2
     listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()]
     assert listed == ["score", "regen", "mask", "inspect", "stats", "report", "export-config", "export", "push", "hft-plan", "iv"]
+
+
+def test_help_offers_only_options_that_do_something():
+    # mask loads no model: Ray runs it as tasks, so worker options would be silently ignored.
+    mask_help, score_help = run_cli("mask", "--help").stdout, run_cli("score", "--help").stdout
+    assert "--engine" in mask_help and "--num-workers" not in mask_help and "--gpus-per-worker" not in mask_help
+    assert "--num-workers" in score_help and "--gpus-per-worker" in score_help
+    assert run_cli("mask", DATA, "-o", "x", "--num-workers", 2, check=False).returncode == 2
+
+
+class FakeTerminal:
+    def isatty(self):
+        return True
+
+
+def test_inspect_colour_follows_the_terminal_and_no_color():
+    from ftprep.commands.inspect_row import default_color
+
+    assert default_color(FakeTerminal(), {}) and default_color(FakeTerminal(), {"NO_COLOR": ""})
+    assert not default_color(FakeTerminal(), {"NO_COLOR": "1"})
+    assert not default_color(sys.stdout if not sys.stdout.isatty() else open(os.devnull), {})
+
+
+def test_cache_dir_follows_ftprep_hf_and_xdg_variables():
+    from ftprep.models import cache_dir_for
+
+    assert cache_dir_for({}) == "~/.cache/ftprep"
+    assert cache_dir_for({"XDG_CACHE_HOME": "/x"}) == "/x/ftprep"
+    assert cache_dir_for({"XDG_CACHE_HOME": "/x", "HF_HOME": "/h"}) == "/h/ftprep"
+    assert cache_dir_for({"XDG_CACHE_HOME": "/x", "HF_HOME": "/h", "FTPREP_CACHE": "/f"}) == "/f"
+    assert cache_dir_for({"HF_HOME": ""}) == "~/.cache/ftprep"  # set but empty: unset

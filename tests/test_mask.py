@@ -103,6 +103,25 @@ def test_soft_weights_follow_the_formula(scored_sample, scores, tmp_path, weight
     assert (weights[~assistant] == 0).all()
 
 
+def test_masked_means_no_loss_and_soft_weights_get_quantiles(scored_sample, scores, tmp_path):
+    """One meaning of masked: label -100 or weight 0. Soft gauss weights underflow to exactly 0
+    for high-perplexity tokens: those count as masked, and the weights' spread is reported."""
+    _, assistant, _, _ = scores
+    folder = mask(scored_sample, tmp_path, strategy="soft", sigma=0.3)  # narrow: many weights reach 0
+    table, labels, _ = training_arrays(folder)
+    weights = flat(table, "loss_weights")
+    stats = json.loads((folder / "stats.json").read_text())
+    zero = assistant & (weights == 0)
+    assert zero.sum() > 0 and (labels[zero] != IGNORE_INDEX).all()  # labels kept, yet no loss
+    assert stats["masked_tokens"] == stats["zero_weight_tokens"] == zero.sum()
+    assert stats["masked_share"] == pytest.approx(zero.sum() / assistant.sum())
+    expected = np.quantile(weights[assistant], [0.05, 0.25, 0.5, 0.75, 0.95], method="inverted_cdf")
+    np.testing.assert_allclose(list(stats["weight_quantiles"].values()), expected, atol=0.0005)
+    assert list(stats["weight_quantiles"]) == ["p5", "p25", "p50", "p75", "p95"] and "weight_histogram" not in stats
+    hard = json.loads((mask(scored_sample, tmp_path, "hard") / "stats.json").read_text())
+    assert "weight_quantiles" not in hard and "zero_weight_tokens" not in hard
+
+
 def test_min_kept_rejects_rows_with_too_few_supervised_tokens(scored_sample, scores, tmp_path):
     ids, assistant, ppl, rows = scores
     folder = mask(scored_sample, tmp_path, threshold=1.5, min_kept=20)

@@ -539,3 +539,17 @@ def test_png_round_trips_through_pillow():
     image = bar_chart([3, 0, 7], ["1", "2.5", "10"], marker_at=1.0, width=120, height=60)
     assert (png_pixels(png_bytes(image)) == image).all()
     assert count_color(image, (0x4C, 0x78, 0xA8)) > 100 and count_color(image, (0xD6, 0x27, 0x28)) > 10
+
+
+def test_the_card_counts_masked_as_no_loss_and_gives_soft_weight_quantiles():
+    from ftprep.card import facts_table
+
+    manifest = {"stage": "mask", "counts": {"rows_in": 2, "rows_out": 2, "rows_rejected": 0}, "versions": {},
+                "config": {"strategy": "soft", "weight_fn": "gauss", "sigma": 0.75, "min_weight": 0.0, "keep_eos": True},
+                "model": {"spec": "smollm2-135m", "backend": "hf", "dtype": "float32"},
+                "scored": {"run_identity": {"input": {"path": "/somewhere/data.jsonl"}}}}
+    stats = {"assistant_tokens": 100, "masked_share": 0.25, "mean_weight": 0.5,
+             "weight_quantiles": {"p5": 0.0, "p25": 0.0, "p50": 0.644, "p75": 0.997, "p95": 1.0}}
+    table = facts_table(manifest, stats, {}, ["input_ids", "labels", "loss_weights"])
+    assert "| masked share of assistant tokens (no loss: label -100 or weight 0) | 25.0% |" in table
+    assert "| weight quantiles | p5 0.000, p25 0.000, p50 0.644, p75 0.997, p95 1.000 |" in table

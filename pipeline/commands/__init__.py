@@ -10,16 +10,21 @@ import click
 
 from ftprep.settings import click_params
 
+# The engine options about model workers: a command without a model (mask) runs only Ray
+# tasks, so they would do nothing there and are not offered.
+MODEL_WORKER_OPTIONS = ("num_workers", "gpus_per_worker")
+
 
 def command(name: str, settings_class, action, help: str, extra_params=(), engine: bool = False,
-            overwrite: bool = False) -> click.Command:
+            overwrite: bool = False, model_workers: bool = True) -> click.Command:
     """A click command whose options are `settings_class`'s fields (and, with `engine`, the
     engine's, with `overwrite`, --overwrite); it calls `action(settings, **rest)`."""
     from ftprep.engines import EngineOptions
 
     params = click_params(settings_class) + list(extra_params)
     if engine:
-        params += click_params(EngineOptions)
+        params += [param for param in click_params(EngineOptions)
+                   if model_workers or param.name not in MODEL_WORKER_OPTIONS]
     if overwrite:
         params.append(click.Option(["--overwrite"], is_flag=True, help="Replace an existing output instead of resuming it."))
     setting_names = {item.name for item in dataclasses.fields(settings_class)}
@@ -35,7 +40,7 @@ def command(name: str, settings_class, action, help: str, extra_params=(), engin
     return click.Command(name, params=params, callback=callback, help=help)
 
 
-def shard_command(name: str, settings_class, command_class, help: str) -> click.Command:
+def shard_command(name: str, settings_class, command_class, help: str, model: bool = True) -> click.Command:
     """A command that runs shard by shard (score, regen, mask): engine options and --overwrite
     come with it, and it ends with one line on what it wrote."""
 
@@ -45,7 +50,7 @@ def shard_command(name: str, settings_class, command_class, help: str) -> click.
         manifest = run(partial(command_class, settings), engine=engine, overwrite=overwrite, echo=click.echo)
         click.echo(written_summary(settings.output, manifest))
 
-    return command(name, settings_class, action, help, engine=True, overwrite=True)
+    return command(name, settings_class, action, help, engine=True, overwrite=True, model_workers=model)
 
 
 def written_summary(output: str, manifest: dict) -> str:

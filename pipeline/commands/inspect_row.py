@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,21 @@ SUMMARY = "Show one row's tokens, with masked or low-weight tokens marked, and i
 class InspectSettings(Settings):
     folder: str = setting(argument=True, help="A folder written by ftprep score, regen or mask.")
     row: int = setting(0, low=0, help="Row number (0-based).")
-    threshold: float = setting(2.5, low=1, low_open=True, help="Scored datasets: mark tokens with perplexity above this.")
-    color: bool | None = setting(None, toggle=True, help="Colour (default: on a terminal).")
+    threshold: float = setting(2.5, low=1, low_open=True, help="Scored datasets: mark what ftprep mask --threshold would mask (perplexity above "
+                                                                  "this; end-of-turn tokens stay supervised).")
+    color: bool | None = setting(None, toggle=True, help="Colour (default: on a terminal, unless NO_COLOR is set).")
 
 
 def show_row(settings: InspectSettings) -> None:
     from ftprep.inspection import inspect_row
 
-    use_color = sys.stdout.isatty() if settings.color is None else settings.color
+    use_color = default_color(sys.stdout, os.environ) if settings.color is None else settings.color
     click.echo(inspect_row(Path(settings.folder), settings.row, settings.threshold, use_color), color=use_color)
+
+
+def default_color(stream, environ) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set to anything but the empty string (no-color.org)."""
+    return stream.isatty() and not environ.get("NO_COLOR")
 
 
 cli = command("inspect", InspectSettings, show_row, SUMMARY)

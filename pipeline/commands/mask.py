@@ -15,7 +15,7 @@ from ftprep.runtime import library_versions
 from ftprep.settings import Settings, positive, setting
 from ftprep.stages.anchor import ANCHOR_RULES
 from ftprep.stages.errors import FtprepError
-from ftprep.stages.mask import MaskStage, candidate_perplexities, training_schema
+from ftprep.stages.mask import MaskStage, candidate_perplexities, training_schema, weight_quantiles
 from ftprep.stages.strategies import AGAINST_LOGPROBS, REGISTRY, STRATEGIES, TARGETS, WEIGHT_FNS, check_mask_settings, strategy_named
 from ftprep.writers import dataset_files, read_arrow, read_shards, verify_output
 
@@ -136,6 +136,8 @@ class MaskCommand:
         if stats.get("assistant_tokens"):
             stats["masked_share"] = stats["masked_tokens"] / stats["assistant_tokens"]
             stats["mean_weight"] = stats["weight_sum"] / stats["assistant_tokens"]
+            if "weight_histogram" in stats:  # soft weights: how they spread, beside their mean
+                stats["weight_quantiles"] = weight_quantiles(stats.pop("weight_histogram"))
             if "anchor_tokens" in stats:
                 stats["anchor_share"] = stats["anchor_tokens"] / stats["assistant_tokens"]
         manifest = {
@@ -167,4 +169,4 @@ def against_scores(settings: MaskSettings, scored_dir: Path):
     return against, against.rows_for(scored_dir, [table.select(columns) for table in read_shards(scored_dir)])
 
 
-cli = shard_command("mask", MaskSettings, MaskCommand, SUMMARY)
+cli = shard_command("mask", MaskSettings, MaskCommand, SUMMARY, model=False)

@@ -11,14 +11,15 @@ from ftprep.commands import command
 from ftprep.settings import Settings, setting
 from ftprep.stages.errors import FtprepError
 
-SUMMARY = "Write one self-contained HTML page with plots and examples for FOLDER."
+SUMMARY = "Write one self-contained HTML page for FOLDER: plots, most masked tokens, settings, a table of rows."
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReportSettings(Settings):
     folder: str = setting(argument=True, help="A folder written by ftprep score or mask.")
     output: str = setting("report.html", flags=("-o", "--output"), help="HTML file to write.")
-    threshold: float = setting(2.5, low=1, low_open=True, help="Scored datasets: the perplexity threshold to show.")
+    threshold: float = setting(2.5, low=1, low_open=True, help="Scored datasets: preview ftprep mask --threshold at this perplexity (the masked "
+                                                                  "tokens and the line on the perplexity plot).")
 
 
 def write_report(settings: ReportSettings) -> None:

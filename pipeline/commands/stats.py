@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ SUMMARY = "Print the stats of a scored or training dataset."
 @dataclass(frozen=True, kw_only=True)
 class StatsSettings(Settings):
     folder: str = setting(argument=True, help="A folder written by ftprep score, regen or mask.")
+    json: bool = setting(False, help="Print stats.json as JSON (for scripts and jq) instead of the table.")
 
 
 def show_stats(settings: StatsSettings) -> None:
@@ -29,7 +31,7 @@ def show_stats(settings: StatsSettings) -> None:
     stats = read_json_file(path, "stats.json")
     if not isinstance(stats, dict):
         raise FtprepError(f"{path} is damaged (not a stats object): rerun the command that wrote it")
-    click.echo(format_stats(stats))
+    click.echo(json.dumps(stats, indent=2) if settings.json else format_stats(stats))
 
 
 cli = command("stats", StatsSettings, show_stats, SUMMARY)

@@ -73,6 +73,22 @@ def perplexity_of(logprob_sum: float, count: int) -> float:
     return float(np.exp(-logprob_sum / count)) if count else float("nan")
 
 
+def rows_done_reporter(row_of_prompt: list[int], on_batch):
+    """A generator's per-batch callback that tells `on_batch(rows, generated tokens)` how many
+    rows have all their turns generated now (a row's turns may fall in different batches)."""
+    remaining = Counter(row_of_prompt)
+
+    def batch_done(prompt_indices, candidates) -> None:
+        finished = 0
+        for index in prompt_indices:
+            row = row_of_prompt[index]
+            remaining[row] -= 1
+            finished += remaining[row] == 0
+        on_batch(finished, sum(candidate.tokens for found in candidates for candidate in found))
+
+    return batch_done
+
+
 class RegenStage:
     def __init__(self, settings: RegenSettings, tokenizer, generator, scorer, context_length: int | None):
         """`generator` samples candidates and `scorer` (a score backend) scores them, both around
@@ -87,6 +103,7 @@ class RegenStage:
         self.pattern = compile_pattern(settings.pattern, settings.verify)
         # Responses are scored as the last turn of their context: the mask covers just them.
         self.chat = ChatTokenizer(tokenizer, "last", context_length, "drop")
+        self.on_batch = None  # on_batch(rows, generated tokens), set by the caller for progress
 
     def __call__(self, table: pa.Table, rejects=None) -> tuple[pa.Table, dict]:
         """Normalized rows (`id`, `messages`) in; every row out, rewritten where a candidate won."""
@@ -98,8 +115,9 @@ class RegenStage:
         stats["turns"] = len(tasks)
         stats["turns_prompt_too_long"] = fits.count(False)
         runnable = [index for index, fit in enumerate(fits) if fit]
+        progress = {"on_batch": rows_done_reporter([tasks[i].row for i in runnable], self.on_batch)} if self.on_batch else {}
         samples = self.generator([prompts[i] for i in runnable],
-                                 [task_seed(self.settings.seed, ids[tasks[i].row], tasks[i].turn) for i in runnable])
+                                 [task_seed(self.settings.seed, ids[tasks[i].row], tasks[i].turn) for i in runnable], **progress)
         candidates = {index: found for index, found in zip(runnable, samples)}
 
         # What gets scored: each turn's ground truth, then its accepted candidates.

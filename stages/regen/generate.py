@@ -93,7 +93,8 @@ class HFGenerator:
         self.stop_ids = stop_token_ids(tokenizer, model.generation_config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
 
-    def __call__(self, prompts: list[list[int]], seeds: list[int]) -> list[list[Candidate]]:
+    def __call__(self, prompts: list[list[int]], seeds: list[int], on_batch=None) -> list[list[Candidate]]:
+        """`on_batch(prompt indices, candidates)` after each batch of prompts (for progress)."""
         import torch
 
         results: list[list[Candidate]] = [[] for _ in prompts]
@@ -118,6 +119,8 @@ class HFGenerator:
             generated = output[:, width:].cpu().numpy().reshape(len(batch), self.sampling.n, -1)
             for slot, index in enumerate(batch):
                 results[index] = [self._candidate(tokens) for tokens in generated[slot]]
+            if on_batch is not None:
+                on_batch(batch, [results[index] for index in batch])
         return results
 
     def _candidate(self, tokens: np.ndarray) -> Candidate:
@@ -140,7 +143,8 @@ class VLLMGenerator:
         # where a turn ends.
         self.stop_ids = stop_token_ids(tokenizer, generation_config)
 
-    def __call__(self, prompts: list[list[int]], seeds: list[int]) -> list[list[Candidate]]:
+    def __call__(self, prompts: list[list[int]], seeds: list[int], on_batch=None) -> list[list[Candidate]]:
+        """One vLLM call per shard: `on_batch` (progress) is not called; the shard's end counts."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

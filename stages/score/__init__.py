@@ -73,13 +73,16 @@ def scored_schema(top_k: int = 0) -> pa.Schema:
 
 class ScoreStage:
     """Tokenized rows in; the same rows with `logprobs`, `entropy`, `rank` (and the top-k) out.
-    `scorer` is a backend (hf.HFScorer, vllm.VLLMScorer) around a model its caller loaded."""
+    `scorer` is a backend (hf.HFScorer, vllm.VLLMScorer) around a model its caller loaded.
+    `on_batch(rows, tokens)`, when the caller sets it, hears of each batch the backend finishes
+    (the hf backend; vLLM scores a shard in one call)."""
 
     def __init__(self, scorer):
         self.scorer = scorer
+        self.on_batch = None
 
     def __call__(self, table: pa.Table, rejects=None) -> tuple[pa.Table, dict]:
-        scored = self.scorer(table)
+        scored = self.scorer(table, on_batch=self.on_batch) if self.on_batch else self.scorer(table)
         return scored, score_stats(scored)
 
     def close(self) -> None:

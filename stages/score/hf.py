@@ -44,7 +44,8 @@ class HFScorer:
     def close(self) -> None:
         """Nothing to stop: the model goes with the object."""
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def __call__(self, table: pa.Table, on_batch=None) -> pa.Table:
+        """`on_batch(rows, tokens)` after each batch: its rows and their tokens (for progress)."""
         offsets = row_offsets(table)
         flat_ids = flat_values(table, "input_ids").astype(np.int64)
         positions = positions_to_score(offsets, flat_values(table, "assistant_mask"), self.score_prompt)
@@ -82,6 +83,8 @@ class HFScorer:
             logprobs[selected], entropy[selected], rank[selected] = batch_scores[:3]
             if self.top_k:
                 topk_ids[selected], topk_logprobs[selected] = batch_scores[3:]
+            if on_batch is not None:
+                on_batch(len(batch_rows), int((offsets[batch_rows + 1] - offsets[batch_rows]).sum()))
 
         columns = score_columns(offsets, positions, logprobs, entropy, rank, topk_ids, topk_logprobs)
         for name, column in columns.items():

@@ -127,7 +127,8 @@ class VLLMScorer:
         if engine_core is not None:
             engine_core.shutdown()
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def __call__(self, table: pa.Table, on_batch=None) -> pa.Table:
+        """One vLLM call per shard: `on_batch` (progress) is not called; the shard's end counts."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

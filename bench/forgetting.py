@@ -651,6 +651,8 @@ def main(argv=None) -> None:
     parser.add_argument("--drift-prompts", type=int)
     parser.add_argument("--regen-n", type=int, help="ftprep regen candidates per row")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help="comma-separated subset of base,sft,stm,regen,soft (the table has the ones run)")
     parser.add_argument("--sweep-lr", help="comma-separated learning rates: plain SFT only, one seed, to pick the rate")
     args = parser.parse_args(argv)
 
@@ -668,9 +670,13 @@ def main(argv=None) -> None:
     if args.sweep_lr:
         sweep(scale, out, [float(rate) for rate in args.sweep_lr.split(",")], args.device, log)
         return
-    results = run(scale, out, args.device, log=log)
+    conditions = tuple(name for name in CONDITIONS if name in args.conditions.split(","))
+    if unknown := set(args.conditions.split(",")) - set(CONDITIONS):
+        parser.error(f"--conditions: unknown {sorted(unknown)}; known: {','.join(CONDITIONS)}")
+    results = run(scale, out, args.device, conditions=("base", *conditions), log=log)
     print(results["table"])
-    print(f"regen: {results['regen']}")
+    if results["regen"]:
+        print(f"regen: kept rows by source {results['regen']['generated_rows']}")
     print(f"wrote {out / 'results.json'} and {out / 'forgetting.png'} in {time.perf_counter() - started:.0f} s")
 
 

@@ -653,9 +653,16 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
                         help="comma-separated subset of base,sft,stm,regen,soft (the table has the ones run)")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: torch's); 1 on a machine shared with other jobs, where waiting "
+                             "threads spin: measured there, 2 threads spent 3.2x the CPU time of 1 for the same wall time")
     parser.add_argument("--sweep-lr", help="comma-separated learning rates: plain SFT only, one seed, to pick the rate")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     scale = QUICK if args.quick else FULL
     overrides = {"model": args.model, "seeds": args.seeds, "steps": args.steps, "learning_rate": args.lr,
                  "batch": args.batch, "train_rows": args.train_rows, "test_rows": args.test_rows,

@@ -548,15 +548,18 @@ def plot(rows: list[dict], path: Path) -> None:
     """Three panels (target, retention, drift), one bar per condition with its spread; drawn with pillow."""
     from PIL import Image, ImageDraw
 
-    panels = [("target (%)", "target", 100.0), ("retention (%)", "retention", 100.0), ("drift (logprob/token)", "drift", 1.0)]
+    # Drift as the change from the base model: the absolute values (about -0.8) would hide differences of 0.01.
+    panels = [("target (%)", "target", 100.0), ("retention (%)", "retention", 100.0),
+              ("drift: change of logprob/token from base", "drift", 1.0)]
+    base_drift = rows[0]["drift"]["mean"] if rows[0]["condition"] == "base" else 0.0
     width, height, margin = 960, 360, 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     colors = [(120, 120, 120), (214, 39, 40), (31, 119, 180), (44, 160, 44), (255, 127, 14)]
     panel_width = (width - margin) // len(panels)
     for p, (title, metric, factor) in enumerate(panels):
-        left, top, bottom = margin + p * panel_width, 40, height - 50
-        values = [row[metric]["mean"] * factor for row in rows]
+        left, top, bottom = margin + p * panel_width, 40, height - 70
+        values = [(row[metric]["mean"] - (base_drift if metric == "drift" else 0.0)) * factor for row in rows]
         spreads = [row[metric]["sd"] * factor for row in rows]
         low, high = min(0.0, min(v - s for v, s in zip(values, spreads))), max(0.0, max(v + s for v, s in zip(values, spreads)))
         span = (high - low) or 1.0
@@ -573,9 +576,9 @@ def plot(rows: list[dict], path: Path) -> None:
             if spread:
                 middle = x0 + (bar - 8) // 2
                 draw.line([(middle, y(value - spread)), (middle, y(value + spread))], fill="black", width=2)
-            draw.text((x0, bottom + 5), row["condition"], fill="black")
+            draw.text((x0, bottom + 22), row["condition"], fill="black")
             draw.text((x0, min(y(value), y(0)) - 14 if value >= 0 else max(y(value), y(0)) + 2),
-                      f"{value:.1f}" if factor > 1 else f"{value:.2f}", fill="black")
+                      f"{value:.1f}" if factor > 1 else f"{value:+.3f}", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 

@@ -16,8 +16,7 @@ from conftest import (
 )
 
 from ftprep.commands.score import ScoreCommand, ScoreSettings
-from ftprep.engines import EngineOptions, RayEngine, ShardWork, open_engine, worker_resources
-from ftprep.readers import open_source, read_source_shard
+from ftprep.engines import EngineOptions, RayEngine, worker_resources
 from ftprep.stages.errors import FtprepError
 
 FLOAT_COLUMNS = {"logprobs", "entropy", "kept_perplexity", "ground_truth_perplexity", "loss_weights"}
@@ -42,17 +41,6 @@ def ray_cluster(tmp_path_factory):
                    check=True, capture_output=True, cwd=tmp_path_factory.mktemp("ray-head"))
     yield f"127.0.0.1:{port}"
     subprocess.run([str(ray), "stop"], capture_output=True)
-
-
-@pytest.fixture(autouse=True)
-def no_driver_left_connected():
-    """The commands run in this process: a Ray driver left connected when the module's cluster
-    stops would have Ray end this process a minute later (GCS unreachable)."""
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 # A client that names the head's address must send the token `ray start` set up (Ray 2.59 and
@@ -171,24 +159,32 @@ def test_regen_on_ray_equals_local(tmp_path, ray_cluster, tiny_model_dir):
     assert_same_output(tmp_path / "local", tmp_path / "ray")
 
 
+WORKER_ERROR_SCRIPT = """
+import sys
+from ftprep.engines import EngineOptions, ShardWork, open_engine
+from ftprep.progress import Progress
+from ftprep.readers import open_source, read_source_shard
+from ftprep.stages.errors import FtprepError
+from ftprep.writers import ShardedOutput
+
+def refuse(table, rejects):
+    raise FtprepError("row 3 cannot be prepared")
+
+engine = open_engine(EngineOptions(engine="ray", ray_address="auto"))
+output = ShardedOutput(sys.argv[2], {"test": "worker error"})
+try:
+    engine.run(output, engine.shard_reads(open_source(sys.argv[1]), 16), ShardWork(read=read_source_shard, stages=(refuse,)),
+               Progress("test", 40))
+except FtprepError as error:
+    print(f"FtprepError: {error}")
+"""
+
+
 def test_a_worker_error_is_one_line_on_the_driver(tmp_path, ray_cluster):
-    import ray
-
-    def refuse(table, rejects):
-        raise FtprepError("row 3 cannot be prepared")
-
-    source = open_source(str(DATA / "sample.jsonl"))
-    engine = open_engine(EngineOptions(engine="ray", ray_address="auto"))
-    try:
-        from ftprep.progress import Progress
-        from ftprep.writers import ShardedOutput
-
-        output = ShardedOutput(str(tmp_path / "out"), {"test": "worker error"})
-        with pytest.raises(FtprepError, match="^row 3 cannot be prepared$"):
-            engine.run(output, engine.shard_reads(source, 16), ShardWork(read=read_source_shard, stages=(refuse,)),
-                       Progress("test", 40))
-    finally:
-        ray.shutdown()
+    # A driver of its own: a Ray driver in the test process is ended by Ray once the cluster stops.
+    result = subprocess.run([sys.executable, "-c", WORKER_ERROR_SCRIPT, str(DATA / "sample.jsonl"), str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.stdout.strip().splitlines()[-1:] == ["FtprepError: row 3 cannot be prepared"], result.stderr
 
 
 def test_engine_options_are_checked(tmp_path):

@@ -537,7 +537,8 @@ def format_table(rows: list[dict], seeds: int) -> str:
     for row in rows:
         masked = "-" if row["masked_share"] is None else f"{100 * row['masked_share']:.1f} %"
         if row["condition"] == "soft":
-            masked = f"0 % (mean weight {row['mean_weight']:.2f})"
+            # masked = no loss (weight 0), as ftprep's stats count it
+            masked = f"{100 * row['masked_share']:.1f} % (mean weight {row['mean_weight']:.2f})"
         tokens = f"{row['tokens_trained']:,}" + (f" (weight sum {row['weight_sum']:,})" if row["condition"] == "soft" else "")
         lines.append(f"| {row['condition']} | {cell(row['target'], 1, 100)} | {cell(row['retention'], 1, 100)} | "
                      f"{cell(row['drift'], 3)} | {masked} | {tokens} |")

@@ -34,7 +34,7 @@ def read_row(folder: Path, row: int) -> dict:
 
 def rows_mask_rejected(train_dir: Path) -> set[int]:
     """Scored-row indices that `ftprep mask` rejected: training rows are the others, in order."""
-    return {json.loads(line)["index"] for line in (train_dir / "rejects.jsonl").read_text().splitlines() if line}
+    return {json.loads(line)["index"] for line in (train_dir / "rejects.jsonl").read_text(encoding="utf-8").split("\n") if line}
 
 
 def scored_row_for_training_row(train_dir: Path, scored_dir: Path, row: int) -> dict | None:

@@ -17,9 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
 
 
-# The modules that take longest start first, so that with `pytest -n 2 --dist loadfile` (what
-# `make test` runs) neither worker is left with one long module at the end.
-LONGEST_FIRST = ("test_vllm", "test_regen", "test_families", "test_ray", "test_fuzz", "test_faults", "test_mask")
+# The modules that take longest start first, so that with `pytest -n 2 --dist loadfile
+# --no-loadscope-reorder` (what `make test` runs) neither worker is left with one long module at
+# the end (xdist's own order is by number of tests, which puts these last).
+LONGEST_FIRST = ("test_ray", "test_regen", "test_vllm", "test_families", "test_cli", "test_faults", "test_mask")
 
 
 def pytest_collection_modifyitems(items):
@@ -112,7 +113,9 @@ def load_table(folder):
 
 
 def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    # JSON Lines ends a record at "\n" only: str.splitlines() would also cut at U+2028 and the
+    # like, which JSON writes raw inside strings (a fuzzed row id has one).
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def flat(table, name):

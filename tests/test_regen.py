@@ -10,21 +10,22 @@ from ftprep.stages.regen.checks import final_number
 
 ARITHMETIC = DATA / "arithmetic.jsonl"
 FAST = ["--max-new-tokens", "64", "--n", "4", "--verify", "math"]
+ROWS = 8
 
 
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory):
     output = tmp_path_factory.mktemp("regen") / "arithmetic"
-    run_cli("regen", ARITHMETIC, "-o", output, "--limit", 12, "--seed", 1, *FAST)
+    run_cli("regen", ARITHMETIC, "-o", output, "--limit", ROWS, "--seed", 1, *FAST)
     return output
 
 
 def test_every_row_is_kept_and_rewrites_pass_the_checks(regenerated):
     rows = load_table(regenerated).to_pylist()
-    source = read_jsonl(ARITHMETIC)[:12]
+    source = read_jsonl(ARITHMETIC)[:ROWS]
     stats = json.loads((regenerated / "stats.json").read_text())
     assert [row["id"] for row in rows] == [row["id"] for row in source]  # nothing dropped, order kept
-    assert stats["rows_in"] == stats["rows_out"] == 12 and stats["candidates_tried"] == 48
+    assert stats["rows_in"] == stats["rows_out"] == ROWS and stats["candidates_tried"] == 4 * ROWS
     for row, original in zip(rows, source):
         kept, truth = row["messages"][-1]["content"], original["messages"][-1]["content"]
         # Stored messages carry a `tool` field, null for these plain turns.
@@ -40,11 +41,11 @@ def test_every_row_is_kept_and_rewrites_pass_the_checks(regenerated):
         else:
             assert kept == truth and row["candidates_accepted"] == 0
     generated = sum(row["source"] == "generated" for row in rows)
-    assert 0 < generated < 12, "the 135M model gets some of these right and some wrong"
+    assert 0 < generated < ROWS, "the 135M model gets some of these right and some wrong"
     assert stats["turns_generated"] == generated
     assert stats["candidates_accepted"] == sum(row["candidates_accepted"] for row in rows)
     assert sum(stats["candidate_rejections"].values()) + stats["candidates_accepted"] == stats["candidates_tried"]
-    assert stats["acceptance_rate"] == pytest.approx(stats["candidates_accepted"] / 48)
+    assert stats["acceptance_rate"] == pytest.approx(stats["candidates_accepted"] / (4 * ROWS))
 
 
 def mean_perplexities(folder):
@@ -68,7 +69,7 @@ def test_the_models_own_answers_are_likelier_even_without_the_rule(tmp_path):
     # Self-distillation's premise, measured without --beat-ground-truth deciding it: the
     # model's own verified answers to the original prompt have lower perplexity than the data's.
     output = tmp_path / "self"
-    run_cli("regen", ARITHMETIC, "-o", output, "--limit", 12, "--seed", 1, "--mode", "self", "--no-beat-ground-truth", *FAST)
+    run_cli("regen", ARITHMETIC, "-o", output, "--limit", ROWS, "--seed", 1, "--mode", "self", "--no-beat-ground-truth", *FAST)
     kept, truth, stats = mean_perplexities(output)
     assert len(kept) >= 1 and stats["candidate_rejections"].get("not_likelier") is None
     assert kept.mean() < truth.mean()
@@ -104,7 +105,7 @@ def test_regen_then_score_then_mask(regenerated, tmp_path):
     run_cli("mask", scored, "-o", train)
     table = load_table(scored)
     assert table.column("messages").to_pylist() == load_table(regenerated).column("messages").to_pylist()
-    assert load_table(train).num_rows == 12
+    assert load_table(train).num_rows == ROWS
     shown = run_cli("inspect", regenerated, "--row", 0).stdout
     row = load_table(regenerated).slice(0, 1).to_pylist()[0]
     assert "ground truth" in shown and f"kept ({row['source']})" in shown

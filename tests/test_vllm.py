@@ -172,3 +172,38 @@ def test_tensor_parallel_on_cpu_is_a_one_line_error(tmp_path, tiny_model_dir):
                      "--backend", "vllm", "--device", "cpu", "--tensor-parallel-size", 2, "--limit", 2, check=False)
     assert result.returncode == 1 and "--tensor-parallel-size is for GPUs" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@needs_vllm
+def test_a_shard_goes_to_the_engine_in_calls_that_move_the_progress(monkeypatch):
+    from collections import namedtuple
+
+    import pyarrow as pa
+
+    import ftprep.stages.score.vllm as backend
+
+    Logprob = namedtuple("Logprob", "logprob rank")
+
+    class FakeEngine:
+        """Answers like an older vLLM: per position a dict of the top tokens, the ground truth at -0.5."""
+
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, prompts, params, use_tqdm):
+            self.calls.append(len(prompts))
+            others = {1000 + k: Logprob(-1.0 - k, k + 1) for k in range(backend.ENTROPY_TOP_K)}
+            return [namedtuple("Output", "prompt_logprobs")(
+                [None] + [{**others, token: Logprob(-0.5, 1)} for token in prompt["prompt_token_ids"][1:]])
+                for prompt in prompts]
+
+    monkeypatch.setattr(backend, "CALL_TOKENS", 4)
+    table = pa.table({"input_ids": [[1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11, 12]],
+                      "assistant_mask": [[0, 0, 1, 1], [0, 1, 1], [0, 0, 1, 1, 1]]})
+    engine, heard = FakeEngine(), []
+    scored = backend.VLLMScorer(engine)(table, on_batch=lambda rows, tokens: heard.append((rows, tokens)))
+    assert engine.calls == [1, 2] and heard == [(1, 4), (2, 8)]  # rows in order, about 4 tokens a call
+    logprobs = flat(scored, "logprobs")
+    assistant = flat(scored, "assistant_mask").astype(bool)
+    np.testing.assert_array_equal(logprobs[assistant], -0.5)
+    assert np.isnan(logprobs[~assistant]).all()

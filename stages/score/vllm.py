@@ -110,6 +110,20 @@ def returned_k(top_k: int) -> int:
     return max(top_k, ENTROPY_TOP_K)
 
 
+# Tokens of one engine call: enough for the engine to keep its batches full (many steps of
+# max_num_batched_tokens each), small enough that progress moves within a shard.
+CALL_TOKENS = 1 << 16
+
+
+def call_ranges(lengths: np.ndarray, budget: int) -> list[range]:
+    """Consecutive rows cut into ranges of about `budget` tokens each (a longer row alone)."""
+    if not len(lengths):
+        return []
+    tokens_before = np.cumsum(lengths) - lengths
+    starts = np.flatnonzero(np.diff(tokens_before // budget, prepend=-1))
+    return [range(start, stop) for start, stop in zip(starts, [*starts[1:], len(lengths)])]
+
+
 class VLLMScorer:
     def __init__(self, llm, top_k: int = 0, score_prompt: bool = False):
         """`llm`: a `vllm.LLM` its caller started with `engine_arguments` (one engine per run:
@@ -128,7 +142,8 @@ class VLLMScorer:
             engine_core.shutdown()
 
     def __call__(self, table: pa.Table, on_batch=None) -> pa.Table:
-        """One vLLM call per shard: `on_batch` (progress) is not called; the shard's end counts."""
+        """`on_batch(rows, tokens)` after each engine call (for progress): a shard goes to the
+        engine in calls of about CALL_TOKENS tokens."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -140,7 +155,12 @@ class VLLMScorer:
         flat = {"flat_logprobs": True} if "flat_logprobs" in getattr(SamplingParams, "__struct_fields__", ()) else {}
         params = SamplingParams(max_tokens=1, prompt_logprobs=self.returned_k, detokenize=False, **flat)
         prompts = [TokensPrompt(prompt_token_ids=flat_ids[offsets[row] : offsets[row + 1]].tolist()) for row in rows]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
+        lengths = offsets[rows + 1] - offsets[rows]
+        outputs = []
+        for call in call_ranges(lengths, CALL_TOKENS):
+            outputs += self.llm.generate(prompts[call.start : call.stop], params, use_tqdm=False)
+            if on_batch is not None:
+                on_batch(len(call), int(lengths[call.start : call.stop].sum()))
 
         # Every position but a row's first, as flat indices, with its (1 + k) returned entries.
         width = self.returned_k + 1

@@ -168,9 +168,8 @@ def trl_snippet(model: str, strategy: str, has_weights: bool, where: str, load: 
     plain = dict.fromkeys(weighted, "") | {"trainer": "SFTTrainer"}
     loader = load.split("(")[0]
     # `where` goes into a comment: quoted where it holds a newline or another control character.
-    where = where if where.isprintable() else repr(where)
-    strategy = strategy if strategy.isprintable() else repr(strategy)
-    return TRL_SNIPPET.format(model=model, model_note=model_note, strategy=strategy, where=where, loader=loader, load=load,
+    return TRL_SNIPPET.format(model=model, model_note=model_note, strategy=printable(strategy), where=printable(where),
+                              loader=loader, load=load,
                               **(anchored if anchors else weighted if has_weights else plain))
 
 

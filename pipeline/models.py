@@ -225,8 +225,8 @@ def _folder_state(model_dir: str) -> tuple:
     path = Path(model_dir)
     if not path.is_dir():
         return ()
-    return tuple(sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
-                        for entry in path.iterdir() if entry.is_file()))
+    files = [(entry.name, entry.stat()) for entry in path.iterdir() if entry.is_file()]
+    return tuple(sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in files))
 
 
 @functools.lru_cache(maxsize=8)

@@ -25,7 +25,7 @@ from ftprep.inspection import rows_mask_rejected
 from ftprep.models import EMBEDDED_MODEL_ORIGINS, load_tokenizer
 from ftprep.stages import flat_values, perplexity, row_offsets
 from ftprep.stages.errors import FtprepError
-from ftprep.stages.mask import PPL_BIN_EDGES, threshold_preview, tokens_without_loss
+from ftprep.stages.mask import PPL_BIN_EDGES, WEIGHT_QUANTILES, threshold_preview, tokens_without_loss
 from ftprep.stages.strategies import REGISTRY, describe
 from ftprep.writers import read_manifest, read_shards
 
@@ -247,8 +247,9 @@ def weight_summary(data: ReportData) -> str:
     if data.weights is None:
         return ""
     weights = data.weights[data.assistant]
-    quantiles = np.quantile(weights, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(weights) else np.zeros(5)
-    spread = ", ".join(f"p{name} {value:.3f}" for name, value in zip((5, 25, 50, 75, 95), quantiles))
+    # The quantiles stats.json reports, here exact (the report holds every weight).
+    quantiles = np.quantile(weights, WEIGHT_QUANTILES) if len(weights) else np.zeros(len(WEIGHT_QUANTILES))
+    spread = ", ".join(f"p{round(q * 100)} {value:.3f}" for q, value in zip(WEIGHT_QUANTILES, quantiles))
     low = data.low.sum() / max(int(data.assistant.sum()), 1)
     return (f"<p>Loss weights of assistant tokens: mean {weights.mean() if len(weights) else 0:.3f}; {spread}; "
             f"{low:.1%} down-weighted below {LOW_WEIGHT:g} (trained on, so not counted as masked).</p>")

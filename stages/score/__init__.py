@@ -75,7 +75,7 @@ class ScoreStage:
     """Tokenized rows in; the same rows with `logprobs`, `entropy`, `rank` (and the top-k) out.
     `scorer` is a backend (hf.HFScorer, vllm.VLLMScorer) around a model its caller loaded.
     `on_batch(rows, tokens)`, when the caller sets it, hears of each batch the backend finishes
-    (the hf backend; vLLM scores a shard in one call)."""
+    (the hf backend per batch, vLLM per engine call)."""
 
     def __init__(self, scorer):
         self.scorer = scorer

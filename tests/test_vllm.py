@@ -207,3 +207,32 @@ def test_a_shard_goes_to_the_engine_in_calls_that_move_the_progress(monkeypatch)
     assistant = flat(scored, "assistant_mask").astype(bool)
     np.testing.assert_array_equal(logprobs[assistant], -0.5)
     assert np.isnan(logprobs[~assistant]).all()
+
+
+@needs_vllm
+def test_regen_sends_its_prompts_to_the_engine_in_calls_that_move_the_progress(monkeypatch):
+    from types import SimpleNamespace
+
+    import ftprep.stages.regen.generate as generate
+
+    class FakeEngine:
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, prompts, params, use_tqdm):
+            self.calls.append([prompt["prompt_token_ids"] for prompt in prompts])
+            # Each prompt's n candidates: its last token, then the end-of-turn token 2.
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[prompt["prompt_token_ids"][-1], 2], finish_reason="stop")]
+                                    * param.n) for prompt, param in zip(prompts, params)]
+
+    tokenizer = SimpleNamespace(eos_token_id=2, decode=lambda ids, skip_special_tokens: " ".join(map(str, ids)))
+    monkeypatch.setattr(generate, "GENERATE_CALL_TOKENS", 20)
+    engine, heard = FakeEngine(), []
+    # A prompt costs its tokens plus n x max_new_tokens = 8: 11, 10, 12 and 9, so two calls of two.
+    prompts = [[1, 3, 5], [4, 6], [7, 8, 9, 10], [11]]
+    found = generate.VLLMGenerator(engine, tokenizer, generate.Sampling(n=2, max_new_tokens=4))(
+        prompts, seeds=[0, 1, 2, 3], on_batch=lambda indices, candidates: heard.append((indices, len(candidates))))
+    assert engine.calls == [prompts[:2], prompts[2:]]
+    assert heard == [([0, 1], 2), ([2, 3], 2)]
+    assert [[candidate.text for candidate in candidates] for candidates in found] == [["5", "5"], ["6", "6"], ["10", "10"], ["11", "11"]]
+    assert all(candidate.finished and candidate.tokens == 1 for candidates in found for candidate in candidates)

@@ -10,6 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ftprep.stages.score.vllm import call_ranges
+
+# Tokens one vLLM generate call can reach (prompts plus n x max_new_tokens each): calls this
+# large keep a GPU's batches full (at 512 new tokens and n=4, 500 prompts), and progress
+# still moves every call instead of once per shard.
+GENERATE_CALL_TOKENS = 1 << 20
 
 @dataclass(frozen=True)
 class Sampling:
@@ -144,19 +150,28 @@ class VLLMGenerator:
         self.stop_ids = stop_token_ids(tokenizer, generation_config)
 
     def __call__(self, prompts: list[list[int]], seeds: list[int], on_batch=None) -> list[list[Candidate]]:
-        """One vLLM call per shard: `on_batch` (progress) is not called; the shard's end counts."""
+        """`on_batch(prompt indices, candidates)` after each engine call (for progress): prompts
+        go to the engine in calls of about GENERATE_CALL_TOKENS tokens at their longest."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if not prompts:
-            return []
-        params = [
-            SamplingParams(**vllm_sampling_kwargs(self.sampling), seed=seed if self.per_request_seeds else None,
-                           stop_token_ids=self.stop_ids, detokenize=False)
-            for seed in seeds
-        ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompt) for prompt in prompts], params, use_tqdm=False)
-        return [[self._candidate(completion) for completion in output.outputs] for output in outputs]
+        results: list[list[Candidate]] = []
+        lengths = np.array([len(prompt) for prompt in prompts], dtype=np.int64)
+        # What a prompt can cost the engine: its own tokens and n sequences of max_new_tokens.
+        costs = lengths + self.sampling.n * self.sampling.max_new_tokens
+        for call in call_ranges(costs, GENERATE_CALL_TOKENS):
+            params = [
+                SamplingParams(**vllm_sampling_kwargs(self.sampling), seed=seeds[index] if self.per_request_seeds else None,
+                               stop_token_ids=self.stop_ids, detokenize=False)
+                for index in call
+            ]
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[index]) for index in call], params,
+                                        use_tqdm=False)
+            found = [[self._candidate(completion) for completion in output.outputs] for output in outputs]
+            results += found
+            if on_batch is not None:
+                on_batch(list(call), found)
+        return results
 
     def _candidate(self, completion) -> Candidate:
         body, stopped = split_at_stop(np.asarray(completion.token_ids, dtype=np.int64), self.stop_ids)

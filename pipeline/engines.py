@@ -11,13 +11,15 @@ Every stage is `stage(table, rejects) -> (table, stats)`. `where` is anything wi
 
 On Ray, reading and the CPU stages run as Ray Data tasks, the model stage in a fixed pool of
 actors (one model copy per actor, one actor per GPU), and the driver commits each shard as it
-comes back: shards land in the output folder of the machine that runs ftprep.
+comes back: shards land in the output folder of the machine that runs ftprep. The model actors
+tell a small inbox actor of each batch they finish, which the driver reads for its progress bar.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -30,6 +32,9 @@ from ftprep.writers import ShardedOutput
 
 ENGINES = ("local", "ray")
 PREPARE_TASK_MEMORY = 256 * 2**20
+# How often the Ray driver reads the workers' batch reports (at most: never slower than the
+# progress lines it prints).
+REPORT_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -210,12 +215,15 @@ class RayEngine(_Engine):
         # The memory reservation (a shard's rows and tokens take far less) also keeps Ray Data
         # from fusing these tasks into the model actors, where tokenizing would wait on the model.
         dataset = dataset.map(_PrepareShard(work), num_cpus=task_cpus(self.resources), memory=PREPARE_TASK_MEMORY)
+        reports, inbox = ShardReports(progress), None
         if work.build_model_stage is not None:
+            inbox = ray.remote(num_cpus=0)(BatchInbox).remote()
             workers, worker_cpus, worker_gpus, threads = worker_resources(self.resources, self.options, device)
             dataset = dataset.map_batches(
-                _ModelWorker, fn_constructor_args=(work.build_model_stage, work.columns, None if worker_gpus else threads),
+                _ModelWorker, fn_constructor_args=(work.build_model_stage, work.columns, None if worker_gpus else threads, inbox),
                 batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=worker_cpus, num_gpus=worker_gpus or None)
+        poller = _ReportPoller(ray, inbox, reports, min(REPORT_POLL_SECONDS, progress.interval)) if inbox else None
         try:
             for row in dataset.iter_rows():
                 shard = int(row["shard"])
@@ -224,8 +232,13 @@ class RayEngine(_Engine):
                     raise FtprepError(result.message)
                 table, rejects, stats = result
                 output.write_shard(shard, table, rejects, stats)
-                progress.update(counts[shard], stats.get(work.tokens_key, 0))
+                if inbox is not None:  # the shard's own batches first, then its committed counts
+                    reports.apply(ray.get(inbox.take.remote()))
+                reports.finish(shard, counts[shard], stats.get(work.tokens_key, 0))
         finally:
+            if poller is not None:
+                poller.stop()
+                ray.kill(inbox)
             progress.close()
 
     def close(self) -> None:
@@ -260,6 +273,67 @@ def worker_resources(resources: dict, options: EngineOptions, device: str) -> tu
     return workers, worker_cpus, per_worker_gpus, max(1, round(cpus / workers))
 
 
+class BatchInbox:
+    """A Ray actor (no CPU of its own): model workers tell it of each batch they finish, the
+    driver takes what came in since it last asked."""
+
+    def __init__(self):
+        self.reports: list[tuple[int, int, int]] = []
+
+    def add(self, shard: int, rows: int, tokens: int) -> None:
+        self.reports.append((shard, rows, tokens))
+
+    def take(self) -> list[tuple[int, int, int]]:
+        reports, self.reports = self.reports, []
+        return reports
+
+
+class ShardReports:
+    """Batch reports of shards run elsewhere, on one Progress: a shard's reports move the bar
+    until the shard is committed, then its committed counts top it up. A report that arrives
+    after its shard's commit is dropped: the top-up already counted it."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.running: dict[int, ShardProgress] = {}
+        self.committed: set[int] = set()
+        self.lock = threading.Lock()  # the driver's poller and its commit loop both report
+
+    def apply(self, reports: Iterable[tuple[int, int, int]]) -> None:
+        with self.lock:
+            for shard, rows, tokens in reports:
+                if shard not in self.committed:
+                    self.running.setdefault(shard, ShardProgress(self.progress)).batch(rows, tokens)
+
+    def finish(self, shard: int, rows: int, tokens: int) -> None:
+        with self.lock:
+            self.committed.add(shard)
+            (self.running.pop(shard, None) or ShardProgress(self.progress)).finish(rows, tokens)
+
+
+class _ReportPoller:
+    """A driver thread that moves the progress bar with the workers' batch reports while the
+    commit loop waits for whole shards."""
+
+    def __init__(self, ray, inbox, reports: ShardReports, every: float):
+        self.ray, self.inbox, self.reports = ray, inbox, reports
+        self.every = max(every, 0.01)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._poll, name="ftprep-progress", daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.stopped.wait(self.every):
+            try:
+                self.reports.apply(self.ray.get(self.inbox.take.remote()))
+            except Exception:  # the cluster going away ends the run in the commit loop, with its own error
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
 @dataclass(frozen=True)
 class WorkerError:
     """A user-facing error (FtprepError) met by a task or worker, sent back as its result: Ray
@@ -289,12 +363,13 @@ class _PrepareShard:
 class _ModelWorker:
     """A Ray actor: one model copy, loaded once, then one shard per call."""
 
-    def __init__(self, build_model_stage, columns, threads: int | None):
+    def __init__(self, build_model_stage, columns, threads: int | None, inbox=None):
         if threads:
             import torch
 
             torch.set_num_threads(min(threads, os.cpu_count() or threads))
         self.columns = columns
+        self.inbox = inbox
         self.step, self.error = None, None
         try:
             self.step = build_model_stage()
@@ -304,12 +379,16 @@ class _ModelWorker:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        results = [pickle.dumps(self._run(pickle.loads(prepared)), protocol=5) for prepared in batch["prepared"]]
+        results = [pickle.dumps(self._run(int(shard), pickle.loads(prepared)), protocol=5)
+                   for shard, prepared in zip(batch["shard"], batch["prepared"])]
         return {"shard": batch["shard"], "result": np.array(results, dtype=object)}
 
-    def _run(self, prepared):
+    def _run(self, shard: int, prepared):
         if isinstance(prepared, WorkerError) or self.error is not None:
             return self.error or prepared
+        if self.inbox is not None and hasattr(self.step, "on_batch"):
+            # Sent without waiting for an answer: the model never waits on the driver.
+            self.step.on_batch = lambda rows, tokens: self.inbox.add.remote(shard, rows, tokens)
         try:
             return run_model_step(self.step, prepared, self.columns)
         except FtprepError as error:

@@ -7,11 +7,28 @@ each batch as it finishes, and the end of a shard tops the counts up to what it 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
+from ftprep.stages.errors import FtprepError
+
 # Without a terminal (a log file, a CI job): one plain line this often, and one at the end.
+# FTPREP_PROGRESS_SECONDS sets another period (0: a line at every update).
 PLAIN_LINE_SECONDS = 30.0
+
+
+def plain_line_seconds() -> float:
+    value = os.environ.get("FTPREP_PROGRESS_SECONDS", "").strip()
+    if not value:
+        return PLAIN_LINE_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise FtprepError(f"FTPREP_PROGRESS_SECONDS={value!r}: give the seconds between progress lines, e.g. 30")
+    return seconds
 
 
 def notice(message: str) -> None:
@@ -28,7 +45,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.rows = self.tokens = self.printed_rows = 0
         self.started = self.last_line = time.monotonic()
-        self.interval = PLAIN_LINE_SECONDS if interval is None else interval
+        self.interval = plain_line_seconds() if interval is None else interval
         self.bar = None
         if self.stream.isatty():
             from tqdm import tqdm

@@ -102,3 +102,27 @@ def test_a_row_counts_as_done_when_all_its_turns_are_generated():
     report([0, 2], [[Candidate("a", True, 3)], [Candidate("b", True, 4), Candidate("c", False, 5)]])
     report([1, 3], [[Candidate("d", True, 1)], []])
     assert heard == [(1, 12), (2, 1)]  # row 1 first; row 0 once its second turn is done, with row 2
+
+
+def test_batch_reports_from_ray_workers_end_on_each_shards_committed_counts():
+    from ftprep.engines import ShardReports
+
+    progress = Progress("score", 20, interval=0.0, stream=io.StringIO())
+    reports = ShardReports(progress)
+    reports.apply([(0, 3, 300), (1, 4, 400), (0, 2, 200)])  # two shards run at once
+    assert (progress.rows, progress.tokens) == (9, 900)
+    reports.finish(0, 10, 1000)  # committed: 10 rows (rejected ones included), 1,000 tokens
+    assert (progress.rows, progress.tokens) == (14, 1400)
+    reports.apply([(0, 5, 500), (1, 6, 600)])  # shard 0's last report came after its commit: counted already
+    reports.finish(1, 10, 1000)
+    assert (progress.rows, progress.tokens) == (20, 2000)
+
+
+def test_the_progress_period_comes_from_the_environment(monkeypatch, tmp_path, tiny_model_dir):
+    monkeypatch.setenv("FTPREP_PROGRESS_SECONDS", "5")
+    assert Progress("score", 10, stream=io.StringIO()).interval == 5.0
+    monkeypatch.setenv("FTPREP_PROGRESS_SECONDS", "soon")
+    result = run_cli("score", DATA / "sample.jsonl", "-o", tmp_path / "out", "--model", tiny_model_dir, check=False)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "error: FTPREP_PROGRESS_SECONDS='soon': give the seconds between progress lines, e.g. 30"]
+    assert not (tmp_path / "out").exists()

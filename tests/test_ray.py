@@ -3,6 +3,7 @@ workers; resume across engines; resources sized so a 2-core machine cannot deadl
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from ftprep.commands.score import ScoreCommand, ScoreSettings
 from ftprep.engines import EngineOptions, RayEngine, worker_resources
 from ftprep.stages.errors import FtprepError
 
+PROGRESS_LINE = re.compile(r"^score: (\d+)/\d+ rows, ([\d,]+) tokens")
 FLOAT_COLUMNS = {"logprobs", "entropy", "kept_perplexity", "ground_truth_perplexity", "loss_weights"}
 
 
@@ -60,7 +62,7 @@ def mixed_input(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_scored(tmp_path_factory, mixed_input, tiny_model_dir):
     output = tmp_path_factory.mktemp("local") / "scored"
-    run_cli("score", mixed_input, "-o", output, "--shard-rows", 7, "--model", tiny_model_dir)
+    run_cli("score", mixed_input, "-o", output, "--shard-rows", 7, "--model", tiny_model_dir, "--batch-tokens", 256)
     return output
 
 
@@ -97,12 +99,18 @@ def _flatten(values):
 
 def test_score_on_ray_equals_local(tmp_path, mixed_input, local_scored, tiny_model_dir):
     """The default: a Ray instance started by the command, two CPU workers, one model each."""
-    result = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7, "--model", tiny_model_dir, "--engine", "ray", "--num-workers", 2,
-                     timeout=600)
+    result = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7, "--model", tiny_model_dir, "--batch-tokens", 256,
+                     "--engine", "ray", "--num-workers", 2, timeout=600, env={**os.environ, "FTPREP_PROGRESS_SECONDS": "0"})
     assert "45 rows written, 7 rejected" in result.stdout
     assert_same_output(local_scored, tmp_path / "ray")
+    # The workers' batches move the bar, not only the 8 shards' commits; it ends on stats.json.
+    lines = [tuple(int(n.replace(",", "")) for n in match.groups()) for match in map(PROGRESS_LINE.match, result.stderr.splitlines()) if match]
+    assert len(lines) > 8 + 4, result.stderr
+    assert lines == sorted(lines)
+    stats = json.loads((tmp_path / "ray" / "stats.json").read_text())
+    assert lines[-1] == (stats["rows_in"], stats["tokens"])
     # Same input and settings: the output is complete whichever engine asks.
-    again = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7, "--model", tiny_model_dir)
+    again = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7, "--model", tiny_model_dir, "--batch-tokens", 256)
     assert "already complete" in again.stdout
 
 
@@ -124,14 +132,15 @@ def test_ray_resumes_a_run_the_local_engine_left(tmp_path, mixed_input, local_sc
 
     monkeypatch.setattr(ScoreStage, "__call__", stop_after_two_shards)
     with pytest.raises(KeyboardInterrupt):
-        run(partial(ScoreCommand, ScoreSettings(input=str(mixed_input), output=str(output), shard_rows=7, model=tiny_model_dir)), echo=lambda *_: None)
+        run(partial(ScoreCommand, ScoreSettings(input=str(mixed_input), output=str(output), shard_rows=7, model=tiny_model_dir,
+                                            batch_tokens=256)), echo=lambda *_: None)
     partial = output / ".ftprep-partial"
     done = sorted(p.name for p in partial.glob("shard-*.arrow"))
     assert done == ["shard-00000.arrow", "shard-00001.arrow"]
     inodes = {name: (partial / name).stat().st_ino for name in done}
 
-    run_cli("score", mixed_input, "-o", output, "--shard-rows", 7, "--model", tiny_model_dir, "--engine", "ray", "--ray-address", ray_cluster,
-            "--num-workers", 2, timeout=600, env=TOKEN_AUTH)
+    run_cli("score", mixed_input, "-o", output, "--shard-rows", 7, "--model", tiny_model_dir, "--batch-tokens", 256, "--engine", "ray",
+            "--ray-address", ray_cluster, "--num-workers", 2, timeout=600, env=TOKEN_AUTH)
     # The shards already done were kept as they were, not scored again.
     assert {name: (output / f"data-{name[6:11]}-of-00008.arrow").stat().st_ino for name in done} == inodes
     assert_same_output(local_scored, output)

@@ -18,8 +18,8 @@ the default threshold strategy, as the README shows), soft (`--strategy soft`, t
 is the plain token-averaged SFT loss over the supervised tokens.
 
 Run:
-    python bench/forgetting.py --quick                 # one seed, fewer rows: about 10 min on 2 cores
-    python bench/forgetting.py                         # the full run: 2 seeds
+    python bench/forgetting.py --quick                 # one seed, fewer rows: about 7 min on 2 cores
+    python bench/forgetting.py                         # the full run: 2 seeds, about 42 min on 2 cores
     python bench/forgetting.py --sweep-lr 3e-5,1e-4,3e-4 --quick   # plain SFT only, to pick the rate
     python bench/forgetting.py --model HF_ID_OR_FOLDER --device cuda    # a larger model on a GPU
 
@@ -666,7 +666,7 @@ def sweep(scale: Scale, out: Path, rates: list[float], device: str = "cpu", log=
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=FULL.model, help="ftprep model alias, folder or hub id (default smollm2-135m)")
-    parser.add_argument("--quick", action="store_true", help="fewer rows and steps, one seed (about 10 min on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="fewer rows and steps, one seed (about 7 min on 2 cores; the full run about 42)")
     parser.add_argument("--seeds", type=int, help="training seeds per condition (full run: 2, --quick: 1)")
     parser.add_argument("--out", type=Path, help="folder for data, caches and results (default out/forgetting[-quick])")
     parser.add_argument("--steps", type=int)

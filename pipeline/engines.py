@@ -35,6 +35,7 @@ PREPARE_TASK_MEMORY = 256 * 2**20
 # How often the Ray driver reads the workers' batch reports (at most: never slower than the
 # progress lines it prints).
 REPORT_POLL_SECONDS = 0.5
+REPORT_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -325,13 +326,13 @@ class _ReportPoller:
     def _poll(self) -> None:
         while not self.stopped.wait(self.every):
             try:
-                self.reports.apply(self.ray.get(self.inbox.take.remote()))
+                self.reports.apply(self.ray.get(self.inbox.take.remote(), timeout=REPORT_TIMEOUT_SECONDS))
             except Exception:  # the cluster going away ends the run in the commit loop, with its own error
                 return
 
     def stop(self) -> None:
         self.stopped.set()
-        self.thread.join()
+        self.thread.join(timeout=REPORT_TIMEOUT_SECONDS)  # never holds up the end of a run for long
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,14 @@ from ftprep.stages.errors import FtprepError
 from ftprep.stages.normalize import NormalizeStage
 from ftprep.stages.regen import RegenSettings as StageSettings
 from ftprep.stages.regen.checks import VERIFIERS
+from ftprep.stages.regen.generate import Sampling
 from ftprep.stages.regen.prompts import MODES
 from ftprep.stages.score import default_batch_tokens
 
-# The stage owns the defaults of what it decides; the command only declares them as options.
+# The stage and its sampler own the defaults of what they decide; the command only declares
+# them as options.
 STAGE_DEFAULTS = StageSettings()
+SAMPLING_DEFAULTS = Sampling()
 
 SUMMARY = "Rewrite the assistant turns of INPUT with the model itself; keep the best checked rewrite, else the ground truth."
 
@@ -46,9 +49,9 @@ class RegenSettings(Settings):
                         help="rephrase: the model sees the reference answer as a guide (SDFT); self: the original prompt alone.")
     template: str | None = setting(None, path=True,
                                    help="rephrase: text file with {instruction} and {reference} (see --print-template).")
-    n: int = setting(4, low=1, high=64, help="Candidates sampled per turn.")
-    temperature: float = setting(0.7, low=0, low_open=True, help="Sampling temperature.")
-    top_p: float = setting(0.95, low=0, high=1, low_open=True, help="Nucleus sampling mass.")
+    n: int = setting(SAMPLING_DEFAULTS.n, low=1, high=64, help="Candidates sampled per turn.")
+    temperature: float = setting(SAMPLING_DEFAULTS.temperature, low=0, low_open=True, help="Sampling temperature.")
+    top_p: float = setting(SAMPLING_DEFAULTS.top_p, low=0, high=1, low_open=True, help="Nucleus sampling mass.")
     max_new_tokens: int = positive(STAGE_DEFAULTS.max_new_tokens, help="Longest candidate; longer ones are rejected.")
     seed: int = setting(STAGE_DEFAULTS.seed, help="Sampling seed: the same seed gives the same output.")
     length_ratio: float = setting(STAGE_DEFAULTS.length_ratio, low=1, help="Reject candidates more than this many times longer or shorter than the reference.")
@@ -131,9 +134,7 @@ class RegenCommand(ModelRun):
         return manifest, stats
 
 
-def sampling_of(settings: RegenSettings):
-    from ftprep.stages.regen.generate import Sampling
-
+def sampling_of(settings: RegenSettings) -> Sampling:
     return Sampling(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
                     max_new_tokens=settings.max_new_tokens)
 

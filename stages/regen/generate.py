@@ -17,6 +17,7 @@ from ftprep.stages.score.vllm import call_ranges
 # still moves every call instead of once per shard.
 GENERATE_CALL_TOKENS = 1 << 20
 
+
 @dataclass(frozen=True)
 class Sampling:
     n: int = 4

@@ -48,7 +48,7 @@ class TokenView:
             input_ids=flat_ids,
             assistant=assistant,
             logprobs=flat_values(table, "logprobs").astype(np.float32),
-            end_of_turn=assistant & np.isin(flat_ids, np.asarray(list(end_of_turn_ids), dtype=np.int64)),
+            end_of_turn=end_of_turn_tokens(flat_ids, assistant, end_of_turn_ids),
             against_logprobs=(flat_values(table, AGAINST_LOGPROBS).astype(np.float32)
                               if AGAINST_LOGPROBS in table.column_names else None),
             rank=flat_values(table, "rank") if "rank" in table.column_names else None,
@@ -64,6 +64,11 @@ class TokenView:
         return perplexity(self.logprobs)
 
 
+def end_of_turn_tokens(input_ids: np.ndarray, assistant: np.ndarray, end_of_turn_ids) -> np.ndarray:
+    """Assistant tokens that end a turn (the ids the tokenizer found there, from the scored manifest)."""
+    return assistant & np.isin(input_ids, np.asarray(list(end_of_turn_ids), dtype=np.int64))
+
+
 def tokens_without_loss(assistant: np.ndarray, labels: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     """What "masked" means in stats, report, card and inspect alike: assistant tokens that get
     no loss, because their label is -100 or their weight is 0."""
@@ -76,10 +81,9 @@ def tokens_without_loss(assistant: np.ndarray, labels: np.ndarray, weights: np.n
 def threshold_preview(offsets, input_ids, assistant, logprobs, end_of_turn_ids, threshold: float) -> np.ndarray:
     """On scores alone: the tokens `ftprep mask --strategy threshold --threshold T` would mask,
     by the mask's own rule (end-of-turn tokens stay supervised, as --keep-eos does by default)."""
-    ids = np.asarray(input_ids)
-    view = TokenView(offsets=np.asarray(offsets), input_ids=ids, assistant=np.asarray(assistant, dtype=bool),
-                     logprobs=np.asarray(logprobs, dtype=np.float32),
-                     end_of_turn=np.asarray(assistant, dtype=bool) & np.isin(ids, np.asarray(list(end_of_turn_ids), dtype=np.int64)))
+    ids, assistant = np.asarray(input_ids), np.asarray(assistant, dtype=bool)
+    view = TokenView(offsets=np.asarray(offsets), input_ids=ids, assistant=assistant, logprobs=np.asarray(logprobs, dtype=np.float32),
+                     end_of_turn=end_of_turn_tokens(ids, assistant, end_of_turn_ids))
     masked, _ = strategy_named("threshold").masked(view, mask_candidates(view, keep_eos=True), {"threshold": threshold}, None)
     return masked
 

@@ -34,6 +34,9 @@ LOW_WEIGHT = 0.5  # soft weights below this are marked "down-weighted" (not mask
 TOP_TOKENS = 20
 MIN_SEEN = 10  # a token's masked rate is listed only when it was seen at least this often
 TABLE_ROWS = 1000  # rows in the table (evenly spread over a bigger dataset): each carries its tokens
+# What a token is on the page, in the order token_kinds numbers them, with its one-letter code
+# in the rows' JSON and its CSS class.
+KINDS = ("prompt", "kept", "masked", "low")
 KIND_CODES = {"prompt": "p", "kept": "k", "masked": "m", "low": "l"}
 
 
@@ -311,7 +314,7 @@ def rows_payload(data: ReportData, numbers: dict, tokenizer, rows: np.ndarray) -
     and its perplexity."""
     positions = np.concatenate([np.arange(data.offsets[row], data.offsets[row + 1]) for row in rows])
     distinct, piece_of = np.unique(data.input_ids[positions], return_inverse=True)
-    kinds = np.where(data.masked, "m", np.where(data.low, "l", np.where(data.assistant, "k", "p")))
+    kinds = np.array([KIND_CODES[kind] for kind in KINDS])[token_kinds(data)]
     payload, cursor = [], 0
     for row in rows:
         length = int(data.offsets[row + 1] - data.offsets[row])
@@ -321,7 +324,14 @@ def rows_payload(data: ReportData, numbers: dict, tokenizer, rows: np.ndarray) -
                         "t": piece_of[cursor:cursor + length].tolist(), "k": "".join(kinds[span]),
                         "p": [None if np.isnan(value) else float(f"{value:.3g}") for value in ppl]})
         cursor += length
-    return {"pieces": [tokenizer.decode([int(token)]) for token in distinct], "rows": payload}
+    return {"pieces": [tokenizer.decode([int(token)]) for token in distinct], "rows": payload,
+            "kinds": {code: kind for kind, code in KIND_CODES.items()}}
+
+
+def token_kinds(data: ReportData) -> np.ndarray:
+    """Per token, its index in KINDS: masked first, then down-weighted, kept, prompt."""
+    return np.select([data.masked, data.low, data.assistant], [KINDS.index("masked"), KINDS.index("low"), KINDS.index("kept")],
+                     default=KINDS.index("prompt"))
 
 
 def row_table(data: ReportData, numbers: dict, rows: np.ndarray) -> str:
@@ -343,13 +353,12 @@ def row_table(data: ReportData, numbers: dict, rows: np.ndarray) -> str:
 def row_html(data: ReportData, row: int, tokenizer) -> str:
     """One row with its tokens marked, as the page shows it before any click (the same markup
     the script builds)."""
-    spans = []
+    spans, kinds = [], token_kinds(data)
     for position in range(data.offsets[row], data.offsets[row + 1]):
-        kind = ("masked" if data.masked[position] else "low" if data.low[position]
-                else "kept" if data.assistant[position] else "prompt")
         ppl = data.perplexity[position]
         title = f' title="perplexity {ppl:.3g}"' if not np.isnan(ppl) else ""
-        spans.append(f'<span class="{kind}"{title}>{html.escape(tokenizer.decode([int(data.input_ids[position])]))}</span>')
+        spans.append(f'<span class="{KINDS[kinds[position]]}"{title}>'
+                     f'{html.escape(tokenizer.decode([int(data.input_ids[position])]))}</span>')
     return "".join(spans)
 
 
@@ -368,7 +377,7 @@ table.rows th.asc::after{content:" \\25B2"}table.rows th.desc::after{content:" \
 SCRIPT = """(function(){
 const data=JSON.parse(document.getElementById('row-data').textContent);
 const table=document.getElementById('rows'),body=table.tBodies[0],view=document.getElementById('row-view');
-const head=document.getElementById('row-head'),names={p:'prompt',k:'kept',m:'masked',l:'low'};
+const head=document.getElementById('row-head'),names=data.kinds;
 function show(i){const r=data.rows[i];view.textContent='';
  for(let j=0;j<r.t.length;j++){const s=document.createElement('span');s.className=names[r.k[j]];
   s.textContent=data.pieces[r.t[j]];if(r.p[j]!==null)s.title='perplexity '+r.p[j];view.appendChild(s);}

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -116,6 +117,14 @@ def read_jsonl(path):
     # JSON Lines ends a record at "\n" only: str.splitlines() would also cut at U+2028 and the
     # like, which JSON writes raw inside strings (a fuzzed row id has one).
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+def progress_lines(stderr: str, label: str = "score") -> list[tuple[int, int]]:
+    """(rows, tokens) of each plain progress line of a `label` run, as
+    `score: 48/200 rows, 8,500 tokens (19 tok/s), 7m36s, ETA 24m05s` (the ETA while unfinished)."""
+    line = re.compile(rf"^{label}: (\d+)/(\d+) rows, ([\d,]+) tokens \([\d,]+ tok/s\), \S+(, ETA \S+)?$")
+    found = [line.match(text) for text in stderr.splitlines()]
+    return [(int(match[1]), int(match[3].replace(",", ""))) for match in found if match]
 
 
 def flat(table, name):

@@ -3,20 +3,11 @@ numbers of stats.json at the end, and no loading bars of transformers' own."""
 
 import io
 import json
-import re
 
-from conftest import DATA, run_cli
+from conftest import DATA, progress_lines, run_cli
 
 import ftprep.progress
 from ftprep.progress import Progress
-
-LINE = re.compile(r"^score: (\d+)/(\d+) rows, ([\d,]+) tokens \([\d,]+ tok/s\), \S+(, ETA \S+)?$")
-
-
-def progress_lines(stderr: str) -> list[tuple[int, int]]:
-    """(rows, tokens) of each plain progress line of a score run."""
-    found = [LINE.match(line) for line in stderr.splitlines()]
-    return [(int(match[1]), int(match[3].replace(",", ""))) for match in found if match]
 
 
 def test_progress_moves_within_one_shard_and_ends_on_the_stats(tmp_path, tiny_model_dir, monkeypatch):
@@ -86,8 +77,7 @@ def test_regen_progress_moves_per_generation_batch(tmp_path, tiny_model_dir, mon
     out = tmp_path / "regen"
     result = run_cli("regen", DATA / "arithmetic.jsonl", "-o", out, "--limit", 12, "--model", tiny_model_dir,
                      "--n", 1, "--max-new-tokens", 8)
-    lines = [(int(match[1]), int(match[3].replace(",", ""))) for match in
-             (re.match(r"^regen: (\d+)/(\d+) rows, ([\d,]+) tokens", line) for line in result.stderr.splitlines()) if match]
+    lines = progress_lines(result.stderr, "regen")
     stats = json.loads((out / "stats.json").read_text())
     assert len([rows for rows, _ in lines if rows < 12]) >= 3, result.stderr
     assert lines[-1] == (stats["rows_in"], stats["generated_tokens"]) == (12, stats["generated_tokens"])

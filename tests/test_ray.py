@@ -3,7 +3,6 @@ workers; resume across engines; resources sized so a 2-core machine cannot deadl
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, REPO, load_table, read_jsonl
+from conftest import DATA, REPO, load_table, progress_lines, read_jsonl
 from conftest import (
     run_cli_process as run_cli,  # the commands in a process of their own: a Ray driver in this one outlives ray.shutdown() and is ended when the cluster stops
 )
@@ -20,7 +19,6 @@ from ftprep.commands.score import ScoreCommand, ScoreSettings
 from ftprep.engines import EngineOptions, RayEngine, worker_resources
 from ftprep.stages.errors import FtprepError
 
-PROGRESS_LINE = re.compile(r"^score: (\d+)/\d+ rows, ([\d,]+) tokens")
 FLOAT_COLUMNS = {"logprobs", "entropy", "kept_perplexity", "ground_truth_perplexity", "loss_weights"}
 
 
@@ -104,7 +102,7 @@ def test_score_on_ray_equals_local(tmp_path, mixed_input, local_scored, tiny_mod
     assert "45 rows written, 7 rejected" in result.stdout
     assert_same_output(local_scored, tmp_path / "ray")
     # The workers' batches move the bar, not only the 8 shards' commits; it ends on stats.json.
-    lines = [tuple(int(n.replace(",", "")) for n in match.groups()) for match in map(PROGRESS_LINE.match, result.stderr.splitlines()) if match]
+    lines = progress_lines(result.stderr)
     assert len(lines) > 8 + 4, result.stderr
     assert lines == sorted(lines)
     stats = json.loads((tmp_path / "ray" / "stats.json").read_text())

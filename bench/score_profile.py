@@ -29,7 +29,6 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=14, help="ops to list")
     args = parser.parse_args()
 
-    import datasets
     from torch.profiler import ProfilerActivity, profile
 
     import ftprep
@@ -42,8 +41,7 @@ def main() -> None:
         inputs = Path(work) / "rows.jsonl"
         inputs.write_text("\n".join(rows) + "\n")
         scored = ftprep.score(str(inputs), output=str(Path(work) / "scored"), model=args.model, dtype=args.dtype)
-        table = datasets.load_from_disk(scored.cache_files[0]["filename"].rsplit("/", 1)[0]).data.table
-        tokens = table.select(["input_ids", "assistant_mask"])
+        tokens = scored.data.table.select(["input_ids", "assistant_mask"])
 
     dtype = resolve_dtype(args.dtype, "cpu", cpu_bf16=None)
     scorer = HFScorer(load_model(resolve_model(args.model), dtype, "cpu"))

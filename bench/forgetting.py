@@ -434,16 +434,15 @@ def native_bf16(device: str) -> bool:
 
 
 def load_model(name: str, device: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The model in float32 as ftprep loads it (no loading bar per condition and seed), with a
+    tokenizer of its own: the trainer may change the one it is given."""
+    from transformers import AutoTokenizer
 
-    from ftprep.models import quiet_loading_bars, resolve_model
+    from ftprep.models import load_model as load_ftprep_model
+    from ftprep.models import resolve_model
 
     folder = resolve_model(name)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    with quiet_loading_bars():  # one per condition and seed would crowd the log
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device)
-    return model.eval(), tokenizer
+    return load_ftprep_model(folder, "float32", device), AutoTokenizer.from_pretrained(folder)
 
 
 def train(scale: Scale, folder: str, seed: int, device: str, workdir: Path):

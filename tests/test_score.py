@@ -122,9 +122,11 @@ def test_auto_dtype_is_bfloat16_on_a_cpu_with_native_bf16_matmuls():
 def test_bfloat16_scores_stay_close_to_float32(model_dir, tokenized):
     """The bf16 path against float32 on the real model: the share of assistant tokens that change
     side of the STM threshold (perplexity 2.5) and the mean logprob difference. Measured on
-    data/sample.jsonl (40 rows): 0.03 nats mean, 0.5 % flips; the bounds leave room for a
-    few rows' noise (bf16 matmuls round weights and activations to 8 bits, so this is the
-    floor of any path whose matmuls are bf16)."""
+    data/sample.jsonl (40 rows): 0.03 nats mean, 0.5 % flips, on AVX512-BF16 and on AMX alike;
+    bf16 matmuls round weights and activations to 8 bits, so this is the floor of any path whose
+    matmuls are bf16. On these 6 rows (341 tokens) a 0.5 % rate gives 1.8 flips on average, and
+    which tokens flip depends on the CPU's bf16 kernels (AMX: 4 of 341): the bound, 2 %
+    (6 flips at most) is what a binomial count at that rate exceeds with a chance of 1 in 400."""
     rows = tokenized.slice(0, 6)
     exact = flat(hf_scorer(model_dir, "float32")(rows), "logprobs")
     fast = flat(hf_scorer(model_dir, "bfloat16")(rows), "logprobs")
@@ -134,5 +136,5 @@ def test_bfloat16_scores_stay_close_to_float32(model_dir, tokenized):
     threshold = -np.log(2.5)
     flips = np.mean((fast[scored] < threshold) != (exact[scored] < threshold))
     print(f"bf16 vs fp32: mean |d| {difference.mean():.4f}, p99 {np.percentile(difference, 99):.3f}, flips {flips:.4f}")
-    assert difference.mean() < 0.06 and flips < 0.01
+    assert difference.mean() < 0.06 and flips < 0.02
     assert difference.mean() > 0  # a bf16 path that silently ran in float32 would not be one

@@ -1,11 +1,12 @@
 """Property-based fuzzing of `ftprep score`'s reading, normalizing and tokenizing (issues 14
 and 19): generated files of every kind, full of malformed rows, run through the real command
 line. Whatever the file holds: no traceback, in = out + rejected, every reject has a reason.
+Damage to a file as a whole (compressed, binary, empty, cut short) is fuzzed in
+test_fuzz_files.py: such a file is refused before any row is read, so it has no rows to count.
 
 The model stage is replaced by one that fills the score columns with zeros: the model only
 ever sees rows that were tokenized, and what is fuzzed here is everything before it."""
 
-import gzip
 import io
 import json
 import random
@@ -47,7 +48,7 @@ row = st.one_of(
     st.fixed_dictionaries({"prompt": st.one_of(text, st.lists(message, max_size=2)), "completion": st.one_of(text, json_value)}),
     json_value,
 )
-KINDS = ("jsonl", "json", "csv", "parquet", "gzip named .jsonl", "binary", "empty")
+KINDS = ("jsonl", "json", "csv", "parquet")
 garbage_line = st.one_of(st.binary(max_size=30), st.sampled_from([b"{", b"[" * 2000, b'{"a": ' + b"9" * 5000 + b"}", b"\x00\x00"]))
 
 
@@ -90,11 +91,6 @@ def input_files(draw):
         sink = io.BytesIO()
         pq.write_table(pa.table({column: array, "completion": pa.array(["x"] * len(rows))}), sink)
         return "rows.parquet", sink.getvalue(), len(rows)
-    if kind == "gzip named .jsonl":
-        return "rows.jsonl", gzip.compress(b"\n".join(encode_line(value) for value in rows)), None
-    if kind == "binary":
-        return "rows.jsonl", draw(st.binary(min_size=1, max_size=400)), None
-    return draw(st.sampled_from(["rows.jsonl", "rows.json", "rows.csv"])), b"", 0
 
 
 class ZeroScores:

@@ -168,7 +168,7 @@ def rows_and_format(source: Source, fmt: str | None):
     if not readable and fmt is None:  # nothing to tell a format from: say why, not which columns are missing
         raise FtprepError(f"none of the first {len(sample)} rows of {source.spec} can be read (row {sample[0][0]}: "
                           f"{sample[0][1]}): check that it is {KIND_NAMES[source.kind]}{READABLE_HINTS.get(source.kind, '')}")
-    fmt = fmt or detect_format(readable)
+    fmt = fmt or detect_format(readable, source.spec)
     return chain(sample, rows), fmt
 
 

@@ -11,10 +11,8 @@ import io
 import json
 import random
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from conftest import read_jsonl, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -91,32 +89,6 @@ def input_files(draw):
         sink = io.BytesIO()
         pq.write_table(pa.table({column: array, "completion": pa.array(["x"] * len(rows))}), sink)
         return "rows.parquet", sink.getvalue(), len(rows)
-
-
-class ZeroScores:
-    """Stands in for the model: every token's logprob, entropy and rank as 0."""
-
-    def __call__(self, table: pa.Table, rejects):
-        offsets = table.column("input_ids").combine_chunks().offsets
-        total = offsets[-1].as_py() - offsets[0].as_py()
-        zeros = pa.ListArray.from_arrays(pa.array(np.asarray(offsets) - offsets[0].as_py(), pa.int32()),
-                                         pa.array(np.zeros(total, np.float32)))
-        ranks = pa.ListArray.from_arrays(pa.array(np.asarray(offsets) - offsets[0].as_py(), pa.int32()),
-                                         pa.array(np.zeros(total, np.int32)))
-        table = table.append_column("logprobs", zeros).append_column("entropy", zeros).append_column("rank", ranks)
-        return table, {"tokens": total}
-
-    def close(self):
-        pass
-
-
-@pytest.fixture(scope="module")
-def no_model():
-    import ftprep.commands.score as score
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(score, "build_score_stage", lambda *args: ZeroScores())
-        yield
 
 
 def test_fuzzed_files_never_crash_and_every_row_is_accounted_for(tmp_path_factory, tiny_model_dir, no_model):

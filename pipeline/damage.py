@@ -147,7 +147,7 @@ def check_dataset_folder(folder: Path) -> None:
     if not info.is_file():
         raise FtprepError(f"{folder} has no dataset_info.json (save_to_disk writes it beside state.json): "
                           "save the dataset again with save_to_disk")
-    if not isinstance(_json_file(info, "the dataset's features").get("features", {}), (dict, type(None))):
+    if not isinstance(_json_file(info, "the dataset's description").get("features", {}), (dict, type(None))):
         raise FtprepError(f"{info} is damaged (its features are not a mapping): save the dataset again with save_to_disk")
     for entry in files:
         path = folder / entry["filename"]
@@ -202,6 +202,8 @@ def unreadable(path, kind: str, error: BaseException) -> FtprepError:
 
 def detail(error: BaseException) -> str:
     """A low-level error's message, short: its first line, at most DETAIL_CHARS characters."""
+    if isinstance(error, KeyError) and error.args:  # its text is only the key's repr
+        return f"no {error.args[0]!r} in it"
     text = str(error).strip()
     line = text.splitlines()[0].strip() if text else type(error).__name__
     return line if len(line) <= DETAIL_CHARS else line[: DETAIL_CHARS - 3].rstrip() + "..."

@@ -106,11 +106,11 @@ def open_source(spec: str, split: str | None = None, limit: int | None = None) -
         return Source(str(path), "disk", split, limit)
     if path.exists():
         raise FtprepError(f"{spec} is neither a file nor a folder: give a .jsonl, .json, .parquet or .csv file or a dataset folder")
-    local_folder = spec.split("/")[0]
-    if "/" in spec and Path(local_folder).expanduser().is_dir():  # data/sampel.jsonl: a typo, not the hub dataset "data/..."
-        raise FtprepError(f"input not found: {spec} ({local_folder}/ is a local folder, and it holds no {spec.split('/', 1)[1]})")
     if spec.startswith((".", "/", "~")) or path.suffix.lower() in FILE_SUFFIXES or not HUB_ID.fullmatch(spec):
         raise FtprepError(f"input not found: {spec}")
+    owner, name = spec.split("/")
+    if Path(owner).is_dir():  # out/scored, a folder not written yet: a local path, not the hub dataset of a user "out"
+        raise FtprepError(f"input not found: {spec} ({owner}/ is a local folder, and it holds no {name})")
     return Source(spec, "hub", split, limit)
 
 

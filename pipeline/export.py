@@ -8,7 +8,7 @@ from pathlib import Path
 from ftprep.models import EMBEDDED_MODEL_ORIGINS
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.strategies import check_export_target, describe
-from ftprep.writers import read_manifest, read_shards
+from ftprep.writers import read_shards, verify_output
 
 TRL_SNIPPET = '''\
 # Train with TRL on {where} ({strategy}{weights_note}).
@@ -113,7 +113,7 @@ def base_model_note(model: dict, base_model: str | None) -> str:
 
 def export_config(folder: Path, target: str, base_model: str | None = None) -> str:
     """The snippet for `target`; `base_model` (default: default_base_model) is the model it trains."""
-    manifest = read_manifest(folder)
+    manifest = verify_output(folder)  # checked before its dataset_info.json is read below
     if manifest is None or manifest.get("stage") != "mask":
         raise FtprepError(f"{folder} is not a training dataset (no ftprep.json from ftprep mask): run ftprep mask first")
     if not manifest.get("counts", {}).get("rows_out"):

@@ -27,7 +27,7 @@ from ftprep.stages import flat_values, perplexity, row_offsets
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.mask import PPL_BIN_EDGES, WEIGHT_QUANTILES, threshold_preview, tokens_without_loss
 from ftprep.stages.strategies import REGISTRY, describe
-from ftprep.writers import read_manifest, read_shards
+from ftprep.writers import read_manifest, read_shards, verify_output
 
 PPL_EDGES = np.array([*PPL_BIN_EDGES, np.inf])  # the bins of stats.json
 LOW_WEIGHT = 0.5  # soft weights below this are marked "down-weighted" (not masked: they still train)
@@ -69,7 +69,7 @@ class ReportData:
 
 
 def load_report_data(folder: Path, threshold: float) -> tuple[ReportData, dict]:
-    manifest = read_manifest(folder)
+    manifest = verify_output(folder)  # checked before its rejects.jsonl is read below
     if manifest is None or manifest.get("stage") not in ("score", "mask"):
         raise FtprepError(f"{folder} is not an ftprep output (no ftprep.json): give a folder from ftprep score or ftprep mask")
     if manifest["stage"] == "score":

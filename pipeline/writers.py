@@ -90,6 +90,18 @@ def read_json_file(path: Path, what: str):
 
 
 def read_manifest(folder: Path) -> dict | None:
+    """The folder's manifest, None where it has none; a one-line error where its ftprep.json is
+    damaged or not one ftprep wrote (a foreign folder's file of that name), so that a command
+    never trips over a missing field further on."""
+    manifest = _manifest_json(folder)
+    problem = manifest_problem(manifest) if manifest is not None else None
+    if problem:
+        raise FtprepError(f"{Path(folder) / MANIFEST} is not a manifest ftprep wrote ({problem}): give a folder written "
+                          "by ftprep score, regen or mask, or rerun the command that wrote it")
+    return manifest
+
+
+def _manifest_json(folder: Path) -> dict | None:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
@@ -97,6 +109,30 @@ def read_manifest(folder: Path) -> dict | None:
     if not isinstance(manifest, dict):
         raise FtprepError(f"{path} is damaged (not a manifest): rerun the command that wrote it")
     return manifest
+
+
+# The fields the commands that read a finished output rely on, by the stage that wrote it.
+MANIFEST_FIELDS = {
+    "score": (("config", dict), ("model.path", str), ("model.spec", str), ("tokenizer.end_of_turn_ids", list),
+              ("counts.rows_out", int)),
+    "regen": (("config", dict), ("model.path", str), ("model.spec", str), ("counts.rows_out", int)),
+    "mask": (("config.strategy", str), ("model.path", str), ("model.spec", str), ("tokenizer.end_of_turn_ids", list),
+             ("counts.rows_out", int), ("scored.path", str)),
+}
+
+
+def manifest_problem(manifest: dict) -> str | None:
+    """What a manifest lacks that ftprep's have, None if nothing."""
+    stage = manifest.get("stage")
+    if stage not in MANIFEST_FIELDS:
+        return f"its stage is {stage!r}, not one of {', '.join(MANIFEST_FIELDS)}" if "stage" in manifest else "it names no stage"
+    for field, kind in MANIFEST_FIELDS[stage]:
+        value = manifest
+        for key in field.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, kind):
+            return f"no {field}"
+    return None
 
 
 def output_problem(folder: Path, manifest: dict, quick: bool = False) -> str | None:
@@ -241,7 +277,9 @@ class ShardedOutput:
     def _finished_output(self) -> tuple[dict | None, str | None]:
         """(manifest, None) for a whole finished output or none; (None, why) for a damaged one."""
         try:
-            manifest = read_manifest(self.folder)
+            # As it is, not checked for ftprep's fields: a folder whose ftprep.json is someone
+            # else's is refused below (other settings), never emptied as damaged.
+            manifest = _manifest_json(self.folder)
         except FtprepError:
             return None, f"{MANIFEST} is not valid JSON"
         if manifest is None or manifest.get("run_identity") != self.identity:

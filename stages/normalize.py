@@ -40,8 +40,9 @@ FORMAT_KEYS = {
 Message = dict[str, str]
 
 
-def detect_format(rows: Iterable[Mapping]) -> str:
-    """Pick the format most of the sample rows have the columns of."""
+def detect_format(rows: Iterable[Mapping], source: str | None = None) -> str:
+    """Pick the format most of the sample rows have the columns of (`source`: what the rows are
+    from, for the error)."""
     votes = dict.fromkeys(FORMATS, 0)
     seen: set[str] = set()
     for row in rows:
@@ -53,7 +54,7 @@ def detect_format(rows: Iterable[Mapping]) -> str:
     best = max(votes, key=votes.get)
     if votes[best] == 0:
         raise FtprepError(
-            f"cannot tell the data format from the columns {sorted(seen)}: "
+            f"cannot tell the data format{f' of {source}' if source else ''} from the columns {sorted(seen)}: "
             f"pass --format {'|'.join(FORMATS)}"
         )
     return best

@@ -118,7 +118,7 @@ def test_a_dataset_folder_with_a_broken_state_json_is_a_one_line_error(tmp_path,
     datasets.Dataset.from_list([GOOD]).save_to_disk(str(folder))
     (folder / "state.json").write_text('{"_data_files": [')
     one_line_error(run_cli("score", folder, "-o", tmp_path / "out", "--model", tiny_model_dir, check=False),
-                   "cannot open the dataset folder")
+                   "state.json is damaged", "save the dataset again")
 
 
 # -- 6. byte-order marks, line endings ----------------------------------------------------

@@ -83,7 +83,7 @@ def unusable_gpu_line(listed: str, header: str, torch_version: str, torch_cuda: 
         why = f"torch {torch_version} is a CPU build: install a CUDA build of torch"
     elif driver_cuda and _release(driver_cuda[1]) < _release(torch_cuda):
         why = (f"the driver is too old for torch {torch_version}, built for CUDA {torch_cuda}: update the driver, or install "
-               f"torch built for CUDA {driver_cuda[1]} or older (the image: --build-arg CUDA_VARIANT=cu129)")
+               f"torch built for CUDA {driver_cuda[1]} or older (the image: --build-arg CUDA_VERSION=12.9.1 --build-arg CUDA_VARIANT=cu129)")
     else:
         why = "torch.cuda.is_available() is False (see torch's own warning)"
     return f"{seen} but torch cannot use {them}: {why}"

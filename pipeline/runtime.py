@@ -81,9 +81,12 @@ def unusable_gpu_line(listed: str, header: str, torch_version: str, torch_cuda: 
         why = f"CUDA_VISIBLE_DEVICES={visible_devices!r} hides {them}"
     elif torch_cuda is None:
         why = f"torch {torch_version} is a CPU build: install a CUDA build of torch"
-    elif driver_cuda and _release(driver_cuda[1]) < _release(torch_cuda):
-        why = (f"the driver is too old for torch {torch_version}, built for CUDA {torch_cuda}: update the driver, or install "
-               f"torch built for CUDA {driver_cuda[1]} or older (the image: --build-arg CUDA_VERSION=12.9.1 --build-arg CUDA_VARIANT=cu129)")
+    elif driver_cuda and _release(driver_cuda[1])[0] < _release(torch_cuda)[0]:
+        # Within one CUDA major version a newer build runs on an older driver (minor-version
+        # compatibility); across major versions it does not.
+        cuda12 = (": update the driver, or use a CUDA 12 build of torch (any 12.x runs on this driver; the image: "
+                  "--build-arg CUDA_VERSION=12.9.1 --build-arg CUDA_VARIANT=cu129)") if _release(driver_cuda[1])[0] == 12 else ": update the driver"
+        why = f"the driver is too old for torch {torch_version}, built for CUDA {torch_cuda}{cuda12}"
     else:
         why = "torch.cuda.is_available() is False (see torch's own warning)"
     return f"{seen} but torch cannot use {them}: {why}"

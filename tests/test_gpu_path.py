@@ -96,7 +96,10 @@ def test_the_line_says_why_torch_cannot_use_the_gpu():
     assert "\n" not in line
     assert "is a CPU build" in unusable_gpu_line(listed, H100_DRIVER_535, "2.13.0+cpu", None, None)
     assert "CUDA_VISIBLE_DEVICES='' hides them" in unusable_gpu_line(listed, H100_DRIVER_535, "2.13.0", "12.9", "")
-    assert "is_available() is False" in unusable_gpu_line(listed, H100_DRIVER_535, "2.13.0", "12.1", None)
+    # A CUDA 12.9 build on a CUDA 12.2 driver runs (minor-version compatibility): not the driver, then.
+    assert "is_available() is False" in unusable_gpu_line(listed, H100_DRIVER_535, "2.13.0", "12.9", None)
+    cuda11 = unusable_gpu_line(listed, H100_DRIVER_535.replace("CUDA Version: 12.2", "CUDA Version: 11.8"), "2.13.0", "13.0", None)
+    assert cuda11.endswith("built for CUDA 13.0: update the driver")
     assert unusable_gpu_line("No devices were found\n", "", "2.13.0", "13.0", None) is None
 
 

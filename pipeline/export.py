@@ -98,17 +98,24 @@ def longest_row(folder: Path) -> int:
 
 
 def default_base_model(model: dict) -> str:
-    """The model a trainer starts from: the hub model the embedded alias was quantized from (same
-    tokenizer, so the token ids match), else what --model named (a hub id, or the local folder)."""
-    return EMBEDDED_MODEL_ORIGINS.get(model["spec"], model["path"])
+    """The model a trainer starts from: the one that scored, since the masks describe its
+    perplexities. Its folder where ftprep made one (the dense copy of the embedded alias or of a
+    GGUF file: trainable offline, no download), else what --model named (a hub id, or the folder)."""
+    return model["path"]
 
 
 def base_model_note(model: dict, base_model: str | None) -> str:
-    """Comment lines where the default stands in for the embedded model: how to train the copy that scored instead."""
-    if base_model is not None or model["spec"] not in EMBEDDED_MODEL_ORIGINS:
+    """Comment lines where the default is ftprep's dense copy of a quantized model: what it is,
+    and the hub original it came from (a full-precision model, whose perplexities were not measured)."""
+    made_by_ftprep = model["spec"] in EMBEDDED_MODEL_ORIGINS or model["spec"].endswith(".gguf")
+    if base_model is not None or not made_by_ftprep:
         return ""
-    return (f"# {EMBEDDED_MODEL_ORIGINS[model['spec']]}: the hub model that {model['spec']} (which scored) was quantized from.\n"
-            f"# To train the dequantized copy that scored: --base-model {printable(model['path'])}\n")
+    origin = EMBEDDED_MODEL_ORIGINS.get(model["spec"])
+    note = f"# {printable(model['path'])}: ftprep's dense copy of {printable(model['spec'])}, the model that scored.\n"
+    if origin:
+        note += (f"# {model['spec']} was quantized from the hub model {origin}; to train that instead (needs network,\n"
+                 f"# and its perplexities were not measured): --base-model {origin}\n")
+    return note
 
 
 def export_config(folder: Path, target: str, base_model: str | None = None) -> str:

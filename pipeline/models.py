@@ -297,15 +297,23 @@ def load_model(model_dir: str, dtype: str, device: str, trust_remote_code: bool 
     import torch
     from transformers import AutoModelForCausalLM
 
+    placement = weights_placement(device)
     try:
         with quiet_loading_bars():
             model = AutoModelForCausalLM.from_pretrained(
                 model_dir, dtype=getattr(torch, dtype), attn_implementation=model_attention(model_dir),
-                local_files_only=_local_only(model_dir), trust_remote_code=trust_remote_code,
+                local_files_only=_local_only(model_dir), trust_remote_code=trust_remote_code, **placement,
             )
     except Exception as exc:
         raise FtprepError(f"cannot load the model {model_dir}: {_load_failure(exc)}") from exc
-    return model.to(device).eval()
+    return (model if placement else model.to(device)).eval()
+
+
+def weights_placement(device: str) -> dict:
+    """Where from_pretrained puts the weights as it reads them: on a GPU straight onto it (an 8B
+    model in bf16 is 16 GB, which loading on the CPU first would copy through host memory and then
+    move); on the CPU where transformers loads by default."""
+    return {"device_map": device} if device.startswith("cuda") else {}
 
 
 def parameter_shapes(model_dir: str) -> tuple[dict[str, tuple[int, ...]], str]:

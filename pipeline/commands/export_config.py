@@ -18,8 +18,9 @@ SUMMARY = "Print a ready-to-use training snippet for FOLDER (TRL Python, Axolotl
 class ExportSettings(Settings):
     folder: str = setting(argument=True, help="A folder written by ftprep mask.")
     target: str = setting("trl", choices=TARGETS, help="Trainer to print a snippet for (hf and trl print the same TRL Python).")
-    base_model: str | None = setting(None, help="Model the snippet trains: a hub id or a local folder (default: the hub model "
-                                           "--model came from; for the embedded alias, the hub model it was quantized from).")
+    base_model: str | None = setting(None, help="Model the snippet trains: a hub id or a local folder (default: the model that "
+                                           "scored: the hub id or folder --model named; for the embedded alias or a .gguf "
+                                           "file, ftprep's dense copy of it).")
 
 
 def print_snippet(settings: ExportSettings) -> None:

@@ -17,7 +17,7 @@ from ftprep.commands.model_run import ModelRun
 from ftprep.engines import ShardWork
 from ftprep.models import context_length
 from ftprep.readers import input_format, read_source_shard
-from ftprep.runtime import library_versions, make_scorer
+from ftprep.runtime import library_versions, longest_row, make_scorer
 from ftprep.settings import Settings, positive, setting
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.normalize import NormalizeStage
@@ -147,9 +147,11 @@ def build_regen_stage(settings: RegenSettings, stage_settings, runtime):
     sampling = sampling_of(settings)
     batch_tokens = settings.batch_tokens or default_batch_tokens(runtime.device)
     model_dir = runtime.local_model_dir()
+    row_limit = longest_row(runtime.backend, context_length(model_dir))
+    # Prefix caching: the n candidates of a prompt are n requests that would each prefill it.
     scorer = make_scorer(runtime, 0, False, batch_tokens, settings.gpu_memory_utilization,
-                         settings.max_num_batched_tokens, seed=settings.seed, max_model_len=context_length(model_dir),
-                         tensor_parallel_size=settings.tensor_parallel_size)
+                         settings.max_num_batched_tokens, seed=settings.seed, longest_row=row_limit,
+                         tensor_parallel_size=settings.tensor_parallel_size, prefix_caching=True)
     if runtime.backend == "vllm":
         from transformers import GenerationConfig
 
@@ -161,7 +163,7 @@ def build_regen_stage(settings: RegenSettings, stage_settings, runtime):
                                   per_request_seeds=runtime.device != "cpu")
     else:
         generator = HFGenerator(scorer.model, runtime.tokenizer, sampling, default_generation_tokens(runtime.device))
-    return RegenStage(stage_settings, runtime.tokenizer, generator, scorer, context_length(model_dir))
+    return RegenStage(stage_settings, runtime.tokenizer, generator, scorer, row_limit)
 
 
 def finish_regen_stats(stats: dict) -> dict:

@@ -16,7 +16,7 @@ from ftprep.commands.model_run import ModelRun
 from ftprep.engines import ShardWork
 from ftprep.models import context_length
 from ftprep.readers import input_format, read_source_shard
-from ftprep.runtime import library_versions, make_scorer
+from ftprep.runtime import library_versions, longest_row, make_scorer
 from ftprep.settings import Settings, setting
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.normalize import NormalizeStage
@@ -71,7 +71,7 @@ class ScoreCommand(ModelRun):
     def work(self) -> ShardWork:
         settings = self.settings
         self.format = input_format(self.source, settings.format)
-        self.chat = ChatTokenizer(self.runtime.tokenizer, settings.train_on, length_limit(settings, self.runtime.model_dir),
+        self.chat = ChatTokenizer(self.runtime.tokenizer, settings.train_on, length_limit(settings, self.runtime.model_dir, self.runtime.backend),
                                   settings.overlong, allow_special_tokens=settings.allow_special_tokens)
         return ShardWork(read=read_source_shard, stages=(NormalizeStage(self.format), TokenizeStage(self.chat)),
                          build_model_stage=partial(build_score_stage, settings, self.runtime, self.batch_tokens),
@@ -108,18 +108,19 @@ def check_top_k(top_k: int, tokenizer) -> None:
         raise FtprepError(f"--top-k {top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}")
 
 
-def length_limit(settings: ScoreSettings, model_dir: str) -> int | None:
-    """The longest row scored: --max-length, at most the model's context. Longer rows take the
-    --overlong path in the tokenizer; vLLM gets the same limit as its max_model_len, so none
-    reaches it, and it reserves no KV cache for a context the run never uses."""
-    limits = [limit for limit in (settings.max_length, context_length(model_dir)) if limit]
+def length_limit(settings: ScoreSettings, model_dir: str, backend: str) -> int | None:
+    """The longest row scored: --max-length, at most what the model takes on `backend` (its
+    context; on vLLM one less, for the output token it keeps room for). Longer rows take the
+    --overlong path in the tokenizer; vLLM is started for the same limit, so none reaches it, and
+    it reserves no KV cache for a context the run never uses."""
+    limits = [limit for limit in (settings.max_length, longest_row(backend, context_length(model_dir))) if limit]
     return min(limits) if limits else None
 
 
 def build_score_stage(settings: ScoreSettings, runtime, batch_tokens: int) -> ScoreStage:
     return ScoreStage(make_scorer(runtime, settings.top_k, settings.score_prompt, batch_tokens,
                                   settings.gpu_memory_utilization, settings.max_num_batched_tokens,
-                                  max_model_len=length_limit(settings, runtime.local_model_dir()),
+                                  longest_row=length_limit(settings, runtime.local_model_dir(), runtime.backend),
                                   tensor_parallel_size=settings.tensor_parallel_size))
 
 

@@ -97,7 +97,8 @@ def package_tree(ref: str | None, into: Path) -> Path:
 
 def run_version(ref: str | None, work: Path, out: Path) -> float:
     """Every command with one version, writing under `out`; returns the seconds it took."""
-    site = package_tree(ref, work / (ref or "worktree").replace("/", "_"))
+    shutil.rmtree(work, ignore_errors=True)
+    site = package_tree(ref, work)
     env = {**os.environ, "PYTHONPATH": str(site), "FTPREP_PROGRESS_SECONDS": "3600", "NO_COLOR": ""}
     started = time.perf_counter()
     for args in commands(out):
@@ -117,7 +118,7 @@ def run_version(ref: str | None, work: Path, out: Path) -> float:
 def comparable(path: Path):
     """What of a file must match: its bytes, or for the files with timings, their JSON without them."""
     if path.name == "stats.json":
-        return without_timings(json.loads(path.read_text()))
+        return list(ordered_items(without_timings(json.loads(path.read_text()))))
     if path.name == "iv.json":
         data = json.loads(path.read_text())
         data.pop("seconds", None)
@@ -174,7 +175,7 @@ def main() -> None:
     results = {}
     for side, ref in (("before", args.before), ("after", args.after)):
         shutil.rmtree(out, ignore_errors=True)
-        seconds = run_version(ref, work / "trees", out)
+        seconds = run_version(ref, work / "trees" / side, out)
         shutil.rmtree(work / side, ignore_errors=True)
         out.rename(work / side)
         results[side] = seconds

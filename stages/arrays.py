@@ -1,10 +1,5 @@
-"""ftprep stages: each takes an Arrow table in and gives a table and its stats out; none reads
-files, prints, loads a model or imports from the rest of ftprep.
-
-Every stage is called as `stage(table, rejects) -> (table, stats)`. The table carries an
-`index` column (each row's place in the source), by which a stage names the rows it drops in
-`rejects`, a sink its caller provides.
-"""
+"""What the stages share over Arrow tables: the sink of rejected rows, and numpy views of list
+columns (flat values, row offsets, nested top-k lists) and of per-token perplexity."""
 
 from __future__ import annotations
 

@@ -17,10 +17,11 @@ from typing import Callable, Iterable, Protocol
 import pyarrow as pa
 
 from ftprep.engines import EngineOptions, ShardWork, open_engine
+from ftprep.manifest import MANIFEST, RunManifest, load_manifest
 from ftprep.progress import Progress
 from ftprep.settings import spec_of
 from ftprep.stages.errors import FtprepError
-from ftprep.writers import OutputLock, ShardedOutput, merge_counters, read_manifest
+from ftprep.writers import OutputLock, ShardedOutput, merge_counters
 
 TOP_REASONS = 3
 
@@ -37,11 +38,11 @@ class ShardCommand(Protocol):
     def shard_reads(self, executor) -> Iterable: ...
     def work(self) -> ShardWork: ...  # built only when there is work left
     def schema(self) -> pa.Schema: ...  # the columns of the output, also when it has no rows
-    def finish(self, stats: dict) -> tuple[dict, dict]: ...  # (manifest, stats) from the shards' merged stats
+    def finish(self, stats: dict) -> tuple[RunManifest, dict]: ...  # (manifest, stats) from the shards' merged stats
 
 
 def run(plan: Callable[[object], ShardCommand], engine: EngineOptions = EngineOptions(), overwrite: bool = False,
-        echo=print) -> dict:
+        echo=print) -> RunManifest:
     """Run the command `plan(executor)` describes, and return its manifest."""
     with open_engine(engine) as executor:
         command = plan(executor)
@@ -50,7 +51,7 @@ def run(plan: Callable[[object], ShardCommand], engine: EngineOptions = EngineOp
             output = ShardedOutput(command.output, command.identity(), overwrite=overwrite, echo=echo)
             if output.complete:
                 echo(f"{command.output} is already complete (same {command.made_from} and settings): nothing to do")
-                return check_some_rows(command.output, read_manifest(Path(command.output)))
+                return check_some_rows(command.output, load_manifest(Path(command.output) / MANIFEST))
             try:
                 progress = Progress(command.name, command.total_rows())
                 executor.run(output, command.shard_reads(executor), command.work(), progress, command.device)
@@ -88,15 +89,15 @@ def discard_unused_partial(partial: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def check_some_rows(output: str, manifest: dict, reasons: dict | None = None) -> dict:
+def check_some_rows(output: str, manifest: RunManifest, reasons: dict | None = None) -> RunManifest:
     """A run whose every row was rejected wrote nothing to train on: that is an error to say."""
-    counts = manifest.get("counts", {})
-    if counts.get("rows_out", 0) == 0:
+    if manifest.rows_out == 0:
         if reasons is None:
             reasons = _reasons_from_stats(Path(output))
         top = sorted(reasons.items(), key=lambda item: -item[1])[:TOP_REASONS]
         why = "; ".join(f"{count} {reason}" for reason, count in top)
-        raise FtprepError(f"all {counts.get('rows_rejected', 0)} rows were rejected ({why or 'no rows in the input'}): "
+        rejected = manifest.counts.rows_rejected if manifest.counts else 0
+        raise FtprepError(f"all {rejected} rows were rejected ({why or 'no rows in the input'}): "
                           f"see {Path(output) / 'rejects.jsonl'}")
     return manifest
 

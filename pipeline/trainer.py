@@ -392,7 +392,7 @@ class IVGuidance:
 
     @classmethod
     def load(cls, path: str | Path, tokenizer=None, **settings) -> "IVGuidance":
-        from ftprep.iv import read_instruction_vector
+        from ftprep.plans.iv import read_instruction_vector
 
         vectors, _ = read_instruction_vector(path)
         return cls(vectors, generation_header_ids(tokenizer) if tokenizer is not None else None, **settings)

@@ -146,6 +146,7 @@ def test_turns_rows_and_rows_without_anchors_on_a_synthetic_table():
     from ftprep.commands.mask import MaskSettings
     from ftprep.stages import Rejects
     from ftprep.stages.mask import MaskStage
+    from ftprep.stages.mask_settings import MaskStageSettings
 
     eot = 2
     # Row 0: two turns (3..6 and 8..9, each ending with EOT); row 1: every token the greedy choice.
@@ -156,7 +157,7 @@ def test_turns_rows_and_rows_without_anchors_on_a_synthetic_table():
     )
 
     def run(**settings):
-        config = MaskSettings(scored="-", output="-", strategy="anchor", **settings).to_dict()
+        config = MaskStageSettings.from_config(MaskSettings(scored="-", output="-", strategy="anchor", **settings).to_dict())
         rejects = Rejects()
         indexed = table.append_column("index", pa.array(range(table.num_rows), pa.int64()))
         out, stats = MaskStage(config, [eot])(indexed, rejects)

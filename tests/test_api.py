@@ -11,7 +11,9 @@ import ftprep
 from ftprep.commands.mask import MaskSettings
 from ftprep.commands.regen import RegenSettings
 from ftprep.commands.score import ScoreSettings
-from ftprep.stages.strategies import REGISTRY, describe
+from ftprep.manifest import RunManifest
+from ftprep.stages.mask_settings import MaskStageSettings, describe
+from ftprep.stages.strategies import REGISTRY
 
 
 def test_score_and_mask_from_python_equal_the_commands(tmp_path, tiny_model_dir):
@@ -66,14 +68,14 @@ def test_every_setting_is_an_option_of_its_command_with_its_default(settings_cla
 
 
 def test_each_strategy_describes_itself_in_the_card_report_and_snippets():
-    from ftprep.card import strategy_text
+    from ftprep.publish.card import strategy_text
 
     defaults = {item.name: item.default for item in dataclasses.fields(MaskSettings) if item.default is not dataclasses.MISSING}
     for name, strategy in REGISTRY.items():
         config = {**defaults, "strategy": name}
-        text = describe(config)
+        text = describe(MaskStageSettings.from_config(config))
         assert text.startswith(name) and strategy.summary
-        assert strategy_text({"stage": "mask", "config": config}) == text
-    assert "second model" in describe({**defaults, "strategy": "delta"})
-    assert "AnchorLwF" in describe({**defaults, "strategy": "anchor"})
-    assert "plain SFT" not in describe({**defaults, "strategy": "delta"})
+        assert strategy_text(RunManifest.from_json({"stage": "mask", "config": config})) == text
+    assert "second model" in describe(MaskStageSettings.from_config({**defaults, "strategy": "delta"}))
+    assert "AnchorLwF" in describe(MaskStageSettings.from_config({**defaults, "strategy": "anchor"}))
+    assert "plain SFT" not in describe(MaskStageSettings.from_config({**defaults, "strategy": "delta"}))

@@ -2,6 +2,7 @@
 errors, outputs that are damaged, shared or on a full disk are never taken as finished, and
 nothing a command reads is ever written over."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,12 +16,13 @@ import yaml
 from conftest import DATA, flat, load_table, read_jsonl, run_cli
 
 import ftprep
+from ftprep.manifest import open_run
 from ftprep.readers import open_source, source_table
 from ftprep.stages import Rejects
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.normalize import NormalizeStage
 from ftprep.stages.tokenization import ChatTokenizer
-from ftprep.writers import LOCK, OutputLock, ShardedOutput, verify_output
+from ftprep.writers import LOCK, OutputLock, ShardedOutput
 
 GOOD = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there."}]}
 
@@ -274,7 +276,7 @@ def test_a_rerun_over_a_damaged_output_writes_it_again(tiny_scored, tmp_path, ti
     assert again.drop_columns(floats) == first.drop_columns(floats)
     for name in floats:
         np.testing.assert_allclose(flat(again, name), flat(first, name), rtol=1e-4, atol=1e-5)
-    assert verify_output(folder)["counts"] == manifest["counts"]
+    assert dataclasses.asdict(open_run(folder).counts) == manifest["counts"]
 
 
 def test_a_damaged_committed_shard_is_done_again_on_resume(tmp_path):
@@ -378,7 +380,7 @@ def test_a_failed_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["data", "Data", "README.md", "ppl_histogram.png", "..", "ok\n", "../x"])
 def test_config_names_that_collide_or_escape_are_refused(name):
-    from ftprep.push import check_config_name
+    from ftprep.publish.staging import check_config_name
 
     with pytest.raises(FtprepError, match="--config-name"):
         check_config_name(name)
@@ -387,12 +389,13 @@ def test_config_names_that_collide_or_escape_are_refused(name):
 # -- 8. card and config text --------------------------------------------------------------
 
 def card_for(model_spec: str, input_name: str, existing=None) -> str:
-    from ftprep.card import dataset_card
+    from ftprep.manifest import RunManifest
+    from ftprep.publish.card import dataset_card
 
     manifest = {"stage": "score", "config": {}, "model": {"spec": model_spec, "backend": "hf", "dtype": "float32"},
                 "counts": {"rows_in": 1, "rows_out": 1, "rows_rejected": 0}, "tokenizer": {"end_of_turn_ids": [2]},
                 "run_identity": {"input": {"path": f"/data/{input_name}"}}, "versions": {"ftprep": "1"}}
-    return dataset_card(manifest, {"assistant_tokens": 3}, {"1-1.5": 3}, ["id", "input_ids"], "user/name", existing=existing)
+    return dataset_card(RunManifest.from_json(manifest), {"assistant_tokens": 3}, {"1-1.5": 3}, ["id", "input_ids"], "user/name", existing=existing)
 
 
 def test_names_cannot_break_the_card_table_or_grow_it_on_every_push():

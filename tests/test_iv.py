@@ -9,7 +9,7 @@ import torch
 from conftest import DATA, read_jsonl, run_cli
 
 from ftprep.commands.iv import IVSettings
-from ftprep.iv import extract_instruction_vector, instruction_rows, pick_examples, read_instruction_vector, shuffle_words
+from ftprep.plans.iv import extract_instruction_vector, instruction_rows, pick_examples, read_instruction_vector, shuffle_words
 from ftprep.stages.iv import AnswerScorer, add_instruction_vector, attention_layout, mean_head_outputs, patch_heads, top_heads
 from ftprep.stages.tokenization import ChatTokenizer
 from ftprep.trainer import (

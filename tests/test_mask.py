@@ -160,7 +160,7 @@ def test_hf_target_keeps_loss_weights(scored_sample, tmp_path):
 
 
 def test_training_rows_map_back_to_their_scored_rows(scored_sample, tmp_path):
-    from ftprep.inspection import rows_mask_rejected, scored_row_for_training_row
+    from ftprep.views.inspect_row import rows_mask_rejected, scored_row_for_training_row
 
     folder = mask(scored_sample, tmp_path, threshold=1.5, min_kept=20)
     scored_ids = load_table(scored_sample).column("id").to_pylist()

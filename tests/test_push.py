@@ -406,12 +406,12 @@ def test_the_saved_login_is_used_without_hf_token(train, hub, tmp_path):
 
 
 def staged_card(folder, tmp_path, config_name="default"):
-    from ftprep.push import build_upload_folder, staging_folder, write_card_files
-    from ftprep.writers import read_manifest
+    from ftprep.manifest import open_run
+    from ftprep.publish.staging import build_upload_folder, staging_folder, write_card_files
 
     staging = staging_folder(folder, config_name)
     staged = build_upload_folder(folder, staging, config_name)
-    write_card_files(folder, staging, read_manifest(folder), REPO, config_name, None, None)
+    write_card_files(folder, staging, open_run(folder), REPO, config_name, None, None)
     return staging, staged
 
 
@@ -452,7 +452,8 @@ def test_the_scored_card_snippet_gives_the_labels_of_ftprep_mask(scored_sample, 
 def test_stale_shards_of_the_config_are_removed_and_others_kept(tmp_path):
     from huggingface_hub.hf_api import RepoFile
 
-    from ftprep.push import StagedFile, plan_upload
+    from ftprep.publish.push import plan_upload
+    from ftprep.publish.staging import StagedFile
 
     staging = tmp_path / "staging"
     (staging / "data").mkdir(parents=True)
@@ -534,7 +535,7 @@ def test_export_writes_over_nothing_but_an_earlier_export(train, tmp_path):
 
 
 def test_png_round_trips_through_pillow():
-    from ftprep.png import bar_chart, png_bytes
+    from ftprep.publish.png import bar_chart, png_bytes
 
     image = bar_chart([3, 0, 7], ["1", "2.5", "10"], marker_at=1.0, width=120, height=60)
     assert (png_pixels(png_bytes(image)) == image).all()
@@ -542,7 +543,8 @@ def test_png_round_trips_through_pillow():
 
 
 def test_the_card_counts_masked_as_no_loss_and_gives_soft_weight_quantiles():
-    from ftprep.card import facts_table
+    from ftprep.manifest import RunManifest
+    from ftprep.publish.card import facts_table
 
     manifest = {"stage": "mask", "counts": {"rows_in": 2, "rows_out": 2, "rows_rejected": 0}, "versions": {},
                 "config": {"strategy": "soft", "weight_fn": "gauss", "sigma": 0.75, "min_weight": 0.0, "keep_eos": True},
@@ -550,6 +552,6 @@ def test_the_card_counts_masked_as_no_loss_and_gives_soft_weight_quantiles():
                 "scored": {"run_identity": {"input": {"path": "/somewhere/data.jsonl"}}}}
     stats = {"assistant_tokens": 100, "masked_share": 0.25, "mean_weight": 0.5,
              "weight_quantiles": {"p5": 0.0, "p25": 0.0, "p50": 0.644, "p75": 0.997, "p95": 1.0}}
-    table = facts_table(manifest, stats, {}, ["input_ids", "labels", "loss_weights"])
+    table = facts_table(RunManifest.from_json(manifest), stats, {}, ["input_ids", "labels", "loss_weights"])
     assert "| masked share of assistant tokens (no loss: label -100 or weight 0) | 25.0% |" in table
     assert "| weight quantiles | p5 0.000, p25 0.000, p50 0.644, p75 0.997, p95 1.000 |" in table

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import load_table, run_cli
 
-from ftprep.report import MIN_SEEN
+from ftprep.views.report import MIN_SEEN
 
 CHROMIUM = shutil.which("chromium")
 # The flags a closed network needs (no background calls) and root needs (no sandbox).
@@ -136,7 +136,7 @@ def test_report_on_a_scored_dataset_previews_the_masks_own_rule(scored_sample, t
 
 
 def test_masked_token_counts_per_token():
-    from ftprep.report import ReportData, masked_token_counts
+    from ftprep.views.report import ReportData, masked_token_counts
 
     ids = np.array([5, 6, 5, 7, 5, 6])
     assistant = np.array([True, True, True, True, True, False])
@@ -148,7 +148,7 @@ def test_masked_token_counts_per_token():
 
 
 def test_axis_ticks_are_round_numbers():
-    from ftprep.report import nice_ticks
+    from ftprep.views.report import nice_ticks
 
     assert nice_ticks(13) == [0, 5, 10, 15]
     assert nice_ticks(20000) == [0, 5000, 10000, 15000, 20000]

@@ -11,7 +11,8 @@ import torch
 import yaml
 from conftest import DATA, run_cli, score_folder
 
-from ftprep.export import default_base_model
+from ftprep.manifest import ModelInfo
+from ftprep.publish.export_config import default_base_model
 from ftprep.trainer import TokenWeightCollator, weighted_cross_entropy, with_token_weights
 
 ROWS = [
@@ -166,8 +167,8 @@ def test_base_model_defaults_to_the_hub_model_and_can_be_overridden(scored_sampl
             assert yaml.safe_load(printed)[keys[target]] == "HuggingFaceTB/SmolLM2-135M-Instruct"
             assert yaml.safe_load(chosen)[keys[target]] == "me/my-model"
     # A hub id stays a hub id; a local folder or GGUF file is the folder that scored.
-    assert default_base_model({"spec": "org/model", "path": "org/model"}) == "org/model"
-    assert default_base_model({"spec": "m.gguf", "path": "/cache/models/m-1234"}) == "/cache/models/m-1234"
+    assert default_base_model(ModelInfo(spec="org/model", path="org/model")) == "org/model"
+    assert default_base_model(ModelInfo(spec="m.gguf", path="/cache/models/m-1234")) == "/cache/models/m-1234"
 
 
 def test_exported_yaml_names_the_folder(scored_sample, tmp_path):

@@ -10,9 +10,6 @@ import click
 from ftprep.commands import command
 from ftprep.settings import Settings, setting
 
-SUMMARY = ("Write FOLDER as Parquet files and a dataset card to a local folder, as push uploads them "
-           "(no token): datasets.load_dataset(DIR) and trl sft read it.")
-
 
 @dataclass(frozen=True, kw_only=True)
 class ExportSettings(Settings):
@@ -24,10 +21,10 @@ class ExportSettings(Settings):
 
 
 def export(settings: ExportSettings) -> None:
-    from ftprep.push import export_parquet
+    from ftprep.publish.export import export_parquet
 
     click.echo(export_parquet(Path(settings.folder), Path(settings.parquet), config_name=settings.config_name,
                               license=settings.license))
 
 
-cli = command("export", ExportSettings, export, SUMMARY)
+cli = command("export", ExportSettings, export)

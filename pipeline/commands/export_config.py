@@ -11,8 +11,6 @@ from ftprep.commands import command
 from ftprep.settings import Settings, setting
 from ftprep.stages.strategies import TARGETS
 
-SUMMARY = "Print a ready-to-use training snippet for FOLDER (TRL Python, Axolotl or LLaMA-Factory YAML)."
-
 
 @dataclass(frozen=True, kw_only=True)
 class ExportSettings(Settings):
@@ -23,9 +21,9 @@ class ExportSettings(Settings):
 
 
 def print_snippet(settings: ExportSettings) -> None:
-    from ftprep.export import export_config
+    from ftprep.publish.export_config import export_config
 
     click.echo(export_config(Path(settings.folder), settings.target, settings.base_model), nl=False)
 
 
-cli = command("export-config", ExportSettings, print_snippet, SUMMARY)
+cli = command("export-config", ExportSettings, print_snippet)

@@ -11,8 +11,6 @@ from ftprep.commands import command
 from ftprep.models import DEFAULT_MODEL
 from ftprep.settings import Settings, setting
 
-SUMMARY = "Half fine-tuning (HFT): choose per layer which half of the projections trains; the rest stays frozen."
-
 
 @dataclass(frozen=True, kw_only=True)
 class HFTPlanSettings(Settings):
@@ -27,7 +25,7 @@ class HFTPlanSettings(Settings):
 
 
 def write_plan(settings: HFTPlanSettings) -> None:
-    from ftprep.hft_plan import make_hft_plan, plan_summary, write_hft_plan
+    from ftprep.plans.hft_plan import make_hft_plan, plan_summary, write_hft_plan
 
     plan = make_hft_plan(settings.model, settings.ratio, settings.seed, settings.train_embeddings, settings.train_norms)
     write_hft_plan(plan, Path(settings.output), Path(settings.axolotl_yaml) if settings.axolotl_yaml else None)
@@ -36,4 +34,4 @@ def write_plan(settings: HFTPlanSettings) -> None:
         click.echo(f"wrote {settings.axolotl_yaml}")
 
 
-cli = command("hft-plan", HFTPlanSettings, write_plan, SUMMARY)
+cli = command("hft-plan", HFTPlanSettings, write_plan)

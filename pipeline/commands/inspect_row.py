@@ -12,8 +12,6 @@ import click
 from ftprep.commands import command
 from ftprep.settings import Settings, setting
 
-SUMMARY = "Show one row's tokens, with masked or low-weight tokens marked, and its numbers."
-
 
 @dataclass(frozen=True, kw_only=True)
 class InspectSettings(Settings):
@@ -25,7 +23,7 @@ class InspectSettings(Settings):
 
 
 def show_row(settings: InspectSettings) -> None:
-    from ftprep.inspection import inspect_row
+    from ftprep.views.inspect_row import inspect_row
 
     use_color = default_color(sys.stdout, os.environ) if settings.color is None else settings.color
     click.echo(inspect_row(Path(settings.folder), settings.row, settings.threshold, use_color), color=use_color)
@@ -36,4 +34,4 @@ def default_color(stream, environ) -> bool:
     return stream.isatty() and not environ.get("NO_COLOR")
 
 
-cli = command("inspect", InspectSettings, show_row, SUMMARY)
+cli = command("inspect", InspectSettings, show_row)

@@ -10,8 +10,6 @@ from ftprep.commands import command
 from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
 
-SUMMARY = "Extract INPUT's instruction vector: the heads that carry its task, summed per layer (arXiv 2406.12227)."
-
 
 @dataclass(frozen=True, kw_only=True)
 class IVSettings(Settings):
@@ -33,9 +31,9 @@ class IVSettings(Settings):
 
 
 def extract(settings: IVSettings) -> None:
-    from ftprep.iv import extract_instruction_vector, iv_summary
+    from ftprep.plans.iv import extract_instruction_vector, iv_summary
 
     click.echo(iv_summary(settings.output, extract_instruction_vector(settings)))
 
 
-cli = command("iv", IVSettings, extract, SUMMARY)
+cli = command("iv", IVSettings, extract)

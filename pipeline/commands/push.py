@@ -10,8 +10,6 @@ import click
 from ftprep.commands import command
 from ftprep.settings import Settings, positive, setting
 
-SUMMARY = "Upload FOLDER to the Hub as dataset REPO_ID: Parquet files and a dataset card."
-
 
 @dataclass(frozen=True, kw_only=True)
 class PushSettings(Settings):
@@ -26,11 +24,11 @@ class PushSettings(Settings):
 
 
 def push(settings: PushSettings) -> None:
-    from ftprep.push import push_folder
+    from ftprep.publish.push import push_folder
 
     click.echo(push_folder(Path(settings.folder), settings.repo_id, private=settings.private, revision=settings.revision,
                            create_pr=settings.create_pr, config_name=settings.config_name, license=settings.license,
                            files_per_commit=settings.files_per_commit, echo=click.echo))
 
 
-cli = command("push", PushSettings, push, SUMMARY)
+cli = command("push", PushSettings, push)

@@ -13,8 +13,9 @@ import click
 
 from ftprep.commands import common as shared
 from ftprep.commands import shard_command
-from ftprep.commands.model_run import ModelRun
+from ftprep.commands.model_run import ModelRun, model_info
 from ftprep.engines import ShardWork
+from ftprep.manifest import Counts, RunManifest, TokenizerInfo
 from ftprep.models import context_length
 from ftprep.readers import input_format, read_source_shard
 from ftprep.runtime import library_versions, make_scorer
@@ -31,8 +32,6 @@ from ftprep.stages.score import default_batch_tokens
 # them as options.
 STAGE_DEFAULTS = StageSettings()
 SAMPLING_DEFAULTS = Sampling()
-
-SUMMARY = "Rewrite the assistant turns of INPUT with the model itself; keep the best checked rewrite, else the ground truth."
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,17 +119,17 @@ class RegenCommand(ModelRun):
 
     def finish(self, stats: dict) -> tuple[dict, dict]:
         stats = finish_regen_stats(stats)
-        manifest = {
-            "stage": "regen",
-            "config": self.settings.to_dict(),
-            "format": self.format,
-            "template": self.template,
-            "sampling": sampling_of(self.settings).parameters(),
-            "model": self.runtime.manifest(),
-            "tokenizer": {"fingerprint": self.runtime.tokenizer_fingerprint},
-            "versions": library_versions(),
-            "counts": {key: stats.get(key, 0) for key in ("rows_in", "rows_out", "rows_rejected")},
-        }
+        manifest = RunManifest(
+            stage="regen",
+            config=self.settings.to_dict(),
+            format=self.format,
+            template=self.template,
+            sampling=sampling_of(self.settings).parameters(),
+            model=model_info(self.runtime),
+            tokenizer=TokenizerInfo(fingerprint=self.runtime.tokenizer_fingerprint),
+            versions=library_versions(),
+            counts=Counts.from_stats(stats),
+        )
         return manifest, stats
 
 
@@ -187,6 +186,6 @@ def print_template(ctx, param, value):
     ctx.exit()
 
 
-cli = shard_command("regen", RegenSettings, RegenCommand, SUMMARY)
-cli.params.append(click.Option(["--print-template"], is_flag=True, is_eager=True, expose_value=False, callback=print_template,
-                               help="Print the built-in rephrase template and exit."))
+cli = shard_command("regen", RegenSettings, RegenCommand, extra_params=[
+    click.Option(["--print-template"], is_flag=True, is_eager=True, expose_value=False, callback=print_template,
+                 help="Print the built-in rephrase template and exit.")])

@@ -11,8 +11,6 @@ from ftprep.commands import command
 from ftprep.settings import Settings, setting
 from ftprep.stages.errors import FtprepError
 
-SUMMARY = "Write one self-contained HTML page for FOLDER: plots, most masked tokens, settings, a table of rows."
-
 
 @dataclass(frozen=True, kw_only=True)
 class ReportSettings(Settings):
@@ -23,8 +21,8 @@ class ReportSettings(Settings):
 
 
 def write_report(settings: ReportSettings) -> None:
-    from ftprep.report import render_report
     from ftprep.runner import check_output_apart
+    from ftprep.views.report import render_report
     from ftprep.writers import write_text_atomic
 
     output = Path(settings.output)
@@ -37,4 +35,4 @@ def write_report(settings: ReportSettings) -> None:
     click.echo(f"wrote {settings.output}")
 
 
-cli = command("report", ReportSettings, write_report, SUMMARY)
+cli = command("report", ReportSettings, write_report)

@@ -41,9 +41,9 @@ def regen(data, *, output=None, overwrite: bool = False, engine: str = "local", 
 def mask(scored, *, output=None, overwrite: bool = False, engine: str = "local", **options):
     """`ftprep mask` as a function: `scored` is what `score` returned, or a folder it wrote;
     `options` as the command's (strategy=, threshold=, target=...). Returns the training dataset."""
-    from ftprep.commands.mask import MaskCommand, MaskSettings
+    from ftprep.commands.mask import MaskCommand, mask_settings
 
-    return _run("mask", MaskSettings, MaskCommand, {"scored": _folder_of(scored)}, output, overwrite, engine, options)
+    return _run("mask", mask_settings(), MaskCommand, {"scored": _folder_of(scored)}, output, overwrite, engine, options)
 
 
 def _run(name, settings_class, command_class, given, output, overwrite, engine, options):
@@ -53,13 +53,18 @@ def _run(name, settings_class, command_class, given, output, overwrite, engine, 
 
     from ftprep.engines import EngineOptions
     from ftprep.runner import run
+    from ftprep.stages.errors import PYTHON, SettingError
 
     if output is None:
         import tempfile
 
         output = tempfile.mkdtemp(prefix=f"ftprep-{name}-")
-    settings = settings_class.from_options(name, options, output=str(output), **given)
-    run(partial(command_class, settings), engine=EngineOptions(engine=engine), overwrite=overwrite, echo=_log)
+    try:
+        settings = settings_class.from_options(name, options, output=str(output), **given)
+        run(partial(command_class, settings), engine=EngineOptions(engine=engine), overwrite=overwrite, echo=_log)
+    except SettingError as error:
+        # The caller typed keyword arguments, not flags: name the settings as they wrote them.
+        raise error.named_for(PYTHON) from None
     return datasets.load_from_disk(str(output))
 
 

@@ -20,7 +20,7 @@ from ftprep.models import context_length
 from ftprep.readers import input_format, read_source_shard
 from ftprep.runtime import library_versions, make_scorer
 from ftprep.settings import Settings, positive, setting
-from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import Setting, SettingError
 from ftprep.stages.normalize import NormalizeStage
 from ftprep.stages.regen import RegenSettings as StageSettings
 from ftprep.stages.regen.checks import VERIFIERS
@@ -84,7 +84,8 @@ def read_template(settings: RegenSettings) -> str:
         return DEFAULT_TEMPLATE
     path = Path(settings.template)
     if not path.is_file():
-        raise FtprepError(f"--template {settings.template} does not exist: give a text file with {{instruction}} and {{reference}}")
+        raise SettingError("{template} does not exist: give a text file with {{instruction}} and {{reference}}", field="template",
+                           template=Setting("template", settings.template))
     return check_template(path.read_text())
 
 

@@ -19,7 +19,7 @@ from ftprep.models import context_length
 from ftprep.readers import input_format, read_source_shard
 from ftprep.runtime import library_versions, make_scorer
 from ftprep.settings import Settings, setting
-from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import Setting, SettingError
 from ftprep.stages.normalize import NormalizeStage
 from ftprep.stages.score import ScoreStage, default_batch_tokens, scored_schema
 from ftprep.stages.tokenization import ChatTokenizer, TokenizeStage
@@ -104,7 +104,8 @@ class ScoreCommand(ModelRun):
 def check_top_k(top_k: int, tokenizer) -> None:
     vocabulary = len(tokenizer)
     if top_k > vocabulary:
-        raise FtprepError(f"--top-k {top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}")
+        raise SettingError("{top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}",
+                           field="top_k", top_k=Setting("top_k", top_k), vocabulary=vocabulary)
 
 
 def length_limit(settings: ScoreSettings, model_dir: str) -> int | None:

@@ -11,8 +11,12 @@ Both write to the same absolute folder (moved aside afterwards), so the paths th
 (ftprep.json, cards, snippets) are the same on both sides and need no rewriting.
 
 What is not compared, and why:
-- stats.json: `seconds` and every `*_per_second`: wall-clock timings, different on every run.
+- stats.json and what `ftprep stats` prints of it: `seconds` and every `*_per_second`: wall-clock
+  timings, different on every run.
 - the iv sidecar (iv.json): `seconds`, for the same reason.
+- iv.safetensors: compared by its tensors and metadata, not its bytes: safetensors writes the
+  metadata keys in hash order, which differs from process to process.
+- .ftprep-push/<config>/.staged.json: the staging cache's key, which holds the shards' mtimes.
 - ftprep.json and the file manifests: the key `schema_version`, which the typed manifest adds (the
   point of the change); every other key, its value and the key order must match.
 - files that only the newer version writes and that ADDED names (the run records of hft-plan and
@@ -117,6 +121,18 @@ def run_version(ref: str | None, work: Path, out: Path) -> float:
 
 def comparable(path: Path):
     """What of a file must match: its bytes, or for the files with timings, their JSON without them."""
+    if path.name == ".staged.json":
+        return None
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as handle:
+            return handle.metadata(), {name: handle.get_tensor(name).tobytes() for name in handle.keys()}
+    if path.name.startswith("stats-") and path.suffix == ".txt":  # `ftprep stats` output, the table or --json
+        text = path.read_text()
+        if text.lstrip().startswith("{"):
+            return list(ordered_items(without_timings(json.loads(text))))
+        return [line for line in text.splitlines() if not line.split(":")[0].strip().endswith(TIMING_KEYS + ("_per_second",))]
     if path.name == "stats.json":
         return list(ordered_items(without_timings(json.loads(path.read_text()))))
     if path.name == "iv.json":

@@ -8,17 +8,17 @@ from pathlib import Path
 import click
 
 from ftprep.commands import command
-from ftprep.models import DEFAULT_MODEL
+from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class HFTPlanSettings(Settings):
-    output: str = setting(flags=("-o", "--output"), help="JSON file for the plan.")
-    model: str = setting(DEFAULT_MODEL, help="Alias, model folder or hub id; only its config is read.")
+    output: str = shared.output("JSON file for the plan.")
+    model: str = shared.model("Alias, model folder or hub id; only its config is read.")
     ratio: float = setting(0.5, low=0, high=1, low_open=True, high_open=True,
                            help="Share of each layer's attention and feed-forward projections that trains.")
-    seed: int = setting(0, help="Seed of the random choice of projections.")
+    seed: int = shared.seed("Seed of the random choice of projections.")
     train_embeddings: bool = setting(False, help="Also train the token embeddings (and an untied lm_head).")
     train_norms: bool = setting(False, help="Also train the norm weights.")
     axolotl_yaml: str | None = setting(None, help="Also write the plan as Axolotl `unfrozen_parameters` to this file.")

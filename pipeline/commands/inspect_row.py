@@ -10,14 +10,15 @@ from pathlib import Path
 import click
 
 from ftprep.commands import command
+from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class InspectSettings(Settings):
-    folder: str = setting(argument=True, help="A folder written by ftprep score, regen or mask.")
+    folder: str = shared.folder("A folder written by ftprep score, regen or mask.")
     row: int = setting(0, low=0, help="Row number (0-based).")
-    threshold: float = setting(2.5, low=1, low_open=True, help="Scored datasets: mark what ftprep mask --threshold would mask (perplexity above "
+    threshold: float = shared.preview_threshold("Scored datasets: mark what ftprep mask --threshold would mask (perplexity above "
                                                                   "this; end-of-turn tokens stay supervised).")
     color: bool | None = setting(None, toggle=True, help="Colour (default: on a terminal, unless NO_COLOR is set).")
 

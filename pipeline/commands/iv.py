@@ -25,7 +25,7 @@ class IVSettings(Settings):
     heads: int = setting(10, low=1, help="Heads kept: those whose patching restores the answer most.")
     answer_tokens: int = setting(4, low=1, help="First answer tokens whose log-probability measures a head's effect.")
     layers: str | None = setting(None, help="Layers to measure, e.g. 0-9,12 (default: all); fewer layers, less time.")
-    seed: int = setting(0, help="Seed of the rows drawn and of the shuffled instructions.")
+    seed: int = shared.seed("Seed of the rows drawn and of the shuffled instructions.")
     dtype: str = shared.dtype()
     device: str = shared.device()
 

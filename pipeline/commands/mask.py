@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ftprep.commands import common as shared
 from ftprep.commands import shard_command
 from ftprep.engines import ShardWork
 from ftprep.manifest import Counts, RunManifest, Upstream, open_run
@@ -49,18 +50,18 @@ def _copy(item: dataclasses.Field, hints: dict) -> tuple:
 def settings_fields() -> list[tuple]:
     """The fields of MaskSettings for the strategies registered now."""
     own = [("scored", str, setting(argument=True, path=True, help="A folder written by ftprep score.")),
-           ("output", str, setting(flags=("-o", "--output"), help="Folder for the training dataset.")),
+           ("output", str, shared.output("Folder for the training dataset.")),
            ("strategy", str, setting(DEFAULT_STRATEGY, choices=tuple(REGISTRY), help=strategy_help()))]
     stage_hints = typing.get_type_hints(MaskStageSettings)
-    shared = [_copy(item, stage_hints) for item in shared_fields()]
+    common = [_copy(item, stage_hints) for item in shared_fields()]
     options = []
     for index, strategy in enumerate(REGISTRY.values()):
         if index == OPTIONS_BEFORE_SHARED:
-            options += shared
+            options += common
         hints = typing.get_type_hints(strategy.Options)
         options += [_copy(item, hints) for item in dataclasses.fields(strategy.Options)]
     if len(REGISTRY) <= OPTIONS_BEFORE_SHARED:
-        options += shared
+        options += common
     return own + options
 
 

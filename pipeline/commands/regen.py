@@ -22,7 +22,7 @@ from ftprep.runtime import library_versions, make_scorer
 from ftprep.settings import Settings, positive, setting
 from ftprep.stages.errors import Setting, SettingError
 from ftprep.stages.normalize import NormalizeStage
-from ftprep.stages.regen import RegenSettings as StageSettings
+from ftprep.stages.regen import RegenStageSettings
 from ftprep.stages.regen.checks import VERIFIERS
 from ftprep.stages.regen.generate import Sampling
 from ftprep.stages.regen.prompts import MODES
@@ -30,7 +30,7 @@ from ftprep.stages.score import default_batch_tokens
 
 # The stage and its sampler own the defaults of what they decide; the command only declares
 # them as options.
-STAGE_DEFAULTS = StageSettings()
+STAGE_DEFAULTS = RegenStageSettings()
 SAMPLING_DEFAULTS = Sampling()
 
 
@@ -52,7 +52,7 @@ class RegenSettings(Settings):
     temperature: float = setting(SAMPLING_DEFAULTS.temperature, low=0, low_open=True, help="Sampling temperature.")
     top_p: float = setting(SAMPLING_DEFAULTS.top_p, low=0, high=1, low_open=True, help="Nucleus sampling mass.")
     max_new_tokens: int = positive(STAGE_DEFAULTS.max_new_tokens, help="Longest candidate; longer ones are rejected.")
-    seed: int = setting(STAGE_DEFAULTS.seed, help="Sampling seed: the same seed gives the same output.")
+    seed: int = shared.seed("Sampling seed: the same seed gives the same output.", default=STAGE_DEFAULTS.seed)
     length_ratio: float = setting(STAGE_DEFAULTS.length_ratio, low=1, help="Reject candidates more than this many times longer or shorter than the reference.")
     beat_ground_truth: bool = setting(STAGE_DEFAULTS.beat_ground_truth, toggle=True,
                                       help="Accept only rewrites the model finds likelier (lower perplexity) than the ground truth.")
@@ -97,7 +97,7 @@ class RegenCommand(ModelRun):
 
         self.template = read_template(settings)
         compile_pattern(settings.pattern, settings.verify)  # a bad pattern fails before the model loads
-        self.stage_settings = StageSettings(
+        self.stage_settings = RegenStageSettings(
             mode=settings.mode, template=self.template, train_on=settings.train_on, length_ratio=settings.length_ratio,
             beat_ground_truth=settings.beat_ground_truth, verify=settings.verify, pattern=settings.pattern,
             seed=settings.seed, max_new_tokens=settings.max_new_tokens)

@@ -8,15 +8,16 @@ from pathlib import Path
 import click
 
 from ftprep.commands import command
-from ftprep.settings import Settings, setting
+from ftprep.commands import common as shared
+from ftprep.settings import Settings
 from ftprep.stages.errors import FtprepError
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReportSettings(Settings):
-    folder: str = setting(argument=True, help="A folder written by ftprep score or mask.")
-    output: str = setting("report.html", flags=("-o", "--output"), help="HTML file to write.")
-    threshold: float = setting(2.5, low=1, low_open=True, help="Scored datasets: preview ftprep mask --threshold at this perplexity (the masked "
+    folder: str = shared.folder()
+    output: str = shared.output("HTML file to write.", default="report.html")
+    threshold: float = shared.preview_threshold("Scored datasets: preview ftprep mask --threshold at this perplexity (the masked "
                                                                   "tokens and the line on the perplexity plot).")
 
 

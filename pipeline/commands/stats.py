@@ -9,13 +9,14 @@ from pathlib import Path
 import click
 
 from ftprep.commands import command
+from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
 from ftprep.stages.errors import FtprepError
 
 
 @dataclass(frozen=True, kw_only=True)
 class StatsSettings(Settings):
-    folder: str = setting(argument=True, help="A folder written by ftprep score, regen or mask.")
+    folder: str = shared.folder("A folder written by ftprep score, regen or mask.")
     json: bool = setting(False, help="Print stats.json as JSON (for scripts and jq) instead of the table.")
 
 

@@ -1,10 +1,12 @@
-"""The runner: the one skeleton every shard command shares.
+"""The runner: the one skeleton every command that writes an output shares.
 
     resolve the output -> lock it -> skip finished shards -> read -> stages -> commit, per shard
     -> merge the shards' stats -> finalize (manifest, stats, rejects, dataset metadata)
 
 A command (ftprep.commands.score, regen, mask) says what it does as a ShardCommand; the
-engine, local or Ray (ftprep.engines), says where each shard runs.
+engine, local or Ray (ftprep.engines), says where each shard runs. A command that writes a few
+files in one go (hft-plan, iv) is a FileCommand, run by `run_files`: the same lock, manifest,
+refusal of damaged or foreign outputs, and a rerun that finds it complete does nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ftprep.manifest import MANIFEST, RunManifest, load_manifest
 from ftprep.progress import Progress
 from ftprep.settings import spec_of
 from ftprep.stages.errors import FtprepError
-from ftprep.writers import OutputLock, ShardedOutput, merge_counters
+from ftprep.writers import LOCK, FileOutput, OutputLock, ShardedOutput, merge_counters
 
 TOP_REASONS = 3
 
@@ -61,6 +63,29 @@ def run(plan: Callable[[object], ShardCommand], engine: EngineOptions = EngineOp
             manifest, stats = command.finish(merge_counters([meta["stats"] for meta in output.shard_metas()]))
             output.finalize(command.schema(), manifest, stats)
         return check_some_rows(command.output, manifest, stats.get("reject_reasons", {}))
+
+
+class FileCommand(Protocol):
+    output: str  # the first file it writes: its manifest goes beside it
+    settings: object
+    made_from: str
+
+    def identity(self) -> dict: ...
+    def files(self) -> list[Path]: ...  # every file it writes, `output` first
+    def write(self) -> RunManifest: ...  # writes the files (each atomically); the manifest without identity and records
+
+
+def run_files(plan: Callable[[], FileCommand], overwrite: bool = False, echo=print) -> RunManifest:
+    """Run the command `plan()` describes, unless its output is complete already; return its manifest."""
+    command = plan()
+    check_output_apart(command.output, input_paths(command.settings))
+    output = Path(command.output)
+    with OutputLock(str(output.parent), lock_name=f".{output.name}{LOCK}"):
+        record = FileOutput(command.files(), command.identity(), overwrite=overwrite, echo=echo)
+        if record.complete:
+            echo(f"{command.output} is already complete (same {command.made_from} and settings): nothing to do")
+            return record.manifest
+        return record.finalize(command.write())
 
 
 def input_paths(settings) -> list[str]:

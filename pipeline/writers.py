@@ -94,8 +94,9 @@ class OutputLock:
     lasts and naming its process. The kernel drops the lock when the process dies, so a lock
     left by a killed run is simply taken over."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, lock_name: str = LOCK):
         self.folder = Path(folder)
+        self.lock_name = lock_name  # a file output locks FILE's own name in its folder
         self.created = False
         self.handle = None
 
@@ -107,7 +108,7 @@ class OutputLock:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not self.folder.is_dir():
                 raise FtprepError(f"-o {self.folder} is a file, not a folder: choose another -o")
-            path = self.folder / LOCK
+            path = self.folder / self.lock_name
             while True:
                 handle = open(path, "a+")
                 try:
@@ -136,7 +137,7 @@ class OutputLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        (self.folder / LOCK).unlink(missing_ok=True)
+        (self.folder / self.lock_name).unlink(missing_ok=True)
         self.handle.close()
         if self.created and self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()  # a run that failed before writing anything leaves nothing behind
@@ -290,6 +291,47 @@ class ShardedOutput:
         records = {name: FileRecord(**record) for name, record in files.items()}
         write_manifest(self.folder / MANIFEST, dataclasses.replace(manifest, run_identity=self.identity, files=records))
         shutil.rmtree(self.partial)
+
+
+class FileOutput:
+    """An output of single files (hft-plan's plan, iv's vectors), its manifest beside the first
+    as FILE.ftprep.json. As ShardedOutput does for a folder: a rerun with the same identity finds
+    it complete; a damaged one is written again; one made with other settings, or files ftprep did
+    not write, are kept unless --overwrite."""
+
+    def __init__(self, files: list[Path], run_identity: dict, overwrite: bool = False, echo=None):
+        from ftprep.manifest import file_manifest_path, files_problem, load_manifest
+
+        self.files = [Path(path) for path in files]
+        self.output = self.files[0]
+        self.manifest_path = file_manifest_path(self.output)
+        self.identity = json.loads(json.dumps(run_identity, default=_json_default))
+        self.complete = False
+        try:
+            self.manifest = load_manifest(self.manifest_path)
+        except FtprepError:
+            self.manifest, damage = None, f"{self.manifest_path.name} is not valid JSON"
+        else:
+            damage = None if self.manifest is None else files_problem(self.output.parent, self.manifest.files or {})
+        if self.manifest is not None and damage is None and self.manifest.run_identity == self.identity:
+            self.complete = True
+        elif damage is not None and (self.manifest is None or self.manifest.run_identity == self.identity):
+            if echo is not None:  # made by ftprep, but no longer what it wrote: made again
+                echo(f"{self.output} is damaged ({damage}): writing it again")
+        elif self.manifest is not None and not overwrite:
+            raise FtprepError(f"{self.output} holds an ftprep output made with other settings: pass --overwrite or choose another -o")
+        elif self.manifest is None and not overwrite and (foreign := [path for path in self.files if path.exists()]):
+            raise FtprepError(f"{foreign[0]} exists and is not an ftprep output: choose another -o (or --overwrite)")
+
+    def finalize(self, manifest):
+        """Record the files, written by now, with the manifest (a RunManifest), written last."""
+        from ftprep.manifest import FileRecord, write_manifest
+
+        folder = self.output.parent
+        records = {os.path.relpath(path, folder): FileRecord(**file_record(path)) for path in self.files}
+        manifest = dataclasses.replace(manifest, run_identity=self.identity, files=records)
+        write_manifest(self.manifest_path, manifest)
+        return manifest
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:

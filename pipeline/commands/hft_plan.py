@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import click
@@ -24,14 +25,14 @@ class HFTPlanSettings(Settings):
     axolotl_yaml: str | None = setting(None, help="Also write the plan as Axolotl `unfrozen_parameters` to this file.")
 
 
-def write_plan(settings: HFTPlanSettings) -> None:
-    from ftprep.plans.hft_plan import make_hft_plan, plan_summary, write_hft_plan
+def write_plan(settings: HFTPlanSettings, overwrite: bool) -> None:
+    from ftprep.plans.hft_plan import HFTPlanRun, plan_summary, read_hft_plan
+    from ftprep.runner import run_files
 
-    plan = make_hft_plan(settings.model, settings.ratio, settings.seed, settings.train_embeddings, settings.train_norms)
-    write_hft_plan(plan, Path(settings.output), Path(settings.axolotl_yaml) if settings.axolotl_yaml else None)
-    click.echo(plan_summary(settings.output, plan))
+    run_files(partial(HFTPlanRun, settings), overwrite=overwrite, echo=click.echo)
+    click.echo(plan_summary(settings.output, read_hft_plan(Path(settings.output))))
     if settings.axolotl_yaml:
         click.echo(f"wrote {settings.axolotl_yaml}")
 
 
-cli = command("hft-plan", HFTPlanSettings, write_plan)
+cli = command("hft-plan", HFTPlanSettings, write_plan, overwrite=True)

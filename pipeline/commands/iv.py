@@ -30,10 +30,10 @@ class IVSettings(Settings):
     device: str = shared.device()
 
 
-def extract(settings: IVSettings) -> None:
+def extract(settings: IVSettings, overwrite: bool) -> None:
     from ftprep.plans.iv import extract_instruction_vector, iv_summary
 
-    click.echo(iv_summary(settings.output, extract_instruction_vector(settings)))
+    click.echo(iv_summary(settings.output, extract_instruction_vector(settings, overwrite=overwrite, echo=click.echo)))
 
 
-cli = command("iv", IVSettings, extract)
+cli = command("iv", IVSettings, extract, overwrite=True)

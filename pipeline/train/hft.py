@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -18,7 +17,9 @@ def apply_hft_plan(model: torch.nn.Module, plan: dict | str | Path) -> int:
     over all parameters (weight decay included) leaves it as it is.
     """
     if not isinstance(plan, dict):
-        plan = json.loads(Path(plan).read_text())
+        from ftprep.plans.hft_plan import read_hft_plan
+
+        plan = read_hft_plan(Path(plan))
     named = dict(model.named_parameters())
     planned = set(plan["trainable"]) | set(plan["frozen"])
     if planned != named.keys():

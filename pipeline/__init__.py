@@ -8,16 +8,22 @@ command of the same name and returns a `datasets.Dataset`:
     train = ftprep.mask(scored, strategy="threshold", threshold=2.5, output="train")
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("ftprep")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
-
-from ftprep.stages.errors import FtprepError, RowError  # noqa: E402
+from ftprep.stages.errors import FtprepError, RowError
 
 __all__ = ["FtprepError", "RowError", "__version__", "mask", "regen", "score"]
+
+
+def __getattr__(name: str):
+    # The version is read from the package metadata when asked for: importlib.metadata is a
+    # noticeable part of the command line's start-up, which needs no version.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("ftprep")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            return "0+unknown"
+    raise AttributeError(f"module 'ftprep' has no attribute {name!r}")
 
 
 def score(data, *, output=None, overwrite: bool = False, engine: str = "local", **options):

@@ -61,13 +61,13 @@ class SettingsCommand(click.Command):
         from ftprep.engines import EngineOptions
         from ftprep.settings import click_params
 
-        params = click_params(settings_class) + self.extra_params
+        params = click_params(settings_class)
         if self.engine:
             params += [param for param in click_params(EngineOptions)
                        if self.model_workers or param.name not in MODEL_WORKER_OPTIONS]
         if self.overwrite:
             params.append(click.Option(["--overwrite"], is_flag=True, help="Replace an existing output instead of resuming it."))
-        return params
+        return params + self.extra_params
 
     def run_action(self, action, **values):
         import dataclasses

@@ -16,6 +16,7 @@ from ftprep.stages.mask_settings import MaskStageSettings, describe
 from ftprep.stages.strategies import REGISTRY
 
 
+@pytest.mark.slow
 def test_score_and_mask_from_python_equal_the_commands(tmp_path, tiny_model_dir):
     rows = read_jsonl(DATA / "sample.jsonl")[:5]
     scored = ftprep.score(rows, model=tiny_model_dir, top_k=3)
@@ -30,6 +31,7 @@ def test_score_and_mask_from_python_equal_the_commands(tmp_path, tiny_model_dir)
     assert_tables_equal(train.data.table, load_table(tmp_path / "cli-train"))
 
 
+@pytest.mark.slow
 def test_a_python_run_with_an_output_folder_resumes_there(tmp_path, tiny_model_dir):
     first = ftprep.score(DATA / "sample.jsonl", model=tiny_model_dir, limit=4, output=tmp_path / "scored")
     manifest = (tmp_path / "scored" / "ftprep.json").read_text()
@@ -49,6 +51,7 @@ def test_a_python_run_with_an_output_folder_resumes_there(tmp_path, tiny_model_d
     (lambda scored: ftprep.score(DATA / "sample.jsonl", top_k=-1), "--top-k -1 is out of range"),
     (lambda scored: ftprep.score(12), "cannot read int"),
 ])
+@pytest.mark.slow
 def test_python_calls_fail_with_the_commands_one_line_errors(scored_sample, call, message):
     with pytest.raises(ftprep.FtprepError) as error:
         call(scored_sample)

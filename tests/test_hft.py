@@ -142,6 +142,7 @@ def test_unsupported_architecture_and_missing_model_are_one_line_errors(tmp_path
     assert not (tmp_path / "plan.json").exists()
 
 
+@pytest.mark.slow
 def test_an_optimizer_step_changes_exactly_the_trainable_parameters(model_dir, tokenizer, shapes, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -162,6 +163,7 @@ def test_an_optimizer_step_changes_exactly_the_trainable_parameters(model_dir, t
     assert changed == set(plan["trainable"])
 
 
+@pytest.mark.slow
 def test_a_plan_for_another_model_is_refused(plain_model, tmp_path):
     other = hft_plan(parameter_shapes(str(config_folder(tmp_path, "qwen2", QWEN2_SMALL)))[0])
     with pytest.raises(FtprepError, match="the HFT plan does not fit this model"):

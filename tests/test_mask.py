@@ -9,6 +9,8 @@ from conftest import flat, load_table, mask_folder
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.mask import IGNORE_INDEX
 
+pytestmark = pytest.mark.slow  # every test here runs the model
+
 EOT = 2  # <|im_end|> in SmolLM2
 
 

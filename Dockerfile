@@ -34,9 +34,14 @@ COPY pyproject.toml README.md ./
 # Every package folder pyproject.toml lists (ftprep, ftprep.commands, ftprep.stages...) must exist.
 COPY pipeline/__init__.py pipeline/__init__.py
 COPY pipeline/commands/__init__.py pipeline/commands/__init__.py
+COPY pipeline/plans/__init__.py pipeline/plans/__init__.py
+COPY pipeline/publish/__init__.py pipeline/publish/__init__.py
+COPY pipeline/train/__init__.py pipeline/train/__init__.py
+COPY pipeline/views/__init__.py pipeline/views/__init__.py
 COPY stages/__init__.py stages/__init__.py
 COPY stages/score/__init__.py stages/score/__init__.py
 COPY stages/regen/__init__.py stages/regen/__init__.py
+COPY stages/strategies/__init__.py stages/strategies/__init__.py
 # The build fails unless torch and vLLM import and torch is built for this image's CUDA.
 RUN pip install --upgrade pip \
     && pip install "torch==${TORCH_VERSION}" "vllm==${VLLM_VERSION}" ".[vllm,ray]" \

@@ -50,9 +50,14 @@ COPY pyproject.toml README.md ./
 # Every package folder pyproject.toml lists (ftprep, ftprep.commands, ftprep.stages...) must exist.
 COPY pipeline/__init__.py pipeline/__init__.py
 COPY pipeline/commands/__init__.py pipeline/commands/__init__.py
+COPY pipeline/plans/__init__.py pipeline/plans/__init__.py
+COPY pipeline/publish/__init__.py pipeline/publish/__init__.py
+COPY pipeline/train/__init__.py pipeline/train/__init__.py
+COPY pipeline/views/__init__.py pipeline/views/__init__.py
 COPY stages/__init__.py stages/__init__.py
 COPY stages/score/__init__.py stages/score/__init__.py
 COPY stages/regen/__init__.py stages/regen/__init__.py
+COPY stages/strategies/__init__.py stages/strategies/__init__.py
 # The build fails unless torch and vLLM import, torch is built for this image's CUDA, and vLLM is
 # the build of the variant asked for (a cu12x wheel says so in its version, 0.32.0+cu129).
 RUN pip install --upgrade pip \

@@ -29,6 +29,7 @@ from ftprep.read_ahead import ReadAhead
 from ftprep.settings import Settings, setting
 from ftprep.stages import Rejects
 from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import first_line as _first_line
 from ftprep.writers import ShardedOutput
 
 ENGINES = ("local", "ray")
@@ -432,7 +433,3 @@ def _check_reachable(address: str | None) -> None:
         raise FtprepError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}; "
                           "start it with `ray start --head` or check --ray-address") from error
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ftprep.progress import notice
 from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import first_line as _first_line
 
 DEFAULT_MODEL = "smollm2-135m"
 # alias -> (python package that ships the GGUF file, file name inside it)
@@ -393,7 +394,3 @@ def _fingerprint_tokenizer(tokenizer) -> str:
     digest.update((tokenizer.chat_template or "").encode())
     return digest.hexdigest()[:16]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

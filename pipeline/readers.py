@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from ftprep.damage import KIND_NAMES, check_dataset_folder, check_file, reading, unreadable
 from ftprep.stages.errors import FtprepError, RowError
+from ftprep.stages.errors import first_line as _first_line
 from ftprep.stages.normalize import SOURCE_SCHEMA
 
 SourceRow = tuple[int, "dict | RowError"]
@@ -293,11 +294,6 @@ def parse_json_line(line: str) -> "dict | RowError":
     except ValueError:  # an integer with more digits than Python converts
         return RowError(f"malformed JSON: a number longer than {sys.get_int_max_str_digits()} digits")
     return row if isinstance(row, dict) else RowError("line is not a JSON object")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _jsonl_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:

@@ -42,6 +42,24 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(threads)
+    if config.option.markexpr == FAST_TIER:
+        refuse_model_loading()
+
+
+# The fast tier (`make test-fast`): every test that loads no model. A test that does is marked
+# `slow` (model runs end to end); in the fast tier loading one fails the test, so the mark is
+# never forgotten.
+FAST_TIER = "not slow"
+
+
+def refuse_model_loading():
+    from transformers import PreTrainedModel
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("a test of the fast tier (-m 'not slow') loads a model: mark it @pytest.mark.slow")
+
+    # Weights, that is: a model built from its config alone on the meta device (hft-plan) is no load.
+    PreTrainedModel.from_pretrained = classmethod(refuse)
 
 
 @dataclass

@@ -45,6 +45,7 @@ def test_final_number(bench, reply, expected):
     assert bench.final_number(reply) == expected
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_the_table_and_reuses_its_caches(bench, tiny_model_dir, tmp_path, monkeypatch):
     scale = bench.Scale(model=tiny_model_dir, train_rows=8, test_rows=4, retention_items=6, drift_prompts=4, steps=2,
                         batch=4, seeds=1, regen_n=1, regen_tokens=8, answer_tokens=8, drift_tokens=6, learning_rate=1e-3)

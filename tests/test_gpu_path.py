@@ -40,6 +40,7 @@ def test_the_scorer_sizes_its_chunks_from_the_gpu_it_is_on(monkeypatch):
     assert chunk_positions_for(on_cpu, 16384) == CHUNK_ELEMENTS // 262144 == 32
 
 
+@pytest.mark.slow
 def test_large_chunks_score_as_small_ones(tiny_model_dir):
     scorer = hf_scorer(tiny_model_dir, top_k=3)
     rng = np.random.default_rng(0)
@@ -118,6 +119,7 @@ def old_driver_gpu(tmp_path, monkeypatch):
     return {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
 
 
+@pytest.mark.slow
 def test_device_cuda_fails_with_the_line_and_auto_says_it_once(old_driver_gpu, tmp_path, tiny_model_dir):
     args = ("score", DATA / "sample.jsonl", "--model", tiny_model_dir, "--limit", 2, "--dtype", "float32")
     refused = run_cli(*args, "-o", tmp_path / "cuda", "--device", "cuda", env=old_driver_gpu, check=False)

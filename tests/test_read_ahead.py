@@ -117,6 +117,7 @@ def shard_files(folder: Path) -> dict:
             if path.is_file() and (path.suffix == ".arrow" or path.name == "rejects.jsonl")}
 
 
+@pytest.mark.slow
 def test_reading_ahead_gives_the_same_output_to_the_byte(tmp_path, tiny_model_dir, monkeypatch):
     settings = {"model": tiny_model_dir, "limit": 24, "shard_rows": 5, "max_length": 96}
     ahead = score_folder(DATA / "sample.jsonl", tmp_path / "ahead", **settings)

@@ -47,6 +47,7 @@ def scored_by_both(tmp_path_factory):
 
 
 @needs_vllm
+@pytest.mark.slow
 def test_both_backends_give_the_same_scored_dataset(scored_by_both):
     hf, vllm = load_table(scored_by_both / "hf"), load_table(scored_by_both / "vllm")
     assert hf.column_names == vllm.column_names
@@ -75,6 +76,7 @@ def test_both_backends_give_the_same_scored_dataset(scored_by_both):
 
 
 @needs_vllm
+@pytest.mark.slow
 def test_both_backends_give_the_same_masks(scored_by_both):
     hf, vllm = load_table(scored_by_both / "hf-train"), load_table(scored_by_both / "vllm-train")
     assistant = flat(load_table(scored_by_both / "hf"), "assistant_mask").astype(bool)
@@ -102,6 +104,7 @@ def test_older_vllm_dict_logprobs_parse_like_flat_ones():
 
 
 @needs_vllm
+@pytest.mark.slow  # runs the model where the fast tier's guard cannot see it (another process, vLLM)
 def test_regen_samples_and_scores_on_one_vllm_engine(tmp_path):
     output = tmp_path / "regen"
     result = run_cli_process("regen", DATA / "arithmetic.jsonl", "-o", output, "--backend", "vllm", "--limit", 6, "--n", 4,
@@ -122,6 +125,7 @@ def test_regen_samples_and_scores_on_one_vllm_engine(tmp_path):
 
 
 @needs_vllm
+@pytest.mark.slow
 def test_rows_truncated_to_the_limit_are_all_scored_with_a_tiny_engine_step(scored_by_both):
     """--overlong truncate puts most rows at exactly --max-length: vLLM gets max_model_len one
     more, so it takes them all (it refuses a prompt as long as max_model_len, and one refusal would

@@ -12,18 +12,17 @@ import numpy as np
 
 from ftprep.commands import common as shared
 from ftprep.commands import shard_command
-from ftprep.commands.model_run import ModelRun
+from ftprep.commands.model_run import ModelRun, model_info
 from ftprep.engines import ShardWork
+from ftprep.manifest import Counts, RunManifest, TokenizerInfo
 from ftprep.models import context_length
 from ftprep.readers import input_format, read_source_shard
 from ftprep.runtime import library_versions, longest_row, make_scorer
 from ftprep.settings import Settings, setting
-from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import Setting, SettingError
 from ftprep.stages.normalize import NormalizeStage
 from ftprep.stages.score import ScoreStage, default_batch_tokens, scored_schema
 from ftprep.stages.tokenization import ChatTokenizer, TokenizeStage
-
-SUMMARY = "Score every ground-truth token of INPUT under the model: logprob, rank, entropy."
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,24 +87,25 @@ class ScoreCommand(ModelRun):
         # Collected per shard, so that a resumed run knows the ones its earlier part saw.
         end_of_turn_ids = (sorted(int(token) for token in stats.pop("end_of_turn_ids", {}))
                            or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
-        manifest = {
-            "stage": "score",
-            "config": self.settings.to_dict(),
-            "format": self.format,
-            "model": self.runtime.manifest(),
-            "tokenizer": {"fingerprint": self.runtime.tokenizer_fingerprint, "end_of_turn_ids": end_of_turn_ids,
-                          "uses_generation_markers": self.chat.uses_generation_markers},
-            "entropy_kind": self.runtime.entropy_kind(),
-            "versions": library_versions(),
-            "counts": {key: stats[key] for key in ("rows_in", "rows_out", "rows_rejected")},
-        }
+        manifest = RunManifest(
+            stage="score",
+            config=self.settings.to_dict(),
+            format=self.format,
+            model=model_info(self.runtime),
+            tokenizer=TokenizerInfo(fingerprint=self.runtime.tokenizer_fingerprint, end_of_turn_ids=tuple(end_of_turn_ids),
+                                    uses_generation_markers=self.chat.uses_generation_markers),
+            entropy_kind=self.runtime.entropy_kind(),
+            versions=library_versions(),
+            counts=Counts.from_stats(stats),
+        )
         return manifest, stats
 
 
 def check_top_k(top_k: int, tokenizer) -> None:
     vocabulary = len(tokenizer)
     if top_k > vocabulary:
-        raise FtprepError(f"--top-k {top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}")
+        raise SettingError("{top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}",
+                           field="top_k", top_k=Setting("top_k", top_k), vocabulary=vocabulary)
 
 
 def length_limit(settings: ScoreSettings, model_dir: str, backend: str) -> int | None:
@@ -138,4 +138,4 @@ def finish_score_stats(stats: dict) -> dict:
     return stats
 
 
-cli = shard_command("score", ScoreSettings, ScoreCommand, SUMMARY)
+cli = shard_command("score", ScoreSettings, ScoreCommand)

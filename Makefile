@@ -2,7 +2,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := out/demo
 
-.PHONY: demo test test-fast clean
+.PHONY: demo test test-fast docs docs-serve docs-cli clean
 
 $(VENV)/.ready: pyproject.toml scripts/setup-venv.sh
 	sh scripts/setup-venv.sh $(VENV)
@@ -24,5 +24,17 @@ test-fast: $(VENV)/.ready
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The docs site (docs/, mkdocs.yml) into site/, strict: a broken link or a page outside the nav fails.
+# `python -m mkdocs`, not the mkdocs script: see tests/test_docs.py (build_site).
+docs: $(VENV)/.ready
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
+docs-serve: $(VENV)/.ready
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve
+
+# docs/reference/cli.md from the commands' Settings; `make test` fails while it is stale.
+docs-cli: $(VENV)/.ready
+	$(BIN)/python scripts/cli-reference.py
+
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out site .pytest_cache

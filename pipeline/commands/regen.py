@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ftprep.commands import common as shared
-from ftprep.commands import shard_command
+from ftprep.commands import shard_command, shard_writes
 from ftprep.commands.model_run import ModelRun, model_info
 from ftprep.engines import ShardWork
 from ftprep.manifest import Counts, RunManifest, TokenizerInfo
@@ -190,4 +190,5 @@ def print_template(ctx, param, value):
 
 cli = shard_command("regen", RegenSettings, RegenCommand, extra_params=[
     click.Option(["--print-template"], is_flag=True, is_eager=True, expose_value=False, callback=print_template,
-                 help="Print the built-in rephrase template and exit.")])
+                 help="Print the built-in rephrase template and exit.")],
+    writes=shard_writes("the regenerated conversations (id, messages: what ftprep score reads)"))

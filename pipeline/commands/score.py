@@ -11,7 +11,7 @@ from functools import partial
 import numpy as np
 
 from ftprep.commands import common as shared
-from ftprep.commands import shard_command
+from ftprep.commands import shard_command, shard_writes
 from ftprep.commands.model_run import ModelRun, model_info
 from ftprep.engines import ShardWork
 from ftprep.manifest import Counts, RunManifest, TokenizerInfo
@@ -137,4 +137,5 @@ def finish_score_stats(stats: dict) -> dict:
     return stats
 
 
-cli = shard_command("score", ScoreSettings, ScoreCommand)
+cli = shard_command("score", ScoreSettings, ScoreCommand,
+                    writes=shard_writes("the scored dataset (id, messages, input_ids, assistant_mask, logprobs, entropy, rank)"))

@@ -132,3 +132,12 @@ def test_choices_are_hyphenated_and_the_old_underscore_spellings_still_work(tmp_
     assert manifest_config(tmp_path / "s")["format"] == "prompt-completion"
     run_cli("mask", tmp_path / "s", "-o", tmp_path / "t", "--target", "llama_factory", "-q")
     assert manifest_config(tmp_path / "t")["target"] == "llama-factory"
+
+
+def test_verbose_shows_what_caused_an_error_above_its_one_line(tmp_path, tiny_model_dir):
+    (tmp_path / "cut.json").write_text('{"messages": [\n')
+    result = run_cli("score", tmp_path / "cut.json", "-o", tmp_path / "out", "--model", tiny_model_dir, "-v", check=False)
+    last = one_line_error(result, "is not valid JSON")
+    assert "caused by: JSONDecodeError: " in result.stderr and last == result.stderr.strip().splitlines()[-1]
+    plain = run_cli("score", tmp_path / "cut.json", "-o", tmp_path / "out", "--model", tiny_model_dir, check=False)
+    assert "caused by" not in plain.stderr

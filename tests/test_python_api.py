@@ -139,3 +139,8 @@ def test_quiet_calls_print_nothing(scored, tmp_path, capfd):
     capfd.readouterr()
     ftprep.mask(scored, output=tmp_path / "train", quiet=True)
     assert capfd.readouterr() == ("", "")
+
+
+def test_hft_plan_returns_the_plan_it_wrote(tmp_path, tiny_model_dir):
+    plan = ftprep.hft_plan(model=tiny_model_dir, output=tmp_path / "plan.json", quiet=True)
+    assert plan == json.loads((tmp_path / "plan.json").read_text()) and plan["model"]

@@ -113,3 +113,54 @@ def test_a_foreign_plan_file_choose_another_or_overwrite(tmp_path, tiny_model_di
     run_cli("hft-plan", "--model", tiny_model_dir, "-o", tmp_path / "plan.json", "-q")
     run_cli("hft-plan", "--model", tiny_model_dir, "-o", tmp_path / "mine.json", "--overwrite", "-q")
     assert json.loads((tmp_path / "mine.json").read_text()) == json.loads((tmp_path / "plan.json").read_text())
+
+
+@pytest.fixture
+def interrupted_mask(tmp_path, tiny_model_dir, no_model, monkeypatch):
+    """A mask run stopped by Ctrl-C after its first shard: the partial run it leaves, and its args."""
+    from ftprep.writers import ShardedOutput
+
+    run_cli("score", SAMPLE, "-o", tmp_path / "scored", "--model", tiny_model_dir, "--limit", 6, "--shard-rows", 2, "-q")
+    real, calls = ShardedOutput.write_shard, []
+
+    def write_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    args = ["mask", tmp_path / "scored", "-o", tmp_path / "train", "--threshold", "3"]
+    with monkeypatch.context() as patch:
+        patch.setattr(ShardedOutput, "write_shard", write_then_interrupt)
+        result = run_cli(*args, check=False)
+    assert result.returncode == 130 and result.stderr.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+    assert (tmp_path / "train" / ".ftprep-partial").is_dir() and not (tmp_path / "train" / "ftprep.json").exists()
+    return args
+
+
+def test_an_interrupted_run_rerun_the_same_command_to_resume(interrupted_mask, tmp_path):
+    run_cli(*interrupted_mask, "-q")
+    assert json.loads((tmp_path / "train" / "ftprep.json").read_text())["counts"]["rows_out"] == 6
+
+
+def test_an_unfinished_run_with_other_settings_pass_overwrite_to_start_again(interrupted_mask, tmp_path):
+    other = [*interrupted_mask[:-1], "4"]
+    one_line_error(run_cli(*other, check=False), "unfinished run with other settings: pass --overwrite to start again")
+    run_cli(*other, "--overwrite", "-q")
+    assert json.loads((tmp_path / "train" / "ftprep.json").read_text())["config"]["threshold"] == 4
+
+
+def test_a_damaged_scored_folder_rerun_the_command_that_wrote_it(tmp_path, tiny_model_dir, no_model):
+    score = ["score", SAMPLE, "-o", tmp_path / "scored", "--model", tiny_model_dir, "--limit", 6, "-q"]
+    run_cli(*score)
+    (tmp_path / "scored" / "stats.json").write_text('{"rows_in"')
+    one_line_error(run_cli("mask", tmp_path / "scored", "-o", tmp_path / "train", check=False),
+                   "is damaged", "rerun the command that wrote it")
+    run_cli(*score)
+    run_cli("mask", tmp_path / "scored", "-o", tmp_path / "train", "-q")
+
+
+def test_mask_of_a_folder_score_did_not_write_run_ftprep_score_first(tmp_path, tiny_model_dir, no_model):
+    one_line_error(run_cli("mask", DATA, "-o", tmp_path / "train", check=False), "run ftprep score first")
+    run_cli("score", SAMPLE, "-o", tmp_path / "scored", "--model", tiny_model_dir, "--limit", 2, "-q")
+    run_cli("mask", tmp_path / "scored", "-o", tmp_path / "train", "-q")

@@ -144,3 +144,12 @@ def test_quiet_calls_print_nothing(scored, tmp_path, capfd):
 def test_hft_plan_returns_the_plan_it_wrote(tmp_path, tiny_model_dir):
     plan = ftprep.hft_plan(model=tiny_model_dir, output=tmp_path / "plan.json", quiet=True)
     assert plan == json.loads((tmp_path / "plan.json").read_text()) and plan["model"]
+
+
+def test_result_info_answers_for_the_run_and_stays_datasets_info(tiny_model_dir, no_model):
+    with pytest.warns(ftprep.RowsRejectedWarning):
+        result = ftprep.score([GOOD, OTHER_FORMAT], model=tiny_model_dir)
+    assert isinstance(result.info, datasets.DatasetInfo) and result.info.features is not None
+    assert result.info["rejected"] == 1 and result.info["reject_reasons"] == {"missing field 'prompt'": 1}
+    assert result.info["rows_in"] == 2 and result.info["rejects"][0]["index"] == 1 and "rejected" in result.info
+    assert type(result.select([0]).info) is datasets.DatasetInfo  # a dataset made from it: datasets' own info

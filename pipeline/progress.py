@@ -32,7 +32,11 @@ def plain_line_seconds() -> float:
 
 
 def notice(message: str) -> None:
-    """A one-off line about long work starting (a model conversion), on stderr like progress."""
+    """A one-off line about long work starting (a model conversion), on stderr like progress; not with -q."""
+    from ftprep.verbosity import QUIET, level
+
+    if level() == QUIET:
+        return
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
 
@@ -47,7 +51,10 @@ class Progress:
         self.started = self.last_line = time.monotonic()
         self.interval = plain_line_seconds() if interval is None else interval
         self.bar = None
-        if self.stream.isatty():
+        from ftprep.verbosity import QUIET, level
+
+        self.silent = level() == QUIET  # -q: the counts are kept, nothing is shown
+        if self.stream.isatty() and not self.silent:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_rows, desc=label, unit=unit, file=self.stream, dynamic_ncols=True)
@@ -55,6 +62,8 @@ class Progress:
     def update(self, rows: int, tokens: int = 0) -> None:
         self.rows += rows
         self.tokens += tokens
+        if self.silent:
+            return
         if self.bar is not None:
             self.bar.update(rows)
             if self.tokens:
@@ -71,6 +80,8 @@ class Progress:
         return max(time.monotonic() - self.started, 1e-9)
 
     def close(self) -> None:
+        if self.silent:
+            return
         if self.bar is not None:
             self.bar.close()
         elif self.rows != self.printed_rows:

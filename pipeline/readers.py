@@ -182,6 +182,43 @@ def input_format(source: Source, fmt: str | None) -> str:
     return rows_and_format(source, fmt)[1]
 
 
+def checked_format(source: Source, fmt: str | None, first_rows: int) -> str:
+    """input_format, and a --format given that reads none of the first `first_rows` rows (the
+    first shard) refused: checked before any model loads, so that it costs a moment and leaves
+    no output behind."""
+    from ftprep.stages import Rejects
+    from ftprep.stages.errors import Setting, SettingError
+    from ftprep.stages.normalize import NormalizeStage, format_columns_text
+
+    rows, found = rows_and_format(source, fmt)
+    if fmt is None:
+        return found
+    first = list(islice(rows, first_rows))
+    rejects = Rejects()
+    if NormalizeStage(fmt)(source_table(first), rejects)[0].num_rows:
+        return fmt
+    reasons = sorted(rejects.reasons().items(), key=lambda item: -item[1])
+    why = "; ".join(f"{count} {reason}" for reason, count in reasons[:3])
+    found = fitting_format([row for _, row in first if isinstance(row, dict)])
+    if found is None:
+        hint, values = "give rows with the columns of one format ({needs})", {"needs": format_columns_text()}
+    else:
+        hint, values = "the rows look like {found}: pass {fits}, or leave {format} out", {
+            "found": found, "fits": Setting("format", found), "format": Setting("format")}
+    raise SettingError("{given} reads none of the first {rows} rows of {spec} ({why}): " + hint, field="format",
+                       given=Setting("format", fmt), rows=len(first), spec=source.spec, why=why, **values)
+
+
+def fitting_format(rows: list[dict]) -> str | None:
+    """The format these rows have the columns of, if any."""
+    from ftprep.stages.normalize import detect_format
+
+    try:
+        return detect_format(rows)
+    except FtprepError:
+        return None
+
+
 def source_table(rows: list[SourceRow]) -> pa.Table:
     """Source rows as the normalize stage takes them: index, the row as JSON text, or why it
     could not be read."""

@@ -12,6 +12,7 @@ refusal of damaged or foreign outputs, and a rerun that finds it complete does n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -23,7 +24,7 @@ from ftprep.manifest import MANIFEST, RunManifest, load_manifest
 from ftprep.progress import Progress
 from ftprep.settings import spec_of
 from ftprep.stages.errors import FtprepError
-from ftprep.writers import LOCK, FileOutput, OutputLock, ShardedOutput, merge_counters
+from ftprep.writers import LOCK, FileOutput, OutputLock, ShardedOutput, check_output_folder, merge_counters
 
 TOP_REASONS = 3
 
@@ -45,7 +46,10 @@ class ShardCommand(Protocol):
 
 def run(plan: Callable[[object], ShardCommand], engine: EngineOptions = EngineOptions(), overwrite: bool = False,
         echo=print) -> RunManifest:
-    """Run the command `plan(executor)` describes, and return its manifest."""
+    """Run the command `plan(executor)` describes, and return its manifest. `plan` is
+    partial(CommandClass, settings): its output is checked from the settings before the command
+    opens its input or resolves a model."""
+    check_output_early(plan)
     with open_engine(engine) as executor:
         command = plan(executor)
         check_output_apart(command.output, input_paths(command.settings))
@@ -86,6 +90,18 @@ def run_files(plan: Callable[[], FileCommand], overwrite: bool = False, echo=pri
             echo(f"{command.output} is already complete (same {command.made_from} and settings): nothing to do")
             return record.manifest
         return record.finalize(command.write())
+
+
+def check_output_early(plan) -> None:
+    """What the output's settings alone tell, in a moment: -o is an input, a file, or a folder of
+    someone else's files. The same checks run again once the output is locked."""
+    settings = plan.args[0] if isinstance(plan, functools.partial) and plan.args else getattr(plan, "keywords", {}).get("settings")
+    if settings is None or not getattr(settings, "output", None):
+        return
+    check_output_apart(settings.output, input_paths(settings))
+    output = Path(settings.output).expanduser()
+    if not (output / LOCK).exists():  # a run holds it, or held it: the lock's own checks say which
+        check_output_folder(output)
 
 
 def input_paths(settings) -> list[str]:

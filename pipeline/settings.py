@@ -8,8 +8,12 @@ Python keyword arguments, its validation and the `config` of its manifest.
 
 A field's `Spec` (its metadata, declared with ftprep.stages.options, where the stages declare
 their own settings too) says how it reads on the command line; `Settings.__post_init__` checks
-choices and ranges, so `ftprep.mask(..., strategy="thresold")` fails with the same one-line
-error as the command line would.
+choices and ranges, so `ftprep.mask(..., strategy="thresold")` fails with a one-line error, which
+names the setting as the caller wrote it (`strategy='thresold'`; `--strategy thresold` on the
+command line).
+
+A choice is spelled with hyphens (`prompt-completion`, `llama-factory`); the same word with
+underscores is accepted as its alias and read as the hyphenated one.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from pathlib import Path
 
 import click
 
-from ftprep.stages.errors import FtprepError
-from ftprep.stages.options import REQUIRED, Spec, positive, setting, spec_of
+from ftprep.stages.errors import FtprepError, Setting, SettingError
+from ftprep.stages.options import REQUIRED, Spec, canonical_choice, positive, setting, spec_of
 
 __all__ = ["REQUIRED", "Settings", "Spec", "check_value", "click_params", "option_name", "positive", "setting", "spec_of"]
 
@@ -33,7 +37,9 @@ class Settings:
 
     def __post_init__(self):
         for item in dataclasses.fields(self):
-            check_value(option_name(item), getattr(self, item.name), spec_of(item), field=item.name)
+            value = canonical_choice(getattr(self, item.name), spec_of(item).choices)
+            object.__setattr__(self, item.name, value)  # an alias's value is stored as its choice
+            check_value(item.name, value, spec_of(item))
 
     def to_dict(self) -> dict:
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self) if spec_of(item).identity}
@@ -56,8 +62,17 @@ class Settings:
         known = {item.name for item in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise FtprepError(f"ftprep.{command}() has no option {', '.join(unknown)}: use {', '.join(sorted(known - set(given)))}")
+            raise FtprepError(f"ftprep.{command}() has no option {', '.join(unknown)}{close_names(unknown, known)}: "
+                              f"use {', '.join(sorted(known - set(given)))}")
         return cls(**given, **options)
+
+
+def close_names(unknown: list[str], known) -> str:
+    """", did you mean threshold?" for a name one typo away from a known one."""
+    import difflib
+
+    guesses = [match for name in unknown for match in difflib.get_close_matches(name, known, n=1)]
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
 
 
 def option_name(item: dataclasses.Field) -> str:
@@ -68,23 +83,25 @@ def option_name(item: dataclasses.Field) -> str:
     return long_flags[0].split("/")[0] if long_flags else "--" + item.name.replace("_", "-")
 
 
-def check_value(name: str, value, spec: Spec, field: str | None = None) -> None:
-    """A value against its declaration. The message names the option as the command line does,
-    from the Python API too (what tests and users have always read); `field` is the setting."""
+def check_value(field: str, value, spec: Spec) -> None:
+    """The value of the setting `field` against its declaration: a SettingError, which the
+    command line shows as `--top-k -1` and the Python API as `top_k=-1`."""
     if value is None:
         return
+    given = Setting(field, value)
     if spec.choices is not None and value not in spec.choices:
-        raise FtprepError(f"unknown {name} {value!r}: use one of {', '.join(map(str, spec.choices))}", field=field)
+        raise SettingError("unknown {given}: use one of {choices}", field=field, given=given,
+                           choices=", ".join(map(str, spec.choices)))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
-        raise FtprepError(f"{name} is {value}: give a finite number", field=field)
+        raise SettingError("{given}: give a finite number", field=field, given=given)
     if spec.low is None and spec.high is None:
         return
     below = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
     above = spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high)
     if below or above:
-        raise FtprepError(f"{name} {value:g} is out of range: {range_text(spec)}", field=field)
+        raise SettingError("{given} is out of range: {allowed}", field=field, given=given, allowed=range_text(spec))
 
 
 def range_text(spec: Spec) -> str:
@@ -121,9 +138,17 @@ def click_param(item: dataclasses.Field, hint) -> click.Parameter:
                         metavar=spec.metavar, show_default=default is not None, **default_kwargs)
 
 
+class SpelledChoice(click.Choice):
+    """A click.Choice that also takes a choice's underscore spelling (prompt_completion) as its
+    alias; --help and shell completion show the hyphenated choices only."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(canonical_choice(value, tuple(self.choices)), param, ctx)
+
+
 def click_type(spec: Spec, kind):
     if spec.choices is not None:
-        return click.Choice([str(choice) for choice in spec.choices])
+        return SpelledChoice([str(choice) for choice in spec.choices])
     if kind is int and (spec.low is not None or spec.high is not None):
         return click.IntRange(_closed(spec.low, spec.low_open, 1), _closed(spec.high, spec.high_open, -1))
     if kind is float and (spec.low is not None or spec.high is not None):

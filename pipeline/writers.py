@@ -148,6 +148,18 @@ def _entries(folder: Path) -> list[Path]:
     return [path for path in folder.iterdir() if path.name != LOCK] if folder.is_dir() else []
 
 
+def check_output_folder(folder: Path) -> None:
+    """-o may be new, empty or an output ftprep wrote (finished or not). A folder holding other
+    files is refused, with --overwrite too: ftprep deletes only what it wrote itself."""
+    from ftprep.manifest import MANIFEST
+
+    if folder.exists() and not folder.is_dir():
+        raise FtprepError(f"-o {folder} is a file, not a folder: choose another -o")
+    if _entries(folder) and not (folder / MANIFEST).exists() and not (folder / PARTIAL).exists():
+        raise FtprepError(f"{folder} exists and holds files ftprep did not write: choose another -o, or move those files "
+                          "out (ftprep never deletes what it did not write, with --overwrite neither)")
+
+
 class ShardedOutput:
     def __init__(self, folder: str, run_identity: dict, overwrite: bool = False, echo=None):
         self.folder = Path(folder)
@@ -169,8 +181,8 @@ class ShardedOutput:
             return
         elif manifest is not None:
             raise FtprepError(f"{folder} holds an ftprep output made with other settings: pass --overwrite or choose another -o")
-        elif _entries(self.folder) and not self.partial.exists():
-            raise FtprepError(f"{folder} exists and is not an ftprep output: choose another -o (or --overwrite)")
+        else:
+            check_output_folder(self.folder)
         self.partial.mkdir(parents=True, exist_ok=True)
         run_file = self.partial / "run.json"
         if run_file.is_file() and self._read_run_file(run_file) != self.identity:
@@ -202,13 +214,11 @@ class ShardedOutput:
 
     def _clear(self) -> None:
         """Empty the folder, only if ftprep wrote it (ftprep.json or an unfinished run) or it is empty."""
-        from ftprep.manifest import MANIFEST
 
         entries = _entries(self.folder)
         if not entries:
             return
-        if not (self.folder / MANIFEST).exists() and not self.partial.exists():
-            raise FtprepError(f"{self.folder} exists and is not an ftprep output: refusing to overwrite it")
+        check_output_folder(self.folder)
         for path in entries:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
@@ -254,6 +264,9 @@ class ShardedOutput:
             write_arrow_atomic(self._data_path(shard), table)
             meta["file"] = file_record(self._data_path(shard))
         write_json_atomic(self._meta_path(shard), meta)
+        from ftprep.verbosity import detail
+
+        detail(f"{self.folder}: shard {shard} committed, {meta['rows']} rows, {len(rejects)} rejected")
 
     def _committed_shards(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.partial.glob("shard-*.json"))

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from ftprep.stages import Rejects
-from ftprep.stages.errors import FtprepError, RowError, Setting, SettingError
+from ftprep.stages.errors import FtprepError, RowError, SettingError
 from ftprep.stages.tokenization import MESSAGES_TYPE, TOOL_KEYS
 
-FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion")
 ROLES = ("system", "user", "assistant")
 # OpenAI tool use: tool results, the newer system role, the legacy function role. Whether the
 # model's chat template renders them is the tokenizer's to find out.
@@ -34,7 +34,7 @@ FORMAT_KEYS = {
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"),
-    "prompt_completion": ("prompt", "completion"),
+    "prompt-completion": ("prompt", "completion"),
 }
 
 Message = dict[str, str]
@@ -53,10 +53,16 @@ def detect_format(rows: Iterable[Mapping], source: str | None = None) -> str:
                 break
     best = max(votes, key=votes.get)
     if votes[best] == 0:
-        raise SettingError("cannot tell the data format{source} from the columns {columns}: pass {format}", field="format",
-                           source=f" of {source}" if source else "", columns=sorted(seen),
-                           format=Setting("format", "|".join(FORMATS)))
+        # No format's columns in the rows: no --format would read them, the columns must change.
+        raise SettingError("cannot tell the data format{source} from the columns {columns}: give each row the columns of one "
+                           "format ({needs})", field="format", source=f" of {source}" if source else "", columns=sorted(seen),
+                           needs=format_columns_text())
     return best
+
+
+def format_columns_text() -> str:
+    """"messages: messages; sharegpt: conversations; ...": what each format reads."""
+    return "; ".join(f"{name}: {', '.join(keys)}" for name, keys in FORMAT_KEYS.items())
 
 
 # What readers hand this stage: per source row its index and either its JSON text or why it
@@ -135,7 +141,7 @@ def normalize_row(row: Mapping, fmt: str) -> list[Message]:
             {"role": "user", "content": prompt},
             {"role": "assistant", "content": _string(_field(row, "output"), "output")},
         ]
-    elif fmt == "prompt_completion":
+    elif fmt == "prompt-completion":
         messages = _turns(_field(row, "prompt"), "user") + _turns(_field(row, "completion"), "assistant")
     else:
         raise FtprepError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -30,6 +30,13 @@ class Spec:
     identity: bool = True  # the output depends on it: a resumed run must share it
     path: bool = False  # a file or folder: runs that name it by other paths are the same run
     metavar: str | None = None
+    # How the Python API (ftprep.score(...)) takes it: `rows` also a list of rows or any
+    # datasets.Dataset (saved once for the readers); `dataset` also the datasets.Dataset that an
+    # ftprep command returned (read from its folder); `cli_only` not at all (how the command line
+    # prints, e.g. --json: a Python call returns the value itself).
+    rows: bool = False
+    dataset: bool = False
+    cli_only: bool = False
 
 
 def setting(default=REQUIRED, **spec) -> dataclasses.Field:
@@ -39,6 +46,15 @@ def setting(default=REQUIRED, **spec) -> dataclasses.Field:
 
 def positive(default=None, **spec) -> dataclasses.Field:
     return setting(default, low=0, low_open=True, **spec)
+
+
+def canonical_choice(value, choices: tuple | None):
+    """A choice as declared: choices are spelled with hyphens (llama-factory), and the same word
+    with underscores (llama_factory, an older spelling) is its alias."""
+    if choices is None or not isinstance(value, str) or value in choices:
+        return value
+    hyphenated = value.replace("_", "-")
+    return hyphenated if hyphenated in choices else value
 
 
 def spec_of(item: dataclasses.Field) -> Spec:

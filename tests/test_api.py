@@ -44,11 +44,11 @@ def test_a_python_run_with_an_output_folder_resumes_there(tmp_path, tiny_model_d
 
 @pytest.mark.parametrize("call, message", [
     (lambda scored: ftprep.mask(scored, strategy="thresold"),
-     "unknown --strategy 'thresold': use one of threshold, quantile, soft, delta, anchor, none"),
-    (lambda scored: ftprep.mask(scored, strategy="soft", weight_fn="probability"), "unknown --weight-fn 'probability'"),
-    (lambda scored: ftprep.mask(scored, treshold=3.0), "ftprep.mask() has no option treshold: use "),
-    (lambda scored: ftprep.mask(scored, quantile=1.5, strategy="quantile"), "--quantile 1.5 is out of range"),
-    (lambda scored: ftprep.score(DATA / "sample.jsonl", top_k=-1), "--top-k -1 is out of range"),
+     "unknown strategy='thresold': use one of threshold, quantile, soft, delta, anchor, none"),
+    (lambda scored: ftprep.mask(scored, strategy="soft", weight_fn="probability"), "unknown weight_fn='probability'"),
+    (lambda scored: ftprep.mask(scored, treshold=3.0), "ftprep.mask() has no option treshold (did you mean threshold?): use "),
+    (lambda scored: ftprep.mask(scored, quantile=1.5, strategy="quantile"), "quantile=1.5 is out of range"),
+    (lambda scored: ftprep.score(DATA / "sample.jsonl", top_k=-1), "top_k=-1 is out of range"),
     (lambda scored: ftprep.score(12), "cannot read int"),
 ])
 @pytest.mark.slow

@@ -131,7 +131,7 @@ def test_a_byte_order_mark_is_accepted_in_jsonl_json_and_csv(tmp_path):
     (tmp_path / "a.jsonl").write_text(bom + json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n", encoding="utf-8")
     (tmp_path / "a.json").write_text(bom + json.dumps([GOOD, GOOD]), encoding="utf-8")
     (tmp_path / "a.csv").write_text(bom + "prompt,completion\nSay hi.,Hi there.\nSay bye.,Bye.\n", encoding="utf-8")
-    for name, fmt in (("a.jsonl", "messages"), ("a.json", "messages"), ("a.csv", "prompt_completion")):
+    for name, fmt in (("a.jsonl", "messages"), ("a.json", "messages"), ("a.csv", "prompt-completion")):
         kept, rejects = normalized(tmp_path / name, fmt)
         assert (len(kept), rejects) == (2, []), name
 
@@ -469,7 +469,7 @@ def test_overwrite_removes_only_what_ftprep_wrote(tmp_path, tiny_model_dir):
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     one_line_error(run_cli("score", path, "-o", mine, "--overwrite", "--model", tiny_model_dir, check=False),
-                   "is not an ftprep output")
+                   "holds files ftprep did not write")
     assert (mine / "thesis.tex").read_text() == "years of work"
 
 
@@ -533,7 +533,7 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(monkeypatch):
 
 def test_a_failed_run_leaves_no_unfinished_run_behind(tmp_path, tiny_model_dir):
     path = write_lines(tmp_path / "a.jsonl", [json.dumps({"columns": "none of any format"})])
-    one_line_error(run_cli("score", path, "-o", tmp_path / "out", "--model", tiny_model_dir, check=False), "--format")
+    one_line_error(run_cli("score", path, "-o", tmp_path / "out", "--model", tiny_model_dir, check=False), "cannot tell the data format")
     assert not (tmp_path / "out").exists()
 
 

@@ -96,7 +96,7 @@ def test_fuzzed_files_never_crash_and_every_row_is_accounted_for(tmp_path_factor
 
     @settings(max_examples=60, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(input_files(), st.sampled_from([None, "messages", "prompt_completion"]))
+    @given(input_files(), st.sampled_from([None, "messages", "prompt-completion"]))
     def check(file, fmt):
         name, data, known_rows = file
         folder = tmp_path_factory.mktemp("fuzz")

@@ -13,8 +13,8 @@ FORMAT_FILES = {
     "messages.jsonl": "messages",
     "messages.json": "messages",
     "sharegpt.jsonl": "sharegpt",
-    "prompt_completion.jsonl": "prompt_completion",
-    "prompt_completion_messages.jsonl": "prompt_completion",
+    "prompt_completion.jsonl": "prompt-completion",
+    "prompt_completion_messages.jsonl": "prompt-completion",
     "alpaca.json": "alpaca",
     "alpaca.csv": "alpaca",
 }

@@ -13,7 +13,8 @@ BACKENDS = ("auto", "hf", "vllm")
 
 
 def input_path():
-    return setting(argument=True, path=True, help="JSONL, JSON, Parquet or CSV file, a save_to_disk folder, or a hub dataset id.")
+    return setting(argument=True, path=True, rows=True,
+                   help="JSONL, JSON, Parquet or CSV file, a save_to_disk folder, or a hub dataset id.")
 
 
 def output(what: str, default=REQUIRED):
@@ -22,7 +23,7 @@ def output(what: str, default=REQUIRED):
 
 def folder(what: str = "A folder written by ftprep score or mask."):
     """The output folder a command reads (its first argument)."""
-    return setting(argument=True, help=what)
+    return setting(argument=True, dataset=True, help=what)
 
 
 def seed(what: str, default: int = 0):

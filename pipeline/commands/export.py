@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
 from ftprep.commands import command
 from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
@@ -23,9 +21,20 @@ class ExportSettings(Settings):
 
 def export(settings: ExportSettings) -> None:
     from ftprep.publish.export import export_parquet
+    from ftprep.verbosity import say
 
-    click.echo(export_parquet(Path(settings.folder), Path(settings.parquet), config_name=settings.config_name,
-                              license=settings.license))
+    say(export_parquet(Path(settings.folder), Path(settings.parquet), config_name=settings.config_name, license=settings.license))
 
 
-cli = command("export", ExportSettings, export)
+def export_folder(settings: ExportSettings) -> Path:
+    """The folder it wrote (--parquet), which datasets.load_dataset(folder) opens."""
+    from ftprep.publish.export import export_parquet
+
+    export_parquet(Path(settings.folder), Path(settings.parquet), config_name=settings.config_name, license=settings.license)
+    return Path(settings.parquet)
+
+
+cli = command("export", ExportSettings, export, python=export_folder,
+              writes="Writes DIR (--parquet): README.md (the dataset card, with the config), the config's Parquet files under "
+                     "data/ (another config's under its name), the perplexity histogram image, and .ftprep-push/ (the staged "
+                     "files a rerun reuses).")

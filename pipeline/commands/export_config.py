@@ -10,6 +10,7 @@ import click
 from ftprep.commands import command
 from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
+from ftprep.stages.errors import FtprepError
 from ftprep.stages.strategies import TARGETS
 
 
@@ -20,12 +21,43 @@ class ExportConfigSettings(Settings):
     base_model: str | None = setting(None, help="Model the snippet trains: a hub id or a local folder (default: the model that "
                                            "scored: the hub id or folder --model named; for the embedded alias or a .gguf "
                                            "file, ftprep's dense copy of it).")
+    output: str | None = shared.output("File to write the snippet to (e.g. train.py or axolotl.yaml) instead of printing it.",
+                                       default=None)
 
 
-def print_snippet(settings: ExportConfigSettings) -> None:
+def print_snippet(settings: ExportConfigSettings, overwrite: bool) -> None:
+    text = snippet(settings, overwrite)
+    if settings.output is None:
+        click.echo(text, nl=False)
+    else:
+        from ftprep.verbosity import say
+
+        say(f"wrote {settings.output}")
+
+
+def snippet(settings: ExportConfigSettings, overwrite: bool = False) -> str:
+    """The snippet (also written to output= where given)."""
     from ftprep.publish.export_config import export_config
 
-    click.echo(export_config(Path(settings.folder), settings.target, settings.base_model), nl=False)
+    if settings.output is not None:
+        check_snippet_file(Path(settings.output), overwrite)
+    text = export_config(Path(settings.folder), settings.target, settings.base_model)
+    if settings.output is not None:
+        from ftprep.writers import write_text_atomic
+
+        write_text_atomic(Path(settings.output), text)
+    return text
 
 
-cli = command("export-config", ExportConfigSettings, print_snippet)
+def check_snippet_file(path: Path, overwrite: bool) -> None:
+    """-o is a new file in a folder that exists; an existing one is replaced only with --overwrite."""
+    if path.is_dir():
+        raise FtprepError(f"-o {path} is a folder: give the file to write, e.g. {path / 'train.py'}")
+    if not path.parent.is_dir():
+        raise FtprepError(f"-o {path}: the folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise FtprepError(f"-o {path} exists: pass --overwrite to replace it, or choose another -o")
+
+
+cli = command("export-config", ExportConfigSettings, print_snippet, overwrite=True, python=snippet,
+              writes="Writes nothing unless -o FILE: prints the snippet (with -o, writes it to FILE).")

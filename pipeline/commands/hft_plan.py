@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import click
-
 from ftprep.commands import command
 from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
@@ -26,13 +24,24 @@ class HFTPlanSettings(Settings):
 
 
 def write_plan(settings: HFTPlanSettings, overwrite: bool) -> None:
-    from ftprep.plans.hft_plan import HFTPlanRun, plan_summary, read_hft_plan
-    from ftprep.runner import run_files
+    from ftprep.plans.hft_plan import plan_summary
+    from ftprep.verbosity import say
 
-    run_files(partial(HFTPlanRun, settings), overwrite=overwrite, echo=click.echo)
-    click.echo(plan_summary(settings.output, read_hft_plan(Path(settings.output))))
+    say(plan_summary(settings.output, make_plan(settings, overwrite)))
     if settings.axolotl_yaml:
-        click.echo(f"wrote {settings.axolotl_yaml}")
+        say(f"wrote {settings.axolotl_yaml}")
 
 
-cli = command("hft-plan", HFTPlanSettings, write_plan, overwrite=True)
+def make_plan(settings: HFTPlanSettings, overwrite: bool = False) -> dict:
+    """The plan (what -o holds): per layer the projections that train, and the totals."""
+    from ftprep.plans.hft_plan import HFTPlanRun, read_hft_plan
+    from ftprep.runner import run_files
+    from ftprep.verbosity import say
+
+    run_files(partial(HFTPlanRun, settings), overwrite=overwrite, echo=say)
+    return read_hft_plan(Path(settings.output))
+
+
+cli = command("hft-plan", HFTPlanSettings, write_plan, overwrite=True, python=make_plan,
+              writes="Writes OUT (-o, the plan as JSON), OUT.ftprep.json (how it was made) and, with --axolotl-yaml FILE, "
+                     "FILE (Axolotl's unfrozen_parameters).")

@@ -24,10 +24,16 @@ class InspectSettings(Settings):
 
 
 def show_row(settings: InspectSettings) -> None:
+    use_color = default_color(sys.stdout, os.environ) if settings.color is None else settings.color
+    click.echo(row_text(settings, use_color), color=use_color)
+
+
+def row_text(settings: InspectSettings, use_color: bool | None = None) -> str:
+    """The row as text: its tokens (masked ones in [brackets], or coloured with color=True) and its numbers."""
     from ftprep.views.inspect_row import inspect_row
 
-    use_color = default_color(sys.stdout, os.environ) if settings.color is None else settings.color
-    click.echo(inspect_row(Path(settings.folder), settings.row, settings.threshold, use_color), color=use_color)
+    use_color = bool(settings.color) if use_color is None else use_color
+    return inspect_row(Path(settings.folder), settings.row, settings.threshold, use_color)
 
 
 def default_color(stream, environ) -> bool:
@@ -35,4 +41,4 @@ def default_color(stream, environ) -> bool:
     return stream.isatty() and not environ.get("NO_COLOR")
 
 
-cli = command("inspect", InspectSettings, show_row)
+cli = command("inspect", InspectSettings, show_row, python=row_text, writes="Writes nothing: prints the row.")

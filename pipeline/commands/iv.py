@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import click
-
 from ftprep.commands import command
 from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
@@ -31,9 +29,20 @@ class IVSettings(Settings):
 
 
 def extract(settings: IVSettings, overwrite: bool) -> None:
-    from ftprep.plans.iv import extract_instruction_vector, iv_summary
+    from ftprep.plans.iv import iv_summary
+    from ftprep.verbosity import say
 
-    click.echo(iv_summary(settings.output, extract_instruction_vector(settings, overwrite=overwrite, echo=click.echo)))
+    say(iv_summary(settings.output, instruction_vector(settings, overwrite)))
 
 
-cli = command("iv", IVSettings, extract, overwrite=True)
+def instruction_vector(settings: IVSettings, overwrite: bool = False) -> dict:
+    """Its report (OUT.json): the heads kept, their scores, the layers and settings."""
+    from ftprep.plans.iv import extract_instruction_vector
+    from ftprep.verbosity import say
+
+    return extract_instruction_vector(settings, overwrite=overwrite, echo=say)
+
+
+cli = command("iv", IVSettings, extract, overwrite=True, python=instruction_vector,
+              writes="Writes OUT (-o, the vectors, .safetensors), OUT.json beside it (the heads and their scores) and "
+                     "OUT.ftprep.json (how it was made).")

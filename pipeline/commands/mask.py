@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from ftprep.commands import common as shared
-from ftprep.commands import shard_command
+from ftprep.commands import shard_command, shard_writes
 from ftprep.engines import ShardWork
 from ftprep.manifest import Counts, RunManifest, Upstream, open_run
 from ftprep.runtime import library_versions
@@ -49,7 +49,7 @@ def _copy(item: dataclasses.Field, hints: dict) -> tuple:
 
 def settings_fields() -> list[tuple]:
     """The fields of MaskSettings for the strategies registered now."""
-    own = [("scored", str, setting(argument=True, path=True, help="A folder written by ftprep score.")),
+    own = [("scored", str, setting(argument=True, path=True, dataset=True, help="A folder written by ftprep score.")),
            ("output", str, shared.output("Folder for the training dataset.")),
            ("strategy", str, setting(DEFAULT_STRATEGY, choices=tuple(REGISTRY), help=strategy_help()))]
     stage_hints = typing.get_type_hints(MaskStageSettings)
@@ -199,4 +199,5 @@ def against_scores(settings, scored_dir: Path):
     return against, against.rows_for(scored_dir, [table.select(columns) for table in read_shards(scored_dir)])
 
 
-cli = shard_command("mask", mask_settings, MaskCommand, model=False)
+cli = shard_command("mask", mask_settings, MaskCommand, model=False,
+                    writes=shard_writes("the training dataset (input_ids, attention_mask, labels, and the strategy's own columns)"))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from ftprep.manifest import ModelInfo
-from ftprep.readers import open_source
+from ftprep.readers import checked_format, open_source
 from ftprep.runtime import resolve_runtime
+from ftprep.verbosity import detail
 
 
 class ModelRun:
-    """Opens the input and resolves the model, device and dtype once, before any shard runs,
-    so that a bad path, model or option fails before work starts."""
+    """Opens the input, finds its format and resolves the model, device and dtype once, before any
+    shard runs, so that a bad path, format, model or option fails before work starts (the input's
+    before the model's: they cost a moment, a model can take minutes)."""
 
     made_from = "input"
     # Whether --dtype auto may pick bfloat16 on a CPU that multiplies it natively: scoring does;
@@ -20,11 +22,15 @@ class ModelRun:
         self.settings = settings
         self.output = settings.output
         self.source = open_source(settings.input, settings.split, settings.limit)
+        self.format = checked_format(self.source, settings.format, settings.shard_rows)
         self.runtime = resolve_runtime(settings.model, settings.device, settings.dtype, settings.backend,
                                        executor.cuda_available(), chat_template=settings.chat_template,
                                        trust_remote_code=settings.trust_remote_code,
                                        cpu_bf16=None if self.auto_bf16_on_cpu else False)
         self.device = self.runtime.device
+        runtime = self.runtime
+        detail(f"{self.name}: {settings.input} read as {self.format}; model {settings.model} ({runtime.model_dir}) on "
+               f"{runtime.device}, {runtime.dtype}, backend {runtime.backend}")
 
     def total_rows(self) -> int | None:
         return self.source.count()

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
 from ftprep.commands import command
 from ftprep.commands import common as shared
 from ftprep.settings import Settings, positive, setting
@@ -25,11 +23,21 @@ class PushSettings(Settings):
 
 
 def push(settings: PushSettings) -> None:
+    from ftprep.verbosity import say
+
+    say(push_to_hub(settings))
+
+
+def push_to_hub(settings: PushSettings) -> str:
+    """The line on what it pushed, where (the repo's URL) and how many files."""
     from ftprep.publish.push import push_folder
+    from ftprep.verbosity import say
 
-    click.echo(push_folder(Path(settings.folder), settings.repo_id, private=settings.private, revision=settings.revision,
-                           create_pr=settings.create_pr, config_name=settings.config_name, license=settings.license,
-                           files_per_commit=settings.files_per_commit, echo=click.echo))
+    return push_folder(Path(settings.folder), settings.repo_id, private=settings.private, revision=settings.revision,
+                       create_pr=settings.create_pr, config_name=settings.config_name, license=settings.license,
+                       files_per_commit=settings.files_per_commit, echo=say)
 
 
-cli = command("push", PushSettings, push)
+cli = command("push", PushSettings, push, python=push_to_hub,
+              writes="Writes FOLDER/.ftprep-push/ (the staged Parquet files and card, reused by a rerun) and uploads them to "
+                     "REPO_ID.")

@@ -12,12 +12,12 @@ from pathlib import Path
 import click
 
 from ftprep.commands import common as shared
-from ftprep.commands import shard_command
+from ftprep.commands import shard_command, shard_writes
 from ftprep.commands.model_run import ModelRun, model_info
 from ftprep.engines import ShardWork
 from ftprep.manifest import Counts, RunManifest, TokenizerInfo
 from ftprep.models import context_length
-from ftprep.readers import input_format, read_source_shard
+from ftprep.readers import read_source_shard
 from ftprep.runtime import library_versions, longest_row, make_scorer
 from ftprep.settings import Settings, positive, setting
 from ftprep.stages.errors import Setting, SettingError
@@ -108,7 +108,6 @@ class RegenCommand(ModelRun):
                 "input": self.source.identity(), **self.runtime.identity()}
 
     def work(self) -> ShardWork:
-        self.format = input_format(self.source, self.settings.format)
         return ShardWork(read=read_source_shard, stages=(NormalizeStage(self.format),),
                          build_model_stage=partial(build_regen_stage, self.settings, self.stage_settings, self.runtime),
                          columns=tuple(self.schema().names), tokens_key="generated_tokens")
@@ -191,4 +190,5 @@ def print_template(ctx, param, value):
 
 cli = shard_command("regen", RegenSettings, RegenCommand, extra_params=[
     click.Option(["--print-template"], is_flag=True, is_eager=True, expose_value=False, callback=print_template,
-                 help="Print the built-in rephrase template and exit.")])
+                 help="Print the built-in rephrase template and exit.")],
+    writes=shard_writes("the regenerated conversations (id, messages: what ftprep score reads)"))

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
 from ftprep.commands import command
 from ftprep.commands import common as shared
 from ftprep.settings import Settings
@@ -22,6 +20,13 @@ class ReportSettings(Settings):
 
 
 def write_report(settings: ReportSettings) -> None:
+    from ftprep.verbosity import say
+
+    say(f"wrote {make_report(settings)}")
+
+
+def make_report(settings: ReportSettings) -> Path:
+    """The HTML file it wrote."""
     from ftprep.runner import check_output_apart
     from ftprep.views.report import render_report
     from ftprep.writers import write_text_atomic
@@ -33,7 +38,8 @@ def write_report(settings: ReportSettings) -> None:
         raise FtprepError(f"-o {settings.output}: the folder {output.parent} does not exist")
     check_output_apart(settings.output, [settings.folder])
     write_text_atomic(output, render_report(Path(settings.folder), settings.threshold))
-    click.echo(f"wrote {settings.output}")
+    return output
 
 
-cli = command("report", ReportSettings, write_report)
+cli = command("report", ReportSettings, write_report, python=make_report,
+              writes="Writes the HTML file -o (default: report.html): one self-contained page, images and data inside.")

@@ -11,12 +11,12 @@ from functools import partial
 import numpy as np
 
 from ftprep.commands import common as shared
-from ftprep.commands import shard_command
+from ftprep.commands import shard_command, shard_writes
 from ftprep.commands.model_run import ModelRun, model_info
 from ftprep.engines import ShardWork
 from ftprep.manifest import Counts, RunManifest, TokenizerInfo
 from ftprep.models import context_length
-from ftprep.readers import input_format, read_source_shard
+from ftprep.readers import read_source_shard
 from ftprep.runtime import library_versions, longest_row, make_scorer
 from ftprep.settings import Settings, setting
 from ftprep.stages.errors import Setting, SettingError
@@ -69,7 +69,6 @@ class ScoreCommand(ModelRun):
 
     def work(self) -> ShardWork:
         settings = self.settings
-        self.format = input_format(self.source, settings.format)
         self.chat = ChatTokenizer(self.runtime.tokenizer, settings.train_on, length_limit(settings, self.runtime.model_dir, self.runtime.backend),
                                   settings.overlong, allow_special_tokens=settings.allow_special_tokens)
         return ShardWork(read=read_source_shard, stages=(NormalizeStage(self.format), TokenizeStage(self.chat)),
@@ -138,4 +137,5 @@ def finish_score_stats(stats: dict) -> dict:
     return stats
 
 
-cli = shard_command("score", ScoreSettings, ScoreCommand)
+cli = shard_command("score", ScoreSettings, ScoreCommand,
+                    writes=shard_writes("the scored dataset (id, messages, input_ids, assistant_mask, logprobs, entropy, rank)"))

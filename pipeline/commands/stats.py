@@ -17,20 +17,28 @@ from ftprep.stages.errors import FtprepError
 @dataclass(frozen=True, kw_only=True)
 class StatsSettings(Settings):
     folder: str = shared.folder("A folder written by ftprep score, regen or mask.")
-    json: bool = setting(False, help="Print stats.json as JSON (for scripts and jq) instead of the table.")
+    json: bool = setting(False, cli_only=True, help="Print stats.json as JSON (for scripts and jq) instead of the table.")
 
 
 def show_stats(settings: StatsSettings) -> None:
+    stats = folder_stats(settings)
+    from ftprep.views.stats import format_stats
+
+    click.echo(json.dumps(stats, indent=2) if settings.json else format_stats(stats))
+
+
+def folder_stats(settings: StatsSettings) -> dict:
+    """The folder's stats.json, as a dict."""
     path = Path(settings.folder) / "stats.json"
     if not path.is_file():
         raise FtprepError(f"{settings.folder} has no stats.json: give a folder written by ftprep score or ftprep mask")
-    from ftprep.views.stats import format_stats
     from ftprep.writers import read_json_file
 
     stats = read_json_file(path, "stats.json")
     if not isinstance(stats, dict):
         raise FtprepError(f"{path} is damaged (not a stats object): rerun the command that wrote it")
-    click.echo(json.dumps(stats, indent=2) if settings.json else format_stats(stats))
+    return stats
 
 
-cli = command("stats", StatsSettings, show_stats)
+cli = command("stats", StatsSettings, show_stats, python=folder_stats,
+              writes="Writes nothing: prints FOLDER's stats.json as a table (--json: as JSON).")

@@ -95,5 +95,12 @@ class Strategy:
         from ftprep.stages.mask_settings import writes_weights
 
         if writes_weights(settings) and target in ("axolotl", "llama-factory"):
-            raise SettingError("{folder} has loss_weights, which {target} cannot read: rerun ftprep mask with {rerun}",
-                               field="target", folder=folder, target=target, rerun=Setting("target", target))
+            # The rerun named must pass the mask's own check: a target other than hf takes no weights.
+            if self.makes_weights:
+                rerun = "a hard strategy (e.g. {hard}) and {rerun}"
+            else:
+                rerun = "{rerun} (without {weights})"
+            raise SettingError("{folder} has loss_weights, which {target} cannot read: print the snippet for {hf} (TRL with "
+                               "ftprep.trainer), or rerun ftprep mask with " + rerun, field="target", folder=folder,
+                               target=target, rerun=Setting("target", target), hf=Setting("target", "hf"),
+                               hard=Setting("strategy", "threshold"), weights=Setting("weights"))

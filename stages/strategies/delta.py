@@ -18,7 +18,7 @@ AGAINST_LOGPROBS = "against_logprobs"
 
 @dataclass(frozen=True)
 class DeltaOptions:
-    against: str | None = setting(None, path=True, help="delta: the same input scored with a second model (ftprep score --model B).")
+    against: str | None = setting(None, path=True, dataset=True, help="delta: the same input scored with a second model (ftprep score --model B).")
     delta: float = setting(2.5, help="delta: mask assistant tokens whose perplexity under the --against model exceeds "
                                      "the one in SCORED by more than this.")
 

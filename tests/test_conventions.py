@@ -114,7 +114,7 @@ def test_each_commands_help_ends_with_what_it_writes(name):
 
 
 def test_shell_completion_works_as_the_readme_says():
-    readme = (DATA.parent / "README.md").read_text()
+    readme = (DATA.parent / "docs" / "reference" / "api.md").read_text()  # where the docs say it
     assert 'eval "$(_FTPREP_COMPLETE=bash_source ftprep)"' in readme
     script = run_cli_process(env={**os.environ, "_FTPREP_COMPLETE": "bash_source"}).stdout
     assert "_ftprep_completion" in script and "complete " in script

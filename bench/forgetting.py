@@ -121,7 +121,7 @@ class Scale:
 
 
 PAPER = Scale()
-PAPER_QUICK = replace(PAPER, train_rows=48, val_rows=20, test_rows=40, retention_items=60, drift_prompts=40, seeds=1,
+PAPER_QUICK = replace(PAPER, train_rows=40, val_rows=20, test_rows=40, retention_items=60, drift_prompts=40, seeds=1,
                       warmup_steps=4)
 STRESS = Scale(regime="stress", train_rows=400, val_rows=40, test_rows=100, epochs=1, batch=8, learning_rate=1e-4,
                schedule="constant", warmup_steps=0, adapter="full", regen_tokens=96, answer_tokens=96)

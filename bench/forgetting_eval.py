@@ -13,7 +13,7 @@ def prompt_ids(tokenizer, user: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch: int = 32) -> list[list[int]]:
+def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch: int = 64) -> list[list[int]]:
     """Greedy continuations (token ids, the end-of-turn token included when reached), batched and left-padded."""
     import torch
 
@@ -43,29 +43,38 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
 
 
 def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch_tokens: int = 4096) -> list[np.ndarray]:
-    """log p(continuation token | prompt, earlier continuation tokens) for each (prompt, continuation)."""
+    """log p(continuation token | prompt, earlier continuation tokens) for each (prompt, continuation).
+    The LM head runs only where a continuation token is predicted, as ftprep's scorer does: on the
+    retention items' short answers that is a tenth of the positions, and the head is most of the cost."""
     import torch
 
+    from ftprep.stages.score.hf import head_logits
+
+    decoder = model.get_decoder()
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     result: list[np.ndarray] = [np.zeros(0, np.float32)] * len(pairs)
     start = 0
     while start < len(order):
         width = len(pairs[order[start]][0]) + len(pairs[order[start]][1])
-        size = max(1, batch_tokens // width)
-        chunk = order[start:start + size]
+        chunk = order[start:start + max(1, batch_tokens // width)]
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            seq = pairs[i][0] + pairs[i][1]
-            ids[row, :len(seq)] = torch.as_tensor(seq)
-            mask[row, :len(seq)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float().cpu()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None])[..., 0]
+        rows, positions = [], []
         for row, i in enumerate(chunk):
             prompt, continuation = pairs[i]
-            result[i] = logprobs[row, len(prompt) - 1:len(prompt) - 1 + len(continuation)].numpy()
-        start += size
+            ids[row, :len(prompt) + len(continuation)] = torch.as_tensor(prompt + continuation)
+            rows += [row] * len(continuation)
+            positions += range(len(prompt) - 1, len(prompt) + len(continuation) - 1)  # state i - 1 predicts token i
+        with torch.inference_mode():
+            # Right padding: causal attention keeps the pads out of every real position.
+            states = decoder(input_ids=ids.to(model.device), use_cache=False).last_hidden_state[rows, positions]
+            logits = head_logits(model, decoder, states).float()
+            targets = ids[rows, [p + 1 for p in positions]].to(model.device)
+            logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0].cpu().numpy()
+        cursor = 0
+        for i in chunk:
+            result[i] = logprobs[cursor:cursor + len(pairs[i][1])]
+            cursor += len(pairs[i][1])
+        start += len(chunk)
     return result
 
 
@@ -80,18 +89,69 @@ def target_correct(replies: list[str], rows: list[dict]) -> list[int]:
     return [int(final_number(reply) == row["answer"]) for reply, row in zip(replies, rows)]
 
 
+def choice_logprobs(model, prompts: list[list[int]], choices: list[list[list[int]]], items_per_batch: int = 32) -> list[list[float]]:
+    """log p(choice | prompt), summed over the choice's tokens, for every choice of every prompt.
+    A prompt is run once and its cache shared by its choices: the prompts (the chat template's
+    system line included) are ten times longer than the one-word choices, so this does a quarter
+    of the work of scoring each (prompt, choice) pair alone."""
+    import torch
+
+    from ftprep.stages.score.hf import head_logits
+
+    decoder = model.get_decoder()
+    device = model.device
+    totals: list[list[float]] = []
+    for start in range(0, len(prompts), items_per_batch):
+        batch_prompts, batch_choices = prompts[start:start + items_per_batch], choices[start:start + items_per_batch]
+        width = max(map(len, batch_prompts))
+        # Left-padded prompts, so that every prompt ends at the same place and its choices follow it.
+        prompt_ids = torch.zeros((len(batch_prompts), width), dtype=torch.long)
+        prompt_mask = torch.zeros_like(prompt_ids)
+        for row, prompt in enumerate(batch_prompts):
+            prompt_ids[row, width - len(prompt):] = torch.as_tensor(prompt)
+            prompt_mask[row, width - len(prompt):] = 1
+        flat_choices = [choice for item in batch_choices for choice in item]
+        owner = torch.as_tensor([row for row, item in enumerate(batch_choices) for _ in item])
+        choice_width = max(map(len, flat_choices))
+        choice_ids = torch.zeros((len(flat_choices), choice_width), dtype=torch.long)
+        choice_mask = torch.zeros_like(choice_ids)
+        for row, choice in enumerate(flat_choices):
+            choice_ids[row, :len(choice)] = torch.as_tensor(choice)
+            choice_mask[row, :len(choice)] = 1
+        prompt_positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            prompt_out = decoder(input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
+                                 position_ids=prompt_positions.to(device), use_cache=True)
+            cache = prompt_out.past_key_values
+            cache.reorder_cache(owner.to(device))  # one copy of a prompt's cache per choice
+            lengths = prompt_mask.sum(1)[owner]
+            choice_positions = lengths[:, None] + torch.arange(choice_width)[None]
+            choice_states = decoder(input_ids=choice_ids.to(device),
+                                    attention_mask=torch.cat([prompt_mask[owner], choice_mask], 1).to(device),
+                                    position_ids=choice_positions.to(device), past_key_values=cache,
+                                    use_cache=True).last_hidden_state
+            # Token 0 of a choice is predicted by its prompt's last state, token j by the choice's state j - 1.
+            states = torch.cat([prompt_out.last_hidden_state[owner, -1:], choice_states[:, :-1]], 1)
+            real = choice_mask.bool()
+            logits = head_logits(model, decoder, states[real.to(device)]).float()
+            picked = torch.log_softmax(logits, -1).gather(1, choice_ids[real].to(device)[:, None])[:, 0].cpu()
+        sums = torch.zeros(len(flat_choices)).index_add_(0, torch.arange(len(flat_choices)).repeat_interleave(real.sum(1)), picked)
+        cursor = 0
+        for item in batch_choices:
+            totals.append(sums[cursor:cursor + len(item)].tolist())
+            cursor += len(item)
+    return totals
+
+
 def retention_correct(model, tokenizer, items: list[dict]) -> list[int]:
     """Per item, 1 where the choice with the highest log-likelihood as the whole assistant answer (its
     tokens and the end-of-turn token) is the right one."""
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     end = [end] if isinstance(end, int) and end != tokenizer.unk_token_id else []
-    pairs = []
-    for item in items:
-        prompt = prompt_ids(tokenizer, f"{item['question']} Answer with the word only.")
-        pairs += [(prompt, tokenizer(choice, add_special_tokens=False)["input_ids"] + end) for choice in item["choices"]]
-    totals = [float(logprobs.sum()) for logprobs in continuation_logprobs(model, pairs)]
-    picked = [item["choices"][int(np.argmax(totals[4 * k:4 * k + 4]))] for k, item in enumerate(items)]
-    return [int(pick == item["answer"]) for pick, item in zip(picked, items)]
+    prompts = [prompt_ids(tokenizer, f"{item['question']} Answer with the word only.") for item in items]
+    choices = [[tokenizer(choice, add_special_tokens=False)["input_ids"] + end for choice in item["choices"]] for item in items]
+    totals = choice_logprobs(model, prompts, choices)
+    return [int(item["choices"][int(np.argmax(scores))] == item["answer"]) for scores, item in zip(totals, items)]
 
 
 def drift_logprob(model, references: list[tuple[list[int], list[int]]]) -> float:

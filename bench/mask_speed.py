@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ftprep.commands.mask import MaskSettings  # noqa: E402
 from ftprep.stages import Rejects  # noqa: E402
 from ftprep.stages.mask import MaskStage  # noqa: E402
+from ftprep.stages.mask_settings import MaskStageSettings  # noqa: E402
 
 END_OF_TURN = 2
 
@@ -69,7 +70,7 @@ def main() -> None:
     print(f"synthetic scored dataset: {len(shards)} shards, {sum(s.num_rows for s in shards)} rows, {tokens:,} tokens")
     for strategy in ("threshold", "soft"):
         config = MaskSettings(scored="scored", output="train", strategy=strategy).to_dict()
-        stage = MaskStage(config, [END_OF_TURN])
+        stage = MaskStage(MaskStageSettings.from_config(config), [END_OF_TURN])
         best = float("inf")
         for _ in range(args.repeat):
             started = time.perf_counter()

@@ -124,6 +124,8 @@ def timed_child(args, work: Path, name: str) -> dict:
 
 def run_ftprep(args, work: Path, name: str, source: Path, *options: str) -> dict:
     """`ftprep score` as a user runs it, in a process of its own."""
+    from ftprep.manifest import open_run
+
     script = Path(sys.executable).parent / "ftprep"
     output = work / name
     command = [str(script), "score", str(source), "-o", str(output), "--model", args.model, "--device", "cpu", *options]
@@ -132,9 +134,9 @@ def run_ftprep(args, work: Path, name: str, source: Path, *options: str) -> dict
     subprocess.run(command, check=True, cwd=ROOT)
     seconds = time.perf_counter() - started
     stats = json.loads((output / "stats.json").read_text())
-    manifest = json.loads((output / "ftprep.json").read_text())
+    manifest = open_run(output)
     return {"process_seconds": seconds, "tokens": stats["tokens"], "steady": stats.get("tokens_per_second"),
-            "dtype": manifest["model"]["dtype"], "folder": str(output)}
+            "dtype": manifest.model.dtype, "folder": str(output)}
 
 
 def scored_logprobs(folder: str, rows: int) -> tuple[np.ndarray, np.ndarray]:

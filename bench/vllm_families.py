@@ -54,7 +54,7 @@ def main() -> None:
             try:
                 from vllm import LLM
 
-                llm = LLM(**engine_arguments(str(model_dir), "float32", "cpu", 0, None, None, 0, max_model_len=256))
+                llm = LLM(**engine_arguments(str(model_dir), "float32", "cpu", 0, None, None, 0, longest_row=256))
                 scorer = VLLMScorer(llm)
                 logprobs = flat_values(scorer(table), "logprobs")
                 scorer.close()

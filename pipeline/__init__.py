@@ -8,16 +8,22 @@ command of the same name and returns a `datasets.Dataset`:
     train = ftprep.mask(scored, strategy="threshold", threshold=2.5, output="train")
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("ftprep")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
-
-from ftprep.stages.errors import FtprepError, RowError  # noqa: E402
+from ftprep.stages.errors import FtprepError, RowError
 
 __all__ = ["FtprepError", "RowError", "__version__", "mask", "regen", "score"]
+
+
+def __getattr__(name: str):
+    # The version is read from the package metadata when asked for: importlib.metadata is a
+    # noticeable part of the command line's start-up, which needs no version.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("ftprep")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            return "0+unknown"
+    raise AttributeError(f"module 'ftprep' has no attribute {name!r}")
 
 
 def score(data, *, output=None, overwrite: bool = False, engine: str = "local", **options):
@@ -41,9 +47,9 @@ def regen(data, *, output=None, overwrite: bool = False, engine: str = "local", 
 def mask(scored, *, output=None, overwrite: bool = False, engine: str = "local", **options):
     """`ftprep mask` as a function: `scored` is what `score` returned, or a folder it wrote;
     `options` as the command's (strategy=, threshold=, target=...). Returns the training dataset."""
-    from ftprep.commands.mask import MaskCommand, MaskSettings
+    from ftprep.commands.mask import MaskCommand, mask_settings
 
-    return _run("mask", MaskSettings, MaskCommand, {"scored": _folder_of(scored)}, output, overwrite, engine, options)
+    return _run("mask", mask_settings(), MaskCommand, {"scored": _folder_of(scored)}, output, overwrite, engine, options)
 
 
 def _run(name, settings_class, command_class, given, output, overwrite, engine, options):
@@ -53,13 +59,18 @@ def _run(name, settings_class, command_class, given, output, overwrite, engine, 
 
     from ftprep.engines import EngineOptions
     from ftprep.runner import run
+    from ftprep.stages.errors import PYTHON, SettingError
 
     if output is None:
         import tempfile
 
         output = tempfile.mkdtemp(prefix=f"ftprep-{name}-")
-    settings = settings_class.from_options(name, options, output=str(output), **given)
-    run(partial(command_class, settings), engine=EngineOptions(engine=engine), overwrite=overwrite, echo=_log)
+    try:
+        settings = settings_class.from_options(name, options, output=str(output), **given)
+        run(partial(command_class, settings), engine=EngineOptions(engine=engine), overwrite=overwrite, echo=_log)
+    except SettingError as error:
+        # The caller typed keyword arguments, not flags: name the settings as they wrote them.
+        raise error.named_for(PYTHON) from None
     return datasets.load_from_disk(str(output))
 
 

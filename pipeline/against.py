@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ftprep.manifest import RunManifest, open_run
 from ftprep.stages import flat_values, row_offsets
 from ftprep.stages.errors import FtprepError
-from ftprep.writers import read_manifest, read_shards
+from ftprep.writers import read_shards
 
 AGAINST_COLUMNS = ["id", "input_ids", "logprobs"]
 
@@ -51,7 +52,7 @@ def match_rows(ids: np.ndarray, against_ids: np.ndarray) -> np.ndarray:
 @dataclass
 class AgainstScores:
     folder: Path
-    manifest: dict
+    manifest: RunManifest
     # id, input_ids and logprobs of every row of B. The shards are memory-mapped and these
     # columns are not copied: memory holds B's ids (one string per row, for the matching) and
     # what `take` touches, not the whole of B.
@@ -60,10 +61,8 @@ class AgainstScores:
     @classmethod
     def open(cls, folder: str) -> "AgainstScores":
         path = Path(folder)
-        manifest = read_manifest(path)
-        if manifest is None or manifest.get("stage") != "score":
-            raise FtprepError(f"--against {folder} is not a scored dataset (no ftprep.json from ftprep score): "
-                              "score the same input with the second model first")
+        manifest = open_run(path, stages=("score",), refusal=f"--against {folder} is not a scored dataset (no ftprep.json "
+                            "from ftprep score): score the same input with the second model first")
         shards = [table.select(AGAINST_COLUMNS) for table in read_shards(path)]
         return cls(path, manifest, pa.concat_tables(shards))
 

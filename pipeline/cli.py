@@ -7,28 +7,54 @@
     ftprep iv data.jsonl -o iv.safetensors
 
 Each command lives in its own module under ftprep.commands, which declares its settings once.
+A command's module is imported when that command runs or shows its help, not before: `ftprep
+--help` lists them from ftprep.commands.COMMANDS alone.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Mapping
 
 import click
 
-from ftprep.commands import export, export_config, hft_plan, inspect_row, iv, mask, push, regen, report, score, stats
+from ftprep.commands import COMMANDS, SUMMARIES
 from ftprep.stages.errors import FtprepError
 
-# In the order a user runs them.
-COMMANDS = (score.cli, regen.cli, mask.cli, inspect_row.cli, stats.cli, report.cli, export_config.cli, export.cli, push.cli,
-            hft_plan.cli, iv.cli)
+
+class LazyCommands(Mapping):
+    """The commands by name, in workflow order; each module imported when its command is looked up."""
+
+    def __init__(self, table=COMMANDS):
+        self.modules = {name: module for name, module, _ in table}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self.modules:
+            raise KeyError(name)
+        return importlib.import_module(f"ftprep.commands.{self.modules[name]}").cli
+
+    def __iter__(self):
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
 
 
 class WorkflowGroup(click.Group):
     def list_commands(self, ctx) -> list[str]:
         return list(self.commands)
 
+    def format_commands(self, ctx, formatter) -> None:
+        """The command list of --help, from the summaries alone (click's own would import every command)."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        with formatter.section("Commands"):
+            # A bare Command shortens the summary as the real one would.
+            formatter.write_dl([(name, click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit)) for name in names])
 
-@click.group(cls=WorkflowGroup, commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=WorkflowGroup, commands=LazyCommands(), context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ftprep")
 def cli():
     """Rewrite SFT datasets so fine-tuning forgets less."""

@@ -25,12 +25,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from ftprep.progress import Progress, ShardProgress
+from ftprep.read_ahead import ReadAhead
 from ftprep.settings import Settings, setting
 from ftprep.stages import Rejects
 from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import first_line as _first_line
 from ftprep.writers import ShardedOutput
 
 ENGINES = ("local", "ray")
+# Shards the local engine reads and tokenizes ahead of the model, in a background thread; 0 reads
+# each one when the model needs it (the same output, in more time).
+READ_AHEAD_SHARDS = 1
 PREPARE_TASK_MEMORY = 256 * 2**20
 # How often the Ray driver reads the workers' batch reports (at most: never slower than the
 # progress lines it prints).
@@ -122,7 +127,8 @@ class _Engine:
 
 
 class LocalEngine(_Engine):
-    """Shards one after another in this process, read in one pass over the input."""
+    """Shards one after another in this process, read in one pass over the input; the next one
+    is read and run through the CPU stages while the model works on the current one."""
 
     def shard_reads(self, source, shard_rows: int):
         return source.shard_reads(shard_rows, seekable=False)
@@ -134,20 +140,26 @@ class LocalEngine(_Engine):
 
     def run(self, output: ShardedOutput, shards: Iterable, work: ShardWork, progress: Progress, device: str = "cpu") -> None:
         step, shard_progress = None, ShardProgress(progress)
+
+        def prepare(where):  # None for a shard an earlier run committed
+            return (where, None if output.has_shard(where.shard) else prepare_shard_input(work, where))
+
         try:
-            for where in shards:
-                if output.has_shard(where.shard):
-                    progress.update(where.count)
-                    continue
-                prepared = prepare_shard_input(work, where)
-                # Built on the first shard left to do: a finished run loads no model.
-                if step is None and work.build_model_stage is not None:
-                    step = work.build_model_stage()
-                    if hasattr(step, "on_batch"):  # a stage that reports its batches moves the bar within a shard
-                        step.on_batch = shard_progress.batch
-                table, rejects, stats = run_model_step(step, prepared, work.columns)
-                output.write_shard(where.shard, table, rejects, stats)
-                shard_progress.finish(where.count, stats.get(work.tokens_key, 0))
+            with ReadAhead(shards, prepare, depth=READ_AHEAD_SHARDS) as ahead:
+                for where, prepared in ahead:
+                    if prepared is None:
+                        progress.update(where.count)
+                        continue
+                    # Built on the first shard left to do: a finished run loads no model.
+                    if step is None and work.build_model_stage is not None:
+                        step = work.build_model_stage()
+                        if hasattr(step, "on_batch"):  # a stage that reports its batches moves the bar within a shard
+                            step.on_batch = shard_progress.batch
+                    if READ_AHEAD_SHARDS:  # the model is loaded (vLLM's processes started): read on meanwhile
+                        ahead.start()
+                    table, rejects, stats = run_model_step(step, prepared, work.columns)
+                    output.write_shard(where.shard, table, rejects, stats)
+                    shard_progress.finish(where.count, stats.get(work.tokens_key, 0))
         finally:
             progress.close()
             if step is not None:
@@ -421,7 +433,3 @@ def _check_reachable(address: str | None) -> None:
         raise FtprepError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}; "
                           "start it with `ray start --head` or check --ray-address") from error
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ftprep.progress import notice
 from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import first_line as _first_line
 
 DEFAULT_MODEL = "smollm2-135m"
 # alias -> (python package that ships the GGUF file, file name inside it)
@@ -297,15 +298,23 @@ def load_model(model_dir: str, dtype: str, device: str, trust_remote_code: bool 
     import torch
     from transformers import AutoModelForCausalLM
 
+    placement = weights_placement(device)
     try:
         with quiet_loading_bars():
             model = AutoModelForCausalLM.from_pretrained(
                 model_dir, dtype=getattr(torch, dtype), attn_implementation=model_attention(model_dir),
-                local_files_only=_local_only(model_dir), trust_remote_code=trust_remote_code,
+                local_files_only=_local_only(model_dir), trust_remote_code=trust_remote_code, **placement,
             )
     except Exception as exc:
         raise FtprepError(f"cannot load the model {model_dir}: {_load_failure(exc)}") from exc
-    return model.to(device).eval()
+    return (model if placement else model.to(device)).eval()
+
+
+def weights_placement(device: str) -> dict:
+    """Where from_pretrained puts the weights as it reads them: on a GPU straight onto it (an 8B
+    model in bf16 is 16 GB, which loading on the CPU first would copy through host memory and then
+    move); on the CPU where transformers loads by default."""
+    return {"device_map": device} if device.startswith("cuda") else {}
 
 
 def parameter_shapes(model_dir: str) -> tuple[dict[str, tuple[int, ...]], str]:
@@ -385,7 +394,3 @@ def _fingerprint_tokenizer(tokenizer) -> str:
     digest.update((tokenizer.chat_template or "").encode())
     return digest.hexdigest()[:16]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

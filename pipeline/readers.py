@@ -17,16 +17,22 @@ import sys
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
+from ftprep.damage import KIND_NAMES, check_dataset_folder, check_file, reading, unreadable
 from ftprep.stages.errors import FtprepError, RowError
+from ftprep.stages.errors import first_line as _first_line
 from ftprep.stages.normalize import SOURCE_SCHEMA
 
 SourceRow = tuple[int, "dict | RowError"]
 FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+COMPRESSED = (".gz", ".zst", ".bz2", ".xz", ".zip", ".7z")
+# Names that are files, never hub dataset ids (user/name): a missing one is a wrong path.
+FILE_SUFFIXES = (*FILE_KINDS, *COMPRESSED, ".arrow", ".txt", ".tsv")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class Source:
     limit: int | None = None
 
     def rows(self) -> Iterator[SourceRow]:
-        rows = _READERS[self.kind](self)
+        rows = _guarded(self.spec, self.kind, lambda: _READERS[self.kind](self))
         return islice(rows, self.limit) if self.limit is not None else rows
 
     def shard_reads(self, shard_rows: int, seekable: bool = True) -> Iterator["ShardRead"]:
@@ -48,9 +54,9 @@ class Source:
         by whoever processes the shard. Otherwise (and always for JSON and CSV) the rows are
         read here, in one pass, and travel inside their ShardRead."""
         if seekable and self.kind == "jsonl":
-            return _jsonl_shard_reads(self, shard_rows)
+            return _guarded(self.spec, self.kind, lambda: _jsonl_shard_reads(self, shard_rows))
         if seekable and self.kind in ("parquet", "disk", "hub"):
-            return _table_shard_reads(self, shard_rows)
+            return _guarded(self.spec, self.kind, lambda: _table_shard_reads(self, shard_rows))
         return (ShardRead(shard, self.kind, self.spec, chunk[0][0], len(chunk), rows=chunk)
                 for shard, chunk in enumerate(_batched(self.rows(), shard_rows)))
 
@@ -60,9 +66,7 @@ class Source:
             with open(self.spec, "rb") as handle:
                 total = sum(1 for line in _lines(handle) if not _is_blank(line))
         elif self.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            total = pq.ParquetFile(self.spec).metadata.num_rows
+            total = _open_parquet(self.spec).metadata.num_rows
         else:
             return self.limit
         return min(total, self.limit) if self.limit is not None else total
@@ -80,20 +84,34 @@ class Source:
 
 
 def open_source(spec: str, split: str | None = None, limit: int | None = None) -> Source:
+    """The input `spec` names, once what can be checked without reading its rows is checked:
+    a file's first bytes (is it the kind its suffix says?), a dataset folder's own files."""
     path = Path(spec).expanduser()
     if path.is_file():
         kind = FILE_KINDS.get(path.suffix.lower())
+        if kind is None and path.suffix.lower() in COMPRESSED:
+            raise FtprepError(f"{spec} is compressed ({path.suffix}): decompress it first, and give the .jsonl, .json, .csv "
+                              "or .parquet file")
         if kind is None:
             raise FtprepError(f"unknown input type {path.suffix!r}: use .jsonl, .json, .parquet, .csv or a dataset folder")
         if split is not None:  # a file has one split: a --split that changes nothing is a mistake to say
             raise FtprepError(f"--split {split}: {spec} is a file, which has no splits; --split is for dataset folders and hub datasets")
+        check_file(path, kind)
+        if kind == "parquet":
+            _open_parquet(str(path))  # its footer: the schema and row groups, no rows
         return Source(str(path), kind, split, limit)
     if path.is_dir():
         if not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
             raise FtprepError(f"{spec} is a folder but not a saved dataset (no state.json): give a file or a save_to_disk folder")
+        check_dataset_folder(path)
         return Source(str(path), "disk", split, limit)
-    if path.exists() or spec.startswith((".", "/", "~")) or path.suffix.lower() in FILE_KINDS or spec.count("/") != 1:
+    if path.exists():
+        raise FtprepError(f"{spec} is neither a file nor a folder: give a .jsonl, .json, .parquet or .csv file or a dataset folder")
+    if spec.startswith((".", "/", "~")) or path.suffix.lower() in FILE_SUFFIXES or not HUB_ID.fullmatch(spec):
         raise FtprepError(f"input not found: {spec}")
+    owner, name = spec.split("/")
+    if Path(owner).is_dir():  # out/scored, a folder not written yet: a local path, not the hub dataset of a user "out"
+        raise FtprepError(f"input not found: {spec} ({owner}/ is a local folder, and it holds no {name})")
     return Source(spec, "hub", split, limit)
 
 
@@ -115,6 +133,11 @@ def read_shard(read: ShardRead) -> list[SourceRow]:
     """The (source index, row) pairs of one shard, in any process that sees read.path."""
     if read.rows is not None:
         return read.rows
+    with reading(read.path, read.kind):
+        return _read_shard_rows(read)
+
+
+def _read_shard_rows(read: ShardRead) -> list[SourceRow]:
     missing = [path for path in (read.files or (read.path,)) if not Path(path).exists()]
     if missing:
         import platform
@@ -142,8 +165,16 @@ def rows_and_format(source: Source, fmt: str | None):
     sample = list(islice(rows, FORMAT_SAMPLE_ROWS))
     if not sample:
         raise FtprepError(f"{source.spec} has no rows")
-    fmt = fmt or detect_format(row for _, row in sample if isinstance(row, dict))
+    readable = [row for _, row in sample if isinstance(row, dict)]
+    if not readable and fmt is None:  # nothing to tell a format from: say why, not which columns are missing
+        raise FtprepError(f"none of the first {len(sample)} rows of {source.spec} can be read (row {sample[0][0]}: "
+                          f"{sample[0][1]}): check that it is {KIND_NAMES[source.kind]}{READABLE_HINTS.get(source.kind, '')}")
+    fmt = fmt or detect_format(readable, source.spec)
     return chain(sample, rows), fmt
+
+
+READABLE_HINTS = {"jsonl": ", one JSON object per line (a JSON array goes in a .json file)",
+                  "json": ", an array of JSON objects"}
 
 
 def input_format(source: Source, fmt: str | None) -> str:
@@ -192,6 +223,13 @@ def read_source_shard(read: ShardRead) -> pa.Table:
 def _absolute(path: str) -> str:
     """Paths that other processes read: a Ray worker does not share this one's working directory."""
     return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def _guarded(spec: str, kind: str, make: Callable[[], Iterator]) -> Iterator:
+    """The items `make()` yields, made and read inside `reading`: damage found on the way, at
+    the first row or a later shard's, ends the run with one line about the file."""
+    with reading(spec, kind):
+        yield from make()
 
 
 def _batched(iterable, size: int):
@@ -258,11 +296,6 @@ def parse_json_line(line: str) -> "dict | RowError":
     return row if isinstance(row, dict) else RowError("line is not a JSON object")
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _jsonl_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
     """One pass over the bytes, parsing nothing: where every shard's first line starts."""
     total = source.limit
@@ -288,8 +321,8 @@ def _read_json(source: Source) -> Iterator[SourceRow]:
     except UnicodeDecodeError as exc:
         raise FtprepError(f"{source.spec} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from exc
     except json.JSONDecodeError as exc:
-        raise FtprepError(f"{source.spec} is not valid JSON ({exc.msg.removesuffix(' at')}, line {exc.lineno}); "
-                          "for one object per line use .jsonl") from exc
+        raise FtprepError(f"{source.spec} is not valid JSON ({exc.msg.removesuffix(' at')}, line {exc.lineno}): "
+                          f"{json_fix(exc)}") from exc
     except RecursionError as exc:
         raise FtprepError(f"{source.spec} is nested too deeply to read as JSON") from exc
     except ValueError as exc:
@@ -300,9 +333,24 @@ def _read_json(source: Source) -> Iterator[SourceRow]:
             raise FtprepError(f"{source.spec} must hold a JSON array of rows")
         data = lists[0]
     if not isinstance(data, list):
-        raise FtprepError(f"{source.spec} must hold a JSON array of rows")
+        raise FtprepError(f"{source.spec} must hold a JSON array of rows, not {json_kind(data)}")
     for index, row in enumerate(data):
         yield index, row if isinstance(row, dict) else RowError("row is not a JSON object")
+
+
+def json_fix(error: json.JSONDecodeError) -> str:
+    """What to do about a JSON file that does not parse, from where the parser stopped."""
+    if error.msg == "Extra data":  # one complete value, then more: JSON Lines under a .json name
+        return "for one object per line use .jsonl"
+    # The parser stops at the end of the text, or inside a string the end cut open.
+    if error.pos >= len(error.doc.rstrip()) - 1 or error.msg.startswith("Unterminated string"):
+        return "the file ends before its JSON does (cut short?): replace it with a complete copy"
+    return "fix the file at that line"
+
+
+def json_kind(value) -> str:
+    names = {dict: "an object", str: "a string", bool: "true or false", int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _read_csv(source: Source) -> Iterator[SourceRow]:
@@ -323,10 +371,8 @@ def _read_csv(source: Source) -> Iterator[SourceRow]:
 def _open_parquet(path: str):
     import pyarrow.parquet as pq
 
-    try:
+    with reading(path, "parquet"):
         return pq.ParquetFile(path)
-    except Exception as exc:
-        raise FtprepError(f"cannot read {path} as Parquet: {exc}") from exc
 
 
 def _read_parquet(source: Source) -> Iterator[SourceRow]:
@@ -379,8 +425,8 @@ def _disk_dataset(source: Source):
 
     try:
         loaded = datasets.load_from_disk(source.spec)
-    except Exception as exc:  # a damaged state.json or dataset_info.json, missing Arrow files
-        raise FtprepError(f"cannot open the dataset folder {source.spec}: {_first_line(exc)} (is its state.json intact?)") from exc
+    except Exception as exc:  # what open_source's checks of the folder let through: datasets' own reading of it
+        raise unreadable(source.spec, "disk", exc) from exc
     return _pick_split(loaded, source)
 
 
@@ -414,6 +460,9 @@ def _pick_split(loaded, source: Source):
 def _enumerate_batches(batches, first_index: int = 0) -> Iterator[SourceRow]:
     index = first_index
     for batch in batches:
+        # Checked in full before its values become Python objects: a flipped byte in an Arrow
+        # file's offsets or text is an ArrowInvalid here, not a crash or garbage further on.
+        batch.validate(full=True)
         for row in batch.to_pylist():
             yield index, row
             index += 1

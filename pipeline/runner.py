@@ -1,10 +1,12 @@
-"""The runner: the one skeleton every shard command shares.
+"""The runner: the one skeleton every command that writes an output shares.
 
     resolve the output -> lock it -> skip finished shards -> read -> stages -> commit, per shard
     -> merge the shards' stats -> finalize (manifest, stats, rejects, dataset metadata)
 
 A command (ftprep.commands.score, regen, mask) says what it does as a ShardCommand; the
-engine, local or Ray (ftprep.engines), says where each shard runs.
+engine, local or Ray (ftprep.engines), says where each shard runs. A command that writes a few
+files in one go (hft-plan, iv) is a FileCommand, run by `run_files`: the same lock, manifest,
+refusal of damaged or foreign outputs, and a rerun that finds it complete does nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Callable, Iterable, Protocol
 import pyarrow as pa
 
 from ftprep.engines import EngineOptions, ShardWork, open_engine
+from ftprep.manifest import MANIFEST, RunManifest, load_manifest
 from ftprep.progress import Progress
 from ftprep.settings import spec_of
 from ftprep.stages.errors import FtprepError
-from ftprep.writers import OutputLock, ShardedOutput, merge_counters, read_manifest
+from ftprep.writers import LOCK, FileOutput, OutputLock, ShardedOutput, merge_counters
 
 TOP_REASONS = 3
 
@@ -37,11 +40,11 @@ class ShardCommand(Protocol):
     def shard_reads(self, executor) -> Iterable: ...
     def work(self) -> ShardWork: ...  # built only when there is work left
     def schema(self) -> pa.Schema: ...  # the columns of the output, also when it has no rows
-    def finish(self, stats: dict) -> tuple[dict, dict]: ...  # (manifest, stats) from the shards' merged stats
+    def finish(self, stats: dict) -> tuple[RunManifest, dict]: ...  # (manifest, stats) from the shards' merged stats
 
 
 def run(plan: Callable[[object], ShardCommand], engine: EngineOptions = EngineOptions(), overwrite: bool = False,
-        echo=print) -> dict:
+        echo=print) -> RunManifest:
     """Run the command `plan(executor)` describes, and return its manifest."""
     with open_engine(engine) as executor:
         command = plan(executor)
@@ -50,7 +53,7 @@ def run(plan: Callable[[object], ShardCommand], engine: EngineOptions = EngineOp
             output = ShardedOutput(command.output, command.identity(), overwrite=overwrite, echo=echo)
             if output.complete:
                 echo(f"{command.output} is already complete (same {command.made_from} and settings): nothing to do")
-                return check_some_rows(command.output, read_manifest(Path(command.output)))
+                return check_some_rows(command.output, load_manifest(Path(command.output) / MANIFEST))
             try:
                 progress = Progress(command.name, command.total_rows())
                 executor.run(output, command.shard_reads(executor), command.work(), progress, command.device)
@@ -60,6 +63,29 @@ def run(plan: Callable[[object], ShardCommand], engine: EngineOptions = EngineOp
             manifest, stats = command.finish(merge_counters([meta["stats"] for meta in output.shard_metas()]))
             output.finalize(command.schema(), manifest, stats)
         return check_some_rows(command.output, manifest, stats.get("reject_reasons", {}))
+
+
+class FileCommand(Protocol):
+    output: str  # the first file it writes: its manifest goes beside it
+    settings: object
+    made_from: str
+
+    def identity(self) -> dict: ...
+    def files(self) -> list[Path]: ...  # every file it writes, `output` first
+    def write(self) -> RunManifest: ...  # writes the files (each atomically); the manifest without identity and records
+
+
+def run_files(plan: Callable[[], FileCommand], overwrite: bool = False, echo=print) -> RunManifest:
+    """Run the command `plan()` describes, unless its output is complete already; return its manifest."""
+    command = plan()
+    check_output_apart(command.output, input_paths(command.settings))
+    output = Path(command.output)
+    with OutputLock(str(output.parent), lock_name=f".{output.name}{LOCK}"):
+        record = FileOutput(command.files(), command.identity(), overwrite=overwrite, echo=echo)
+        if record.complete:
+            echo(f"{command.output} is already complete (same {command.made_from} and settings): nothing to do")
+            return record.manifest
+        return record.finalize(command.write())
 
 
 def input_paths(settings) -> list[str]:
@@ -88,15 +114,15 @@ def discard_unused_partial(partial: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def check_some_rows(output: str, manifest: dict, reasons: dict | None = None) -> dict:
+def check_some_rows(output: str, manifest: RunManifest, reasons: dict | None = None) -> RunManifest:
     """A run whose every row was rejected wrote nothing to train on: that is an error to say."""
-    counts = manifest.get("counts", {})
-    if counts.get("rows_out", 0) == 0:
+    if manifest.rows_out == 0:
         if reasons is None:
             reasons = _reasons_from_stats(Path(output))
         top = sorted(reasons.items(), key=lambda item: -item[1])[:TOP_REASONS]
         why = "; ".join(f"{count} {reason}" for reason, count in top)
-        raise FtprepError(f"all {counts.get('rows_rejected', 0)} rows were rejected ({why or 'no rows in the input'}): "
+        rejected = manifest.counts.rows_rejected if manifest.counts else 0
+        raise FtprepError(f"all {rejected} rows were rejected ({why or 'no rows in the input'}): "
                           f"see {Path(output) / 'rejects.jsonl'}")
     return manifest
 

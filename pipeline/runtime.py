@@ -28,18 +28,72 @@ DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 def resolve_device(device: str, cuda_available: bool | None = None) -> str:
-    """`cuda_available`: whether the machines that will run the model have a GPU (default: this one)."""
+    """`cuda_available`: whether the machines that will run the model have a GPU (default: this one).
+    Where none does but nvidia-smi sees one here, `auto` says why in one line before it takes the
+    CPU, and `cuda` fails with that line."""
     if not DEVICE.fullmatch(device):
         raise FtprepError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N")
     if cuda_available is None:
         import torch
 
         cuda_available = torch.cuda.is_available()
+    if cuda_available or device == "cpu":
+        return "cuda" if device == "auto" else device
+    problem = unusable_gpu()
     if device == "auto":
-        return "cuda" if cuda_available else "cpu"
-    if device.startswith("cuda") and not cuda_available:
-        raise FtprepError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
-    return device
+        if problem:
+            notice(f"{problem}; running on the CPU")
+        return "cpu"
+    raise FtprepError(problem or "--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
+
+
+def unusable_gpu() -> str | None:
+    """One line on why torch cannot use the GPUs nvidia-smi sees on this machine; None where it
+    sees none, or torch can use them."""
+    import shutil
+    import subprocess
+
+    import torch
+
+    if shutil.which("nvidia-smi") is None or torch.cuda.is_available():
+        return None
+    try:
+        listed, header = (subprocess.run(["nvidia-smi", *arguments], capture_output=True, text=True, timeout=20).stdout
+                          for arguments in (["-L"], []))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return unusable_gpu_line(listed, header, torch.__version__, torch.version.cuda, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def unusable_gpu_line(listed: str, header: str, torch_version: str, torch_cuda: str | None,
+                      visible_devices: str | None) -> str | None:
+    """The line `unusable_gpu` says, from `nvidia-smi -L` (`listed`), plain `nvidia-smi` (`header`:
+    the driver and the newest CUDA it runs), torch's version and the CUDA it was built for."""
+    names = [line.split(": ", 1)[1].split(" (UUID")[0] for line in listed.splitlines() if line.startswith("GPU ") and ": " in line]
+    if not names:
+        return None
+    driver = re.search(r"Driver Version:\s*([\d.]+)", header)
+    driver_cuda = re.search(r"CUDA Version:\s*([\d.]+)", header)
+    them = "it" if len(names) == 1 else "them"
+    seen = (f"nvidia-smi sees {len(names)} GPU{'s' if len(names) > 1 else ''} ({names[0]}"
+            f"{f', driver {driver[1]}' if driver else ''}{f', CUDA {driver_cuda[1]}' if driver_cuda else ''})")
+    if visible_devices is not None and visible_devices.strip() in ("", "-1"):
+        why = f"CUDA_VISIBLE_DEVICES={visible_devices!r} hides {them}"
+    elif torch_cuda is None:
+        why = f"torch {torch_version} is a CPU build: install a CUDA build of torch"
+    elif driver_cuda and _release(driver_cuda[1])[0] < _release(torch_cuda)[0]:
+        # Within one CUDA major version a newer build runs on an older driver (minor-version
+        # compatibility); across major versions it does not.
+        cuda12 = (": update the driver, or use a CUDA 12 build of torch (any 12.x runs on this driver; the image: "
+                  "--build-arg CUDA_VERSION=12.9.1 --build-arg CUDA_VARIANT=cu129)") if _release(driver_cuda[1])[0] == 12 else ": update the driver"
+        why = f"the driver is too old for torch {torch_version}, built for CUDA {torch_cuda}{cuda12}"
+    else:
+        why = "torch.cuda.is_available() is False (see torch's own warning)"
+    return f"{seen} but torch cannot use {them}: {why}"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
 
 
 def resolve_dtype(dtype: str, device: str, bf16_supported: bool | None = None, cpu_bf16: bool | None = False) -> str:
@@ -153,29 +207,59 @@ def resolve_runtime(model: str, device: str, dtype: str, backend: str = "hf", cu
 
 
 def make_scorer(runtime: Runtime, top_k: int, score_prompt: bool, batch_tokens: int, gpu_memory_utilization=None,
-                max_num_batched_tokens=None, seed: int = 0, max_model_len: int | None = None,
-                tensor_parallel_size: int = 1):
+                max_num_batched_tokens=None, seed: int = 0, longest_row: int | None = None,
+                tensor_parallel_size: int = 1, prefix_caching: bool = False):
     """A score backend around the run's model, loaded here (once per worker).
 
-    `max_model_len`: the longest row the run keeps (the same limit its tokenizer applies, so a
-    longer row takes the --overlong path and never reaches the engine)."""
+    `longest_row`: the longest row the run keeps (the same limit its tokenizer applies, so a
+    longer row takes the --overlong path and never reaches the engine). `prefix_caching`: vLLM
+    caches prompt blocks (regen: its n candidates share a prompt)."""
     model_dir = runtime.local_model_dir()
     if runtime.backend == "vllm":
         return start_vllm(runtime, model_dir, top_k, score_prompt, gpu_memory_utilization, max_num_batched_tokens, seed,
-                          max_model_len, tensor_parallel_size)
+                          longest_row, tensor_parallel_size, prefix_caching)
     from ftprep.stages.score.hf import HFScorer
 
     return HFScorer(load_model(model_dir, runtime.dtype, runtime.device, runtime.trust_remote_code), batch_tokens=batch_tokens, top_k=top_k,
                     score_prompt=score_prompt)
 
 
+def longest_row(backend: str, context: int | None) -> int | None:
+    """The longest row the model takes on `backend`: its context, less the output token's room vLLM keeps."""
+    from ftprep.stages.score.vllm import longest_row_in_context
+
+    return longest_row_in_context(context) if backend == "vllm" else context
+
+
+def vllm_runner_is_v2() -> bool:
+    """Whether the installed vLLM scores with its V2 model runner on CUDA (see uses_v2_model_runner)."""
+    import importlib.util
+
+    import vllm
+
+    from ftprep.stages.score.vllm import uses_v2_model_runner
+
+    try:
+        from vllm.triton_utils import HAS_TRITON
+    except ImportError:  # an older vLLM
+        HAS_TRITON = importlib.util.find_spec("triton") is not None
+    return uses_v2_model_runner(os.environ, vllm.__version__, HAS_TRITON)
+
+
 def start_vllm(runtime: Runtime, model_dir: str, top_k: int, score_prompt: bool, gpu_memory_utilization,
-               max_num_batched_tokens, seed: int, max_model_len, tensor_parallel_size: int):
+               max_num_batched_tokens, seed: int, longest_row, tensor_parallel_size: int, prefix_caching: bool = False):
     import time
 
-    from ftprep.stages.score.vllm import VLLMScorer, batched_tokens_for_memory, default_engine_settings, engine_arguments
+    from ftprep.stages.score.vllm import (
+        V2_PROMPT_LOGITS_CHUNK,
+        VLLMScorer,
+        batched_tokens_for_memory,
+        default_engine_settings,
+        engine_arguments,
+    )
 
     on_gpu = runtime.device.startswith("cuda")
+    sized_for = ""
     if on_gpu:
         import torch
 
@@ -186,14 +270,17 @@ def start_vllm(runtime: Runtime, model_dir: str, top_k: int, score_prompt: bool,
         if max_num_batched_tokens is None:
             utilization = gpu_memory_utilization or default_engine_settings(runtime.device)["gpu_memory_utilization"]
             free, total = torch.cuda.mem_get_info()
-            max_num_batched_tokens = batched_tokens_for_memory(vocab_size(model_dir), free, total, utilization)
+            v2_runner = vllm_runner_is_v2()
+            max_num_batched_tokens = batched_tokens_for_memory(vocab_size(model_dir), free, total, utilization, v2_runner)
+            sized_for = (f" (sized for the V2 model runner: prompt logits in {V2_PROMPT_LOGITS_CHUNK}-token chunks)" if v2_runner
+                         else " (sized for the V1 model runner, VLLM_USE_V2_MODEL_RUNNER=0: a step's prompt logits at once)")
     elif tensor_parallel_size > 1:
         raise FtprepError("--tensor-parallel-size is for GPUs: drop it with --device cpu")
     arguments = engine_arguments(model_dir, runtime.dtype, runtime.device, top_k, gpu_memory_utilization,
-                                 max_num_batched_tokens, seed, max_model_len, tensor_parallel_size)
-    notice(f"vLLM: max_num_batched_tokens {arguments['max_num_batched_tokens']}, max_model_len "
+                                 max_num_batched_tokens, seed, longest_row, tensor_parallel_size, prefix_caching)
+    notice(f"vLLM: max_num_batched_tokens {arguments['max_num_batched_tokens']}{sized_for}, max_model_len "
            f"{arguments.get('max_model_len', 'the model default')}, tensor_parallel_size {tensor_parallel_size}, "
-           f"gpu_memory_utilization {arguments['gpu_memory_utilization']}")
+           f"gpu_memory_utilization {arguments['gpu_memory_utilization']}, prefix caching {'on' if prefix_caching else 'off'}")
     notice("vLLM: starting the engine (loading weights, profiling memory"
            f"{', compiling and capturing CUDA graphs' if on_gpu else ''}: often a minute or more) ...")
     # vLLM's own INFO lines (weights loaded, KV cache size, graphs captured) on a terminal; its

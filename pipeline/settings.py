@@ -6,9 +6,10 @@ Python keyword arguments, its validation and the `config` of its manifest.
         input: str = INPUT()
         top_k: int = setting(0, help="Also store the top-k.", low=0, high=1000)
 
-A field's `Spec` (its metadata) says how it reads on the command line; `Settings.__post_init__`
-checks choices and ranges, so `ftprep.mask(..., strategy="thresold")` fails with the same
-one-line error as the command line would.
+A field's `Spec` (its metadata, declared with ftprep.stages.options, where the stages declare
+their own settings too) says how it reads on the command line; `Settings.__post_init__` checks
+choices and ranges, so `ftprep.mask(..., strategy="thresold")` fails with the same one-line
+error as the command line would.
 """
 
 from __future__ import annotations
@@ -16,39 +17,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING
 from pathlib import Path
 
 import click
 
 from ftprep.stages.errors import FtprepError
+from ftprep.stages.options import REQUIRED, Spec, positive, setting, spec_of
 
-REQUIRED = MISSING
-
-
-@dataclass(frozen=True)
-class Spec:
-    help: str = ""
-    flags: tuple[str, ...] = ()  # click's flags; default: --field-name
-    choices: tuple | None = None
-    low: float | None = None  # numbers: the smallest value allowed
-    high: float | None = None
-    low_open: bool = False  # low itself is not allowed
-    high_open: bool = False
-    argument: bool = False  # a positional argument
-    toggle: bool = False  # booleans: --x/--no-x instead of a flag that turns it on
-    identity: bool = True  # the output depends on it: a resumed run must share it
-    path: bool = False  # a file or folder: runs that name it by other paths are the same run
-    metavar: str | None = None
-
-
-def setting(default=REQUIRED, **spec) -> dataclasses.Field:
-    """A field of a Settings class: its default and how it reads on the command line."""
-    return field(default=default, metadata={"spec": Spec(**spec)})
-
-
-def positive(default=None, **spec) -> dataclasses.Field:
-    return setting(default, low=0, low_open=True, **spec)
+__all__ = ["REQUIRED", "Settings", "Spec", "check_value", "click_params", "option_name", "positive", "setting", "spec_of"]
 
 
 class Settings:
@@ -56,7 +33,7 @@ class Settings:
 
     def __post_init__(self):
         for item in dataclasses.fields(self):
-            check_value(option_name(item), getattr(self, item.name), spec_of(item))
+            check_value(option_name(item), getattr(self, item.name), spec_of(item), field=item.name)
 
     def to_dict(self) -> dict:
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self) if spec_of(item).identity}
@@ -83,10 +60,6 @@ class Settings:
         return cls(**given, **options)
 
 
-def spec_of(item: dataclasses.Field) -> Spec:
-    return item.metadata.get("spec", Spec())
-
-
 def option_name(item: dataclasses.Field) -> str:
     spec = spec_of(item)
     if spec.argument:
@@ -95,21 +68,23 @@ def option_name(item: dataclasses.Field) -> str:
     return long_flags[0].split("/")[0] if long_flags else "--" + item.name.replace("_", "-")
 
 
-def check_value(name: str, value, spec: Spec) -> None:
+def check_value(name: str, value, spec: Spec, field: str | None = None) -> None:
+    """A value against its declaration. The message names the option as the command line does,
+    from the Python API too (what tests and users have always read); `field` is the setting."""
     if value is None:
         return
     if spec.choices is not None and value not in spec.choices:
-        raise FtprepError(f"unknown {name} {value!r}: use one of {', '.join(map(str, spec.choices))}")
+        raise FtprepError(f"unknown {name} {value!r}: use one of {', '.join(map(str, spec.choices))}", field=field)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
-        raise FtprepError(f"{name} is {value}: give a finite number")
+        raise FtprepError(f"{name} is {value}: give a finite number", field=field)
     if spec.low is None and spec.high is None:
         return
     below = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
     above = spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high)
     if below or above:
-        raise FtprepError(f"{name} {value:g} is out of range: {range_text(spec)}")
+        raise FtprepError(f"{name} {value:g} is out of range: {range_text(spec)}", field=field)
 
 
 def range_text(spec: Spec) -> str:

@@ -8,6 +8,7 @@ writes the `datasets` metadata and ftprep's own files, ftprep.json last.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +22,6 @@ import pyarrow as pa
 from ftprep.stages.errors import FtprepError
 
 PARTIAL = ".ftprep-partial"
-MANIFEST = "ftprep.json"
 LOCK = ".ftprep-lock"
 
 
@@ -89,75 +89,14 @@ def read_json_file(path: Path, what: str):
         raise FtprepError(f"{path} is damaged ({what} is not valid JSON): rerun the command that wrote it") from error
 
 
-def read_manifest(folder: Path) -> dict | None:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        return None
-    manifest = read_json_file(path, "ftprep's manifest")
-    if not isinstance(manifest, dict):
-        raise FtprepError(f"{path} is damaged (not a manifest): rerun the command that wrote it")
-    return manifest
-
-
-def output_problem(folder: Path, manifest: dict, quick: bool = False) -> str | None:
-    """Why a finished output folder is not what its manifest says was written; None if it is.
-    Folders from before checksums were recorded are only checked for their data files."""
-    folder = Path(folder)
-    records = manifest.get("files")
-    if records is None:
-        missing = [path for path in _listed_files(folder) if not path.is_file()]
-        return f"{missing[0].name} is missing" if missing else None
-    for name, record in records.items():
-        problem = file_problem(folder / name, record, quick)
-        if problem:
-            return problem
-    try:
-        json.loads((folder / "stats.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "stats.json is missing or not valid JSON"
-    listed = [path.name for path in _listed_files(folder)]
-    written = [name for name in records if name.startswith("data-")]
-    if listed != written:
-        return f"state.json lists {len(listed)} data files, {len(written)} were written"
-    return None
-
-
-_VERIFIED: set = set()
-
-
-def verify_output(folder: Path) -> dict | None:
-    """The folder's manifest, once its files are checked against it (once per process and
-    manifest): a downstream command never reads a damaged output as if it were whole."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return None
-    # Keyed by every file's size and time: a file changed since it was checked is checked again.
-    names = [MANIFEST, *manifest.get("files", {})]
-    key = (str(folder.resolve()), *(_stat_key(folder / name) for name in names))
-    if key not in _VERIFIED:
-        problem = output_problem(folder, manifest)
-        if problem:
-            raise FtprepError(f"{folder} is damaged: {problem}; rerun the command that wrote it")
-        _VERIFIED.add(key)
-    return manifest
-
-
-def _stat_key(path: Path) -> tuple:
-    try:
-        stat = path.stat()
-    except OSError:
-        return (path.name, None)
-    return (path.name, stat.st_size, stat.st_mtime_ns, stat.st_ino)
-
-
 class OutputLock:
     """One run at a time per output folder: OUT/.ftprep-lock, held with flock while the run
     lasts and naming its process. The kernel drops the lock when the process dies, so a lock
     left by a killed run is simply taken over."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, lock_name: str = LOCK):
         self.folder = Path(folder)
+        self.lock_name = lock_name  # a file output locks FILE's own name in its folder
         self.created = False
         self.handle = None
 
@@ -169,7 +108,7 @@ class OutputLock:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not self.folder.is_dir():
                 raise FtprepError(f"-o {self.folder} is a file, not a folder: choose another -o")
-            path = self.folder / LOCK
+            path = self.folder / self.lock_name
             while True:
                 handle = open(path, "a+")
                 try:
@@ -198,7 +137,7 @@ class OutputLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        (self.folder / LOCK).unlink(missing_ok=True)
+        (self.folder / self.lock_name).unlink(missing_ok=True)
         self.handle.close()
         if self.created and self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()  # a run that failed before writing anything leaves nothing behind
@@ -224,7 +163,7 @@ class ShardedOutput:
             manifest = None
         if overwrite and not self._resumes_own_partial_run():
             self._clear()
-        elif manifest is not None and manifest.get("run_identity") == self.identity:
+        elif manifest is not None and manifest.run_identity == self.identity:
             self.complete = True
             shutil.rmtree(self.partial, ignore_errors=True)  # left by a run killed at its very end
             return
@@ -238,13 +177,15 @@ class ShardedOutput:
             raise FtprepError(f"{folder} holds an unfinished run with other settings: pass --overwrite to start again")
         write_json_atomic(run_file, self.identity)
 
-    def _finished_output(self) -> tuple[dict | None, str | None]:
+    def _finished_output(self):
         """(manifest, None) for a whole finished output or none; (None, why) for a damaged one."""
+        from ftprep.manifest import MANIFEST, load_manifest, output_problem
+
         try:
-            manifest = read_manifest(self.folder)
+            manifest = load_manifest(self.folder / MANIFEST)
         except FtprepError:
             return None, f"{MANIFEST} is not valid JSON"
-        if manifest is None or manifest.get("run_identity") != self.identity:
+        if manifest is None or manifest.run_identity != self.identity:
             return manifest, None
         return (manifest, None) if (problem := output_problem(self.folder, manifest)) is None else (None, problem)
 
@@ -261,6 +202,8 @@ class ShardedOutput:
 
     def _clear(self) -> None:
         """Empty the folder, only if ftprep wrote it (ftprep.json or an unfinished run) or it is empty."""
+        from ftprep.manifest import MANIFEST
+
         entries = _entries(self.folder)
         if not entries:
             return
@@ -318,10 +261,12 @@ class ShardedOutput:
     def shard_metas(self) -> list[dict]:
         return [json.loads(self._meta_path(shard).read_text()) for shard in self._committed_shards()]
 
-    def finalize(self, schema: pa.Schema, manifest: dict, stats: dict) -> None:
+    def finalize(self, schema: pa.Schema, manifest, stats: dict) -> None:
         """Move the shards into place and write the metadata. Idempotent: a run killed in the
         middle of it finishes it when rerun, since every step can be done again or skipped.
-        The manifest, written last, records every file's size and checksum."""
+        The manifest (a RunManifest), written last, records every file's size and checksum."""
+        from ftprep.manifest import MANIFEST, FileRecord, write_manifest
+
         metas = self.shard_metas()
         with_rows = [(shard, meta) for shard, meta in zip(self._committed_shards(), metas) if meta["rows"]]
         sources = [self._data_path(shard) for shard, _ in with_rows]
@@ -343,8 +288,50 @@ class ShardedOutput:
         # that the manifest of the same input and settings stays the same.
         for name in ("state.json", "dataset_info.json", "rejects.jsonl"):
             files[name] = file_record(self.folder / name)
-        write_json_atomic(self.folder / MANIFEST, {**manifest, "run_identity": self.identity, "files": files})
+        records = {name: FileRecord(**record) for name, record in files.items()}
+        write_manifest(self.folder / MANIFEST, dataclasses.replace(manifest, run_identity=self.identity, files=records))
         shutil.rmtree(self.partial)
+
+
+class FileOutput:
+    """An output of single files (hft-plan's plan, iv's vectors), its manifest beside the first
+    as FILE.ftprep.json. As ShardedOutput does for a folder: a rerun with the same identity finds
+    it complete; a damaged one is written again; one made with other settings, or files ftprep did
+    not write, are kept unless --overwrite."""
+
+    def __init__(self, files: list[Path], run_identity: dict, overwrite: bool = False, echo=None):
+        from ftprep.manifest import file_manifest_path, files_problem, load_manifest
+
+        self.files = [Path(path) for path in files]
+        self.output = self.files[0]
+        self.manifest_path = file_manifest_path(self.output)
+        self.identity = json.loads(json.dumps(run_identity, default=_json_default))
+        self.complete = False
+        try:
+            self.manifest = load_manifest(self.manifest_path)
+        except FtprepError:
+            self.manifest, damage = None, f"{self.manifest_path.name} is not valid JSON"
+        else:
+            damage = None if self.manifest is None else files_problem(self.output.parent, self.manifest.files or {})
+        if self.manifest is not None and damage is None and self.manifest.run_identity == self.identity:
+            self.complete = True
+        elif damage is not None and (self.manifest is None or self.manifest.run_identity == self.identity):
+            if echo is not None:  # made by ftprep, but no longer what it wrote: made again
+                echo(f"{self.output} is damaged ({damage}): writing it again")
+        elif self.manifest is not None and not overwrite:
+            raise FtprepError(f"{self.output} holds an ftprep output made with other settings: pass --overwrite or choose another -o")
+        elif self.manifest is None and not overwrite and (foreign := [path for path in self.files if path.exists()]):
+            raise FtprepError(f"{foreign[0]} exists and is not an ftprep output: choose another -o (or --overwrite)")
+
+    def finalize(self, manifest):
+        """Record the files, written by now, with the manifest (a RunManifest), written last."""
+        from ftprep.manifest import FileRecord, write_manifest
+
+        folder = self.output.parent
+        records = {os.path.relpath(path, folder): FileRecord(**file_record(path)) for path in self.files}
+        manifest = dataclasses.replace(manifest, run_identity=self.identity, files=records)
+        write_manifest(self.manifest_path, manifest)
+        return manifest
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
@@ -372,11 +359,14 @@ def write_dataset_metadata(folder: Path, data_files: list[str], schema: pa.Schem
 
 def dataset_files(folder: Path) -> list[Path]:
     """The data files of an output folder, in order, once the folder is checked against its manifest."""
-    verify_output(folder)
-    return _listed_files(folder)
+    from ftprep.manifest import open_run
+
+    open_run(folder, missing_ok=True)
+    return listed_data_files(folder)
 
 
-def _listed_files(folder: Path) -> list[Path]:
+def listed_data_files(folder: Path) -> list[Path]:
+    """The data files state.json lists, unchecked."""
     state = Path(folder) / "state.json"
     if not state.is_file():
         raise FtprepError(f"{folder} is not an ftprep output (no state.json): run ftprep score first")

@@ -27,7 +27,7 @@ import random
 import re
 from collections import defaultdict
 
-from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import FtprepError, Setting, SettingError
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 FFN = ("gate_proj", "up_proj", "down_proj")
@@ -129,7 +129,8 @@ def hft_plan(shapes: dict[str, tuple[int, ...]], ratio: float = 0.5, seed: int =
              train_embeddings: bool = False, train_norms: bool = False) -> dict:
     """The plan for a model whose parameters (in model order) have these shapes."""
     if not 0 < ratio < 1:
-        raise FtprepError(f"--ratio must be between 0 and 1 (exclusive), not {ratio}")
+        raise SettingError("{ratio} must be between 0 and 1 (exclusive), not {value}", field="ratio", ratio=Setting("ratio"),
+                           value=ratio)
     projections = layer_projections(shapes)
     layers = len(projections["attention"])
     rng = random.Random(seed)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import FtprepError, Setting, SettingError
 
 O_PROJ = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.o_proj$")
 
@@ -106,8 +106,9 @@ def add_instruction_vector(model, vectors: dict[int, torch.Tensor], scale: float
     o_proj = o_proj_modules(model)
     missing = sorted(set(vectors) - set(o_proj))
     if missing:
-        raise FtprepError(f"the instruction vector has layer {missing[0]}, which this model lacks "
-                          f"({len(o_proj)} layers): extract it with ftprep iv --model for this model")
+        raise SettingError("the instruction vector has layer {layer}, which this model lacks ({layers} layers): extract it "
+                           "with {extract} for this model", field="model", layer=missing[0], layers=len(o_proj),
+                           extract=Setting("model", command="iv"))
 
     def add(vector):
         def hook(module, args, output):

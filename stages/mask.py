@@ -1,8 +1,9 @@
 """Mask stage: scores in, training columns out (input_ids, attention_mask, labels, loss_weights).
 
 Everything works on the flat token arrays of a whole shard at once (numpy over Arrow
-buffers); rows are only touched as offsets. What each strategy does is in stages.strategies;
-end-of-turn tokens stay supervised with weight 1 unless keep_eos is off.
+buffers); rows are only touched as offsets. What each strategy does is in stages.strategies
+(the stage asks the strategy, never its name); which tokens count as supervised or masked is
+stages.supervision's rule; end-of-turn tokens stay supervised with weight 1 unless keep_eos is off.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import numpy as np
 import pyarrow as pa
 
 from ftprep.stages import flat_values, perplexity, row_offsets
-from ftprep.stages.anchor import AXOLOTL_COLUMNS, HF_COLUMNS, axolotl_columns, hf_columns
-from ftprep.stages.strategies import AGAINST_LOGPROBS, strategy_named, writes_weights
+from ftprep.stages.errors import COMMAND_LINE, Setting
+from ftprep.stages.mask_settings import MaskStageSettings, writes_weights
+from ftprep.stages.strategies import AGAINST_LOGPROBS, strategy_named
+from ftprep.stages.strategies.threshold import ThresholdOptions
+from ftprep.stages.supervision import IGNORE_INDEX, supervised_tokens, tokens_without_loss, training_labels
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "MaskStage", "TokenView", "training_schema"]
 # Soft weights are counted per shard on a grid of 1 / WEIGHT_BINS over [0, 1]; the quantiles
 # that stats.json reports come from the merged counts, to within half a step (0.0005).
 WEIGHT_BINS = 1000
@@ -69,22 +73,14 @@ def end_of_turn_tokens(input_ids: np.ndarray, assistant: np.ndarray, end_of_turn
     return assistant & np.isin(input_ids, np.asarray(list(end_of_turn_ids), dtype=np.int64))
 
 
-def tokens_without_loss(assistant: np.ndarray, labels: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """What "masked" means in stats, report, card and inspect alike: assistant tokens that get
-    no loss, because their label is -100 or their weight is 0."""
-    no_loss = labels == IGNORE_INDEX
-    if weights is not None:
-        no_loss |= weights == 0
-    return assistant & no_loss
-
-
 def threshold_preview(offsets, input_ids, assistant, logprobs, end_of_turn_ids, threshold: float) -> np.ndarray:
     """On scores alone: the tokens `ftprep mask --strategy threshold --threshold T` would mask,
     by the mask's own rule (end-of-turn tokens stay supervised, as --keep-eos does by default)."""
     ids, assistant = np.asarray(input_ids), np.asarray(assistant, dtype=bool)
     view = TokenView(offsets=np.asarray(offsets), input_ids=ids, assistant=assistant, logprobs=np.asarray(logprobs, dtype=np.float32),
                      end_of_turn=end_of_turn_tokens(ids, assistant, end_of_turn_ids))
-    masked, _ = strategy_named("threshold").masked(view, mask_candidates(view, keep_eos=True), {"threshold": threshold}, None)
+    settings = MaskStageSettings(strategy="threshold", options=ThresholdOptions(threshold=threshold))
+    masked, _ = strategy_named("threshold").masked(view, mask_candidates(view, keep_eos=True), settings, None)
     return masked
 
 
@@ -126,54 +122,53 @@ def weight_quantiles(histogram: Mapping[str, int], quantiles=WEIGHT_QUANTILES) -
             for q in quantiles}
 
 
-def training_schema(config: Mapping) -> pa.Schema:
+def training_schema(settings: MaskStageSettings) -> pa.Schema:
     """The training columns a mask run with these settings writes."""
     fields = [("input_ids", pa.list_(pa.int32())), ("attention_mask", pa.list_(pa.int8())), ("labels", pa.list_(pa.int32()))]
-    if writes_weights(config):
+    if writes_weights(settings):
         fields.append(("loss_weights", pa.list_(pa.float32())))
-    if config["strategy"] == "anchor":
-        fields += list((AXOLOTL_COLUMNS if config["target"] == "axolotl" else HF_COLUMNS).items())
+    fields += list(settings.rule.columns(settings).items())
     return pa.schema(fields)
 
 
 @dataclass
 class MaskStage:
     """Scored rows (with their `index` in the scored dataset) in; training rows out.
-    `config`: the mask settings as a mapping; `context`: what the strategy's `prepare` computed
-    over the whole dataset (dataset-scope quantiles)."""
+    `settings`: the stage's own; `context`: what the strategy's `prepare` computed over the whole
+    dataset (dataset-scope quantiles)."""
 
-    config: Mapping
+    settings: MaskStageSettings
     end_of_turn_ids: list[int]
     context: object = None
     histogram_edges: tuple = field(default=PPL_BIN_EDGES)
 
     def __post_init__(self):
-        self.strategy = strategy_named(self.config["strategy"])
-        self.schema = training_schema(self.config)
+        self.strategy = self.settings.rule
+        self.schema = training_schema(self.settings)
 
     def __call__(self, table: pa.Table, rejects) -> tuple[pa.Table, dict]:
+        settings = self.settings
         view = TokenView.of(table, self.end_of_turn_ids)
-        candidates = mask_candidates(view, self.config["keep_eos"])
-        masked, weights = self.strategy.masked(view, candidates, self.config, self.context)
+        candidates = mask_candidates(view, settings.keep_eos)
+        masked, weights = self.strategy.masked(view, candidates, settings, self.context)
         if weights is None:
             weights = (view.assistant & ~masked).astype(np.float32)
-        supervised = view.assistant & ~masked & (weights > 0)
-        labels = np.where(view.assistant & ~masked, view.input_ids, IGNORE_INDEX).astype(np.int32)
-        extra, kl_mask = {}, None
-        if self.strategy.name == "anchor":
-            # Every scored assistant token that is not an anchor keeps the reference distribution.
-            kl_mask = masked & (view.rank > 0)
-            supervised |= kl_mask
-            extra = self._kl_columns(table, view, kl_mask, ~masked & view.assistant)
+        supervised = supervised_tokens(view.assistant, masked, weights)
+        labels = training_labels(view.input_ids, view.assistant, masked)
+        extra = self.strategy.extra_outputs(table, view, masked, settings)
+        if extra is not None and extra.supervised is not None:
+            supervised |= extra.supervised
 
         kept_per_row = np.bincount(view.row_of_token[supervised], minlength=table.num_rows)
-        keep_row = kept_per_row >= self.config["min_kept"]
+        keep_row = kept_per_row >= settings.min_kept
         ids = table.column("id").to_pylist()
+        # rejects.jsonl is data: it names the setting as the command line does, whoever ran the mask.
+        min_kept = COMMAND_LINE.setting(Setting("min_kept"))
         for row in np.flatnonzero(~keep_row):
             rejects.add(view.row_index[row], ids[row], "mask",
-                        f"only {int(kept_per_row[row])} supervised tokens left (--min-kept {self.config['min_kept']})",
-                        kind="fewer supervised tokens than --min-kept")
-        output = self._training_table(view, labels, weights, extra).filter(pa.array(keep_row))
+                        f"only {int(kept_per_row[row])} supervised tokens left ({min_kept} {settings.min_kept})",
+                        kind=f"fewer supervised tokens than {min_kept}")
+        output = self._training_table(view, labels, weights, extra.columns if extra else {}).filter(pa.array(keep_row))
         # One meaning of "masked" everywhere (stats, report, card, inspect): no loss, because
         # the label is -100 or the weight is 0 (soft weights underflow to exactly 0).
         no_loss = tokens_without_loss(view.assistant, labels, weights)
@@ -181,14 +176,9 @@ class MaskStage:
         if self.strategy.makes_weights:
             stats["zero_weight_tokens"] = int((view.assistant & (weights == 0)).sum())
             stats["weight_histogram"] = weight_histogram(weights[view.assistant])
-        if kl_mask is not None:
-            stats.update(anchor_tokens=int((view.assistant & ~masked).sum()), kl_tokens=int(kl_mask.sum()))
+        if extra is not None:
+            stats.update(extra.stats)
         return output, stats
-
-    def _kl_columns(self, table: pa.Table, view: TokenView, kl_mask: np.ndarray, anchors: np.ndarray) -> dict[str, pa.Array]:
-        if self.config["target"] == "axolotl":
-            return axolotl_columns(table, view.offsets, kl_mask)
-        return hf_columns(table, view.offsets, kl_mask, anchors, self.config["confidence"])
 
     def _training_table(self, view: TokenView, labels: np.ndarray, weights: np.ndarray, extra: dict) -> pa.Table:
         offsets = pa.array(view.offsets.astype(np.int32))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from ftprep.stages import Rejects
-from ftprep.stages.errors import FtprepError, RowError
+from ftprep.stages.errors import FtprepError, RowError, Setting, SettingError
 from ftprep.stages.tokenization import MESSAGES_TYPE, TOOL_KEYS
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
@@ -40,8 +40,9 @@ FORMAT_KEYS = {
 Message = dict[str, str]
 
 
-def detect_format(rows: Iterable[Mapping]) -> str:
-    """Pick the format most of the sample rows have the columns of."""
+def detect_format(rows: Iterable[Mapping], source: str | None = None) -> str:
+    """Pick the format most of the sample rows have the columns of (`source`: what the rows are
+    from, for the error)."""
     votes = dict.fromkeys(FORMATS, 0)
     seen: set[str] = set()
     for row in rows:
@@ -52,10 +53,9 @@ def detect_format(rows: Iterable[Mapping]) -> str:
                 break
     best = max(votes, key=votes.get)
     if votes[best] == 0:
-        raise FtprepError(
-            f"cannot tell the data format from the columns {sorted(seen)}: "
-            f"pass --format {'|'.join(FORMATS)}"
-        )
+        raise SettingError("cannot tell the data format{source} from the columns {columns}: pass {format}", field="format",
+                           source=f" of {source}" if source else "", columns=sorted(seen),
+                           format=Setting("format", "|".join(FORMATS)))
     return best
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ftprep.stages.errors import FtprepError, RowError
+from ftprep.stages.errors import RowError, Setting, SettingError
 
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 # `tool`: a message's OpenAI tool-use keys (tool_calls, tool_call_id, name) as JSON text, null
@@ -68,8 +68,9 @@ class ChatTokenizer:
     def __post_init__(self):
         template = self.tokenizer.chat_template
         if not template:
-            raise FtprepError("the model's tokenizer has no chat template (a base model?): give one with "
-                              "--chat-template FILE (a Jinja file), or use an instruct/chat model")
+            raise SettingError("the model's tokenizer has no chat template (a base model?): give one with {chat_template} "
+                               "(a Jinja file), or use an instruct/chat model", field="chat_template",
+                               chat_template=Setting("chat_template", metavar="FILE"))
         self.uses_generation_markers = bool(GENERATION_MARKER.search(template))
         self.special_ids = np.array(sorted(_special_ids(self.tokenizer)), dtype=np.int64)
         self.control_tokens = None if self.allow_special_tokens else _control_token_pattern(self.tokenizer)

@@ -42,6 +42,24 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(threads)
+    if config.option.markexpr == FAST_TIER:
+        refuse_model_loading()
+
+
+# The fast tier (`make test-fast`): every test that loads no model. A test that does is marked
+# `slow` (model runs end to end); in the fast tier loading one fails the test, so the mark is
+# never forgotten.
+FAST_TIER = "not slow"
+
+
+def refuse_model_loading():
+    from transformers import PreTrainedModel
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("a test of the fast tier (-m 'not slow') loads a model: mark it @pytest.mark.slow")
+
+    # Weights, that is: a model built from its config alone on the meta device (hft-plan) is no load.
+    PreTrainedModel.from_pretrained = classmethod(refuse)
 
 
 @dataclass
@@ -196,3 +214,30 @@ def assert_tables_equal(got, expected):
             assert a.offsets.to_pylist() == b.offsets.to_pylist(), name
             a, b = a.flatten(), b.flatten()
         np.testing.assert_array_equal(a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False), err_msg=name)
+
+
+class ZeroScores:
+    """Stands in for the model: every token's logprob, entropy and rank as 0."""
+
+    def __call__(self, table: pa.Table, rejects):
+        offsets = table.column("input_ids").combine_chunks().offsets
+        total = offsets[-1].as_py() - offsets[0].as_py()
+        zeros = pa.ListArray.from_arrays(pa.array(np.asarray(offsets) - offsets[0].as_py(), pa.int32()),
+                                         pa.array(np.zeros(total, np.float32)))
+        ranks = pa.ListArray.from_arrays(pa.array(np.asarray(offsets) - offsets[0].as_py(), pa.int32()),
+                                         pa.array(np.zeros(total, np.int32)))
+        table = table.append_column("logprobs", zeros).append_column("entropy", zeros).append_column("rank", ranks)
+        return table, {"tokens": total}
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def no_model():
+    """`ftprep score` with ZeroScores for its model stage, for the tests of this module."""
+    import ftprep.commands.score as score
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(score, "build_score_stage", lambda *args: ZeroScores())
+        yield

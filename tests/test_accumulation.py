@@ -23,6 +23,8 @@ from ftprep.trainer import (
     with_token_weights,
 )
 
+pytestmark = pytest.mark.slow  # every test here runs the model
+
 PROMPT = 3  # prompt tokens per row
 LENGTHS = (9, 14, 6, 11)  # unequal, so that a per-row or per-micro-batch mean would not hide
 

@@ -69,6 +69,7 @@ def mask_anchor(scored, folder, *extra):
 # -- storage -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_topk_is_stored_as_int32_ids_and_float16_logprobs(scored_topk, scores):
     import pyarrow as pa
 
@@ -90,6 +91,7 @@ def test_topk_is_stored_as_int32_ids_and_float16_logprobs(scored_topk, scores):
 
 
 @pytest.mark.parametrize("rule", ["first", "all"])
+@pytest.mark.slow
 def test_anchors_are_the_tokens_ranked_below_the_greedy_choice(scored_topk, scores, tmp_path, rule):
     table, stats = mask_anchor(scored_topk, tmp_path / rule, "--anchors", rule, "--confidence", 0.75, "--min-kept", 0)
     assert table.column_names == ["input_ids", "attention_mask", "labels", "ref_topk_ids", "ref_topk_logprobs",
@@ -114,6 +116,7 @@ def test_anchors_are_the_tokens_ranked_below_the_greedy_choice(scored_topk, scor
     print(f"--anchors {rule}: {anchors.sum()} anchors ({wrong.sum()} tokens ranked > 1), {kl.sum()} KL tokens")
 
 
+@pytest.mark.slow
 def test_first_keeps_one_anchor_per_turn_and_all_keeps_every_wrong_token(scores):
     first, every = expected_anchors(scores, "first"), expected_anchors(scores, "all")
     # The sample must tell the rules apart, or the test above could not fail on a swapped rule.
@@ -146,6 +149,7 @@ def test_turns_rows_and_rows_without_anchors_on_a_synthetic_table():
     from ftprep.commands.mask import MaskSettings
     from ftprep.stages import Rejects
     from ftprep.stages.mask import MaskStage
+    from ftprep.stages.mask_settings import MaskStageSettings
 
     eot = 2
     # Row 0: two turns (3..6 and 8..9, each ending with EOT); row 1: every token the greedy choice.
@@ -156,7 +160,7 @@ def test_turns_rows_and_rows_without_anchors_on_a_synthetic_table():
     )
 
     def run(**settings):
-        config = MaskSettings(scored="-", output="-", strategy="anchor", **settings).to_dict()
+        config = MaskStageSettings.from_config(MaskSettings(scored="-", output="-", strategy="anchor", **settings).to_dict())
         rejects = Rejects()
         indexed = table.append_column("index", pa.array(range(table.num_rows), pa.int64()))
         out, stats = MaskStage(config, [eot])(indexed, rejects)
@@ -178,6 +182,7 @@ def test_turns_rows_and_rows_without_anchors_on_a_synthetic_table():
     assert [reject["index"] for reject in rejects] == [1]
 
 
+@pytest.mark.slow
 def test_axolotl_layout_is_shifted_and_renormalized(scored_topk, scores, tmp_path):
     folder = tmp_path / "axolotl"
     table, _ = mask_anchor(scored_topk, folder, "--target", "axolotl")
@@ -210,6 +215,7 @@ def test_axolotl_layout_is_shifted_and_renormalized(scored_topk, scores, tmp_pat
     assert refused.returncode == 1 and "Axolotl's KD layout" in refused.stderr
 
 
+@pytest.mark.slow
 def test_one_line_errors(scored_sample, scored_topk, tmp_path):
     no_topk = run_cli("mask", scored_sample, "-o", tmp_path / "a", "--strategy", "anchor", check=False)
     assert no_topk.returncode == 1 and no_topk.stderr.count("\n") == 1
@@ -306,6 +312,7 @@ def test_collator_pads_the_reference_top_k():
         AnchorKLCollator(pad_token_id=2)([cut])
 
 
+@pytest.mark.slow
 def test_untrained_model_is_at_its_own_reference(scored_topk, tmp_path, plain_model):
     """The KL targets are the model's own top-k: before any step, the KL-only loss is ~0."""
     import datasets
@@ -327,6 +334,7 @@ def test_untrained_model_is_at_its_own_reference(scored_topk, tmp_path, plain_mo
     assert at_reference.item() < 1e-3 < 0.1 < shuffled.item()
 
 
+@pytest.mark.slow
 def test_trl_trains_one_step_with_the_exported_snippet(scored_topk, model_dir, tmp_path):
     folder = tmp_path / "train"
     mask_anchor(scored_topk, folder, "--confidence", 0.9)

@@ -11,9 +11,12 @@ import ftprep
 from ftprep.commands.mask import MaskSettings
 from ftprep.commands.regen import RegenSettings
 from ftprep.commands.score import ScoreSettings
-from ftprep.stages.strategies import REGISTRY, describe
+from ftprep.manifest import RunManifest
+from ftprep.stages.mask_settings import MaskStageSettings, describe
+from ftprep.stages.strategies import REGISTRY
 
 
+@pytest.mark.slow
 def test_score_and_mask_from_python_equal_the_commands(tmp_path, tiny_model_dir):
     rows = read_jsonl(DATA / "sample.jsonl")[:5]
     scored = ftprep.score(rows, model=tiny_model_dir, top_k=3)
@@ -28,6 +31,7 @@ def test_score_and_mask_from_python_equal_the_commands(tmp_path, tiny_model_dir)
     assert_tables_equal(train.data.table, load_table(tmp_path / "cli-train"))
 
 
+@pytest.mark.slow
 def test_a_python_run_with_an_output_folder_resumes_there(tmp_path, tiny_model_dir):
     first = ftprep.score(DATA / "sample.jsonl", model=tiny_model_dir, limit=4, output=tmp_path / "scored")
     manifest = (tmp_path / "scored" / "ftprep.json").read_text()
@@ -47,6 +51,7 @@ def test_a_python_run_with_an_output_folder_resumes_there(tmp_path, tiny_model_d
     (lambda scored: ftprep.score(DATA / "sample.jsonl", top_k=-1), "--top-k -1 is out of range"),
     (lambda scored: ftprep.score(12), "cannot read int"),
 ])
+@pytest.mark.slow
 def test_python_calls_fail_with_the_commands_one_line_errors(scored_sample, call, message):
     with pytest.raises(ftprep.FtprepError) as error:
         call(scored_sample)
@@ -66,14 +71,14 @@ def test_every_setting_is_an_option_of_its_command_with_its_default(settings_cla
 
 
 def test_each_strategy_describes_itself_in_the_card_report_and_snippets():
-    from ftprep.card import strategy_text
+    from ftprep.publish.card import strategy_text
 
     defaults = {item.name: item.default for item in dataclasses.fields(MaskSettings) if item.default is not dataclasses.MISSING}
     for name, strategy in REGISTRY.items():
         config = {**defaults, "strategy": name}
-        text = describe(config)
+        text = describe(MaskStageSettings.from_config(config))
         assert text.startswith(name) and strategy.summary
-        assert strategy_text({"stage": "mask", "config": config}) == text
-    assert "second model" in describe({**defaults, "strategy": "delta"})
-    assert "AnchorLwF" in describe({**defaults, "strategy": "anchor"})
-    assert "plain SFT" not in describe({**defaults, "strategy": "delta"})
+        assert strategy_text(RunManifest.from_json({"stage": "mask", "config": config})) == text
+    assert "second model" in describe(MaskStageSettings.from_config({**defaults, "strategy": "delta"}))
+    assert "AnchorLwF" in describe(MaskStageSettings.from_config({**defaults, "strategy": "anchor"}))
+    assert "plain SFT" not in describe(MaskStageSettings.from_config({**defaults, "strategy": "delta"}))

@@ -17,6 +17,7 @@ def data_files(folder):
     return sorted(Path(folder).glob("data-*.arrow"))
 
 
+@pytest.mark.slow
 def test_bad_rows_are_rejected_with_reasons_and_good_rows_go_through(tmp_path):
     out = tmp_path / "scored"
     result = run_cli("score", DATA / "bad_rows.jsonl", "-o", out)
@@ -35,6 +36,7 @@ def test_bad_rows_are_rejected_with_reasons_and_good_rows_go_through(tmp_path):
     assert manifest["model"]["backend"] == "hf"  # --backend auto without a CUDA GPU
 
 
+@pytest.mark.slow
 def test_score_mask_inspect_end_to_end(tmp_path):
     import datasets
 
@@ -55,6 +57,7 @@ def test_score_mask_inspect_end_to_end(tmp_path):
     assert "already complete" in again.stdout
 
 
+@pytest.mark.slow
 def test_each_source_kind_scores(tmp_path):
     for name in ("messages.json", "alpaca.csv", "prompt_completion_messages.jsonl"):
         out = tmp_path / name
@@ -85,6 +88,7 @@ def test_run_level_errors_are_one_line(tmp_path, args, message):
     assert not (tmp_path / "x" / "ftprep.json").exists()
 
 
+@pytest.mark.slow
 def test_output_made_with_other_settings_is_not_overwritten(tmp_path):
     out = tmp_path / "scored"
     run_cli("score", DATA / "sample.jsonl", "-o", out, "--limit", "2")
@@ -96,6 +100,7 @@ def test_output_made_with_other_settings_is_not_overwritten(tmp_path):
     assert load_table(out).num_rows == 3
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     args = ["score", DATA / "sample.jsonl", "--limit", "20", "--shard-rows", "5"]
     killed = tmp_path / "killed"
@@ -125,6 +130,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert not (killed / ".ftprep-partial").exists()
 
 
+@pytest.mark.slow
 def test_two_runs_give_identical_output(tmp_path):
     for name in ("a", "b"):
         run_cli("score", DATA / "sample.jsonl", "-o", tmp_path / name, "--limit", "6", "--top-k", "3")
@@ -134,6 +140,7 @@ def test_two_runs_give_identical_output(tmp_path):
         assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
 
 
+@pytest.mark.slow
 def test_training_folder_trains_one_step_in_trl(scored_sample, tmp_path, model_dir):
     import datasets
     import torch
@@ -159,6 +166,7 @@ def test_training_folder_trains_one_step_in_trl(scored_sample, tmp_path, model_d
     assert not torch.equal(before, model.model.layers[0].mlp.down_proj.weight)
 
 
+@pytest.mark.slow
 def test_model_given_as_gguf_file_or_folder(tmp_path, model_dir):
     from ftprep.models import embedded_gguf_path, resolve_model
 
@@ -181,6 +189,7 @@ def test_hub_ids_fail_fast_and_clearly_without_network(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_the_same_input_by_another_path_is_the_same_run(tmp_path):
     run_cli("score", "data/sample.jsonl", "-o", tmp_path / "scored", "--limit", 3)
     again = run_cli("score", REPO / "data" / ".." / "data" / "sample.jsonl", "-o", tmp_path / "scored", "--limit", 3)

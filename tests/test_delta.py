@@ -51,6 +51,7 @@ def by_id(table, name):
     return dict(zip(table.column("id").to_pylist(), table.column(name).to_pylist()))
 
 
+@pytest.mark.slow
 def test_delta_masks_assistant_tokens_whose_perplexity_rose_by_more_than_d(scored_pair, tmp_path):
     scored_a, scored_b = scored_pair
     delta = 0.5
@@ -80,6 +81,7 @@ def test_delta_masks_assistant_tokens_whose_perplexity_rose_by_more_than_d(score
     print(f"delta {delta} on {ROWS} rows: {stats['masked_share']:.1%} of assistant tokens masked")
 
 
+@pytest.mark.slow
 def test_against_itself_nothing_rises(scored_pair, tmp_path):
     scored_a, _ = scored_pair
     run_cli("mask", scored_a, "-o", tmp_path / "train", "--strategy", "delta", "--against", scored_a, "--delta", 0)
@@ -114,6 +116,7 @@ def tampered_copy(folder, target, change_row):
     (lambda row: {**row, "logprobs": [None if a else lp for a, lp in zip(row["assistant_mask"], row["logprobs"])]},
      "assistant tokens that"),
 ])
+@pytest.mark.slow
 def test_rows_that_do_not_match_stop_with_one_line(scored_pair, tmp_path, change, message):
     scored_a, scored_b = scored_pair
     broken = tampered_copy(scored_b, tmp_path / "broken", change)
@@ -123,6 +126,7 @@ def test_rows_that_do_not_match_stop_with_one_line(scored_pair, tmp_path, change
     assert not (tmp_path / "train").exists()  # checked before anything is written
 
 
+@pytest.mark.slow
 def test_against_goes_with_delta_only(scored_pair, tmp_path):
     scored_a, scored_b = scored_pair
     missing = run_cli("mask", scored_a, "-o", tmp_path / "x", "--strategy", "delta", check=False)

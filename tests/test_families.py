@@ -89,6 +89,7 @@ def eager_reference(folder, table) -> np.ndarray:
 
 
 @pytest.mark.parametrize("family", list(family_configs()))
+@pytest.mark.slow
 def test_every_family_scores_like_its_eager_forward_pass(family_dirs, family):
     table = token_table()
     # A small budget: several batches, right padding, rows of other lengths beside each row.
@@ -105,6 +106,7 @@ def test_every_family_scores_like_its_eager_forward_pass(family_dirs, family):
 
 
 @pytest.mark.parametrize("family, naive_attention", [("gemma2", "sdpa"), ("cohere", "eager"), ("granite", "eager")])
+@pytest.mark.slow
 def test_the_quirks_matter_so_the_test_above_can_fail(family_dirs, family, naive_attention):
     """What ftprep computed before: decoder (SDPA) + LM head alone. It is whole nats off."""
     from transformers import AutoModelForCausalLM
@@ -122,6 +124,7 @@ def test_the_quirks_matter_so_the_test_above_can_fail(family_dirs, family, naive
     assert np.abs(np.concatenate(naive)[positions] - reference[positions]).mean() > 0.1
 
 
+@pytest.mark.slow
 def test_eager_attention_where_sdpa_drops_softcapping(family_dirs):
     from transformers import AutoConfig
 
@@ -146,6 +149,7 @@ def gemma_scored(tmp_path_factory):
     return output
 
 
+@pytest.mark.slow  # runs the model where the fast tier's guard cannot see it (another process, vLLM)
 def test_a_base_model_needs_a_chat_template(tmp_path):
     result = run_cli("score", DATA / "sample.jsonl", "-o", tmp_path / "out", "--model", "gemma3-270m", "--limit", 1,
                      "--backend", "hf", check=False)
@@ -154,6 +158,7 @@ def test_a_base_model_needs_a_chat_template(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_gemma3_270m_scores_like_its_eager_forward_pass_with_bounded_logits(gemma_scored):
     from transformers import AutoModelForCausalLM
 
@@ -188,6 +193,7 @@ def test_gemma3_270m_scores_like_its_eager_forward_pass_with_bounded_logits(gemm
     assert difference.mean() < 1e-4
 
 
+@pytest.mark.slow
 def test_a_resume_with_another_chat_template_is_refused(gemma_scored, tmp_path):
     other = tmp_path / "other.jinja"
     other.write_text((REPO / GEMMA_TEMPLATE).read_text().replace("'model'", "'assistant'"))

@@ -2,6 +2,7 @@
 errors, outputs that are damaged, shared or on a full disk are never taken as finished, and
 nothing a command reads is ever written over."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,12 +16,13 @@ import yaml
 from conftest import DATA, flat, load_table, read_jsonl, run_cli
 
 import ftprep
+from ftprep.manifest import open_run
 from ftprep.readers import open_source, source_table
 from ftprep.stages import Rejects
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.normalize import NormalizeStage
 from ftprep.stages.tokenization import ChatTokenizer
-from ftprep.writers import LOCK, OutputLock, ShardedOutput, verify_output
+from ftprep.writers import LOCK, OutputLock, ShardedOutput
 
 GOOD = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there."}]}
 
@@ -91,6 +93,7 @@ def test_bad_rows_are_rejects_with_reasons(tmp_path):
         json.dumps(reject, ensure_ascii=False).encode("utf-8")
 
 
+@pytest.mark.slow
 def test_a_run_over_bad_rows_ends_with_every_row_accounted_for(tmp_path, tiny_model_dir):
     path = write_lines(tmp_path / "bad.jsonl", [json.dumps(GOOD), *BAD_ROWS.values(), json.dumps(GOOD)])
     result = run_cli("score", path, "-o", tmp_path / "out", "--model", tiny_model_dir, "--shard-rows", 3)
@@ -118,7 +121,7 @@ def test_a_dataset_folder_with_a_broken_state_json_is_a_one_line_error(tmp_path,
     datasets.Dataset.from_list([GOOD]).save_to_disk(str(folder))
     (folder / "state.json").write_text('{"_data_files": [')
     one_line_error(run_cli("score", folder, "-o", tmp_path / "out", "--model", tiny_model_dir, check=False),
-                   "cannot open the dataset folder")
+                   "state.json is damaged", "save the dataset again")
 
 
 # -- 6. byte-order marks, line endings ----------------------------------------------------
@@ -194,6 +197,7 @@ def test_a_second_run_on_a_locked_folder_fails_at_once(tmp_path, tiny_model_dir)
     assert not (out / LOCK).exists()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, tiny_model_dir):
     path = write_lines(tmp_path / "a.jsonl", [json.dumps(GOOD)] * 2)
     out = tmp_path / "out"
@@ -203,6 +207,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, tiny_model_dir):
     assert load_table(out).num_rows == 2 and not (out / LOCK).exists()
 
 
+@pytest.mark.slow  # runs the model where the fast tier's guard cannot see it (another process, vLLM)
 def test_two_identical_runs_at_once_one_fails_with_one_line(tmp_path, tiny_model_dir):
     """Two real processes: one writes the output, the other stops at once (or, if the first has
     already finished, finds it complete): never a traceback, never a mixed folder."""
@@ -247,6 +252,7 @@ DAMAGES = ("truncated shard", "garbled shard", "deleted shard", "state.json list
 
 
 @pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.slow
 def test_a_damaged_scored_folder_is_refused_downstream(tiny_scored, tmp_path, how):
     folder = copy_of(tiny_scored, tmp_path)
     damage(folder, how)
@@ -255,6 +261,7 @@ def test_a_damaged_scored_folder_is_refused_downstream(tiny_scored, tmp_path, ho
     assert not (tmp_path / "train").exists()
 
 
+@pytest.mark.slow
 def test_stats_on_a_truncated_stats_json_is_one_line(tiny_scored, tmp_path):
     folder = copy_of(tiny_scored, tmp_path)
     damage(folder, "truncated stats.json")
@@ -262,6 +269,7 @@ def test_stats_on_a_truncated_stats_json_is_one_line(tiny_scored, tmp_path):
 
 
 @pytest.mark.parametrize("how", [*DAMAGES, "garbled ftprep.json"])
+@pytest.mark.slow
 def test_a_rerun_over_a_damaged_output_writes_it_again(tiny_scored, tmp_path, tiny_model_dir, how):
     manifest = json.loads((tiny_scored / "ftprep.json").read_text())
     source = manifest["run_identity"]["input"]["path"]
@@ -274,7 +282,7 @@ def test_a_rerun_over_a_damaged_output_writes_it_again(tiny_scored, tmp_path, ti
     assert again.drop_columns(floats) == first.drop_columns(floats)
     for name in floats:
         np.testing.assert_allclose(flat(again, name), flat(first, name), rtol=1e-4, atol=1e-5)
-    assert verify_output(folder)["counts"] == manifest["counts"]
+    assert dataclasses.asdict(open_run(folder).counts) == manifest["counts"]
 
 
 def test_a_damaged_committed_shard_is_done_again_on_resume(tmp_path):
@@ -327,6 +335,7 @@ def small_disk(tmp_path, monkeypatch):
             subprocess.run(["umount", str(folder)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_same_command_resumes(small_disk, tmp_path, tiny_model_dir):
     folder, free = small_disk
     rows = read_jsonl(DATA / "sample.jsonl")[:12]
@@ -350,6 +359,7 @@ def test_an_output_that_cannot_be_a_folder_is_one_line(tmp_path, tiny_model_dir,
     assert blocker.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_unknown_device_report_paths_and_repo_ids_are_one_line(tiny_scored, tmp_path, tiny_model_dir):
     path = write_lines(tmp_path / "a.jsonl", [json.dumps(GOOD)])
     one_line_error(run_cli("score", path, "-o", tmp_path / "o", "--model", tiny_model_dir, "--device", "bogus", check=False),
@@ -378,7 +388,7 @@ def test_a_failed_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["data", "Data", "README.md", "ppl_histogram.png", "..", "ok\n", "../x"])
 def test_config_names_that_collide_or_escape_are_refused(name):
-    from ftprep.push import check_config_name
+    from ftprep.publish.staging import check_config_name
 
     with pytest.raises(FtprepError, match="--config-name"):
         check_config_name(name)
@@ -387,12 +397,13 @@ def test_config_names_that_collide_or_escape_are_refused(name):
 # -- 8. card and config text --------------------------------------------------------------
 
 def card_for(model_spec: str, input_name: str, existing=None) -> str:
-    from ftprep.card import dataset_card
+    from ftprep.manifest import RunManifest
+    from ftprep.publish.card import dataset_card
 
     manifest = {"stage": "score", "config": {}, "model": {"spec": model_spec, "backend": "hf", "dtype": "float32"},
                 "counts": {"rows_in": 1, "rows_out": 1, "rows_rejected": 0}, "tokenizer": {"end_of_turn_ids": [2]},
                 "run_identity": {"input": {"path": f"/data/{input_name}"}}, "versions": {"ftprep": "1"}}
-    return dataset_card(manifest, {"assistant_tokens": 3}, {"1-1.5": 3}, ["id", "input_ids"], "user/name", existing=existing)
+    return dataset_card(RunManifest.from_json(manifest), {"assistant_tokens": 3}, {"1-1.5": 3}, ["id", "input_ids"], "user/name", existing=existing)
 
 
 def test_names_cannot_break_the_card_table_or_grow_it_on_every_push():
@@ -405,6 +416,7 @@ def test_names_cannot_break_the_card_table_or_grow_it_on_every_push():
     assert second == first
 
 
+@pytest.mark.slow
 def test_export_config_quotes_paths(tmp_path, tiny_scored):
     odd = tmp_path / "run #2\nimport os; os.system('x')"
     ftprep.mask(str(tiny_scored), output=str(odd), strategy="threshold")
@@ -423,6 +435,7 @@ def test_export_config_quotes_paths(tmp_path, tiny_scored):
 
 # -- 9. terminal escapes ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_inspect_shows_control_characters_instead_of_sending_them(tmp_path, tiny_model_dir):
     row = {"id": "x\x1b]0;pwned\x07", "messages": [{"role": "user", "content": "hi \x1b[2J there"},
                                                    {"role": "assistant", "content": "ok \x1b[31mred\x9b"}]}
@@ -437,6 +450,7 @@ def test_inspect_shows_control_characters_instead_of_sending_them(tmp_path, tiny
 
 # -- issue 14: data safety, empty runs, settings, interrupts ------------------------------
 
+@pytest.mark.slow
 def test_no_command_writes_over_its_input(tiny_scored, tmp_path, tiny_model_dir):
     scored = copy_of(tiny_scored, tmp_path)
     before = {path.name: path.read_bytes() for path in scored.iterdir()}
@@ -459,6 +473,7 @@ def test_overwrite_removes_only_what_ftprep_wrote(tmp_path, tiny_model_dir):
     assert (mine / "thesis.tex").read_text() == "years of work"
 
 
+@pytest.mark.slow
 def test_overwrite_resumes_its_own_killed_run(tmp_path, tiny_model_dir):
     path = write_lines(tmp_path / "a.jsonl", [json.dumps({**GOOD, "id": str(i)}) for i in range(4)])
     out = tmp_path / "out"
@@ -477,6 +492,7 @@ def test_overwrite_resumes_its_own_killed_run(tmp_path, tiny_model_dir):
     assert load_table(out).column("id").to_pylist() == ["2", "3"]
 
 
+@pytest.mark.slow
 def test_a_run_with_every_row_rejected_fails_and_mask_refuses_it(tmp_path, tiny_model_dir):
     path = write_lines(tmp_path / "a.jsonl", [json.dumps(GOOD)] * 3)
     line = one_line_error(run_cli("score", path, "-o", tmp_path / "s", "--format", "alpaca", "--model", tiny_model_dir,
@@ -534,6 +550,7 @@ def test_no_unsafe_loading_in_the_code():
         assert not re.search(r"trust_remote_code\s*=\s*True", text), path
 
 
+@pytest.mark.slow
 def test_remote_code_runs_only_with_trust_remote_code(tmp_path, tiny_model_dir):
     """A model folder whose tokenizer is its own Python class: refused with one line naming the
     flag, loaded with --trust-remote-code."""

@@ -70,6 +70,7 @@ def test_paired_intervals_and_verdicts(bench):
     assert stats.interval_text(noise) == "+0.0 [+0.0, +0.0] (noise)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("regime", ["paper", "stress"])
 def test_tiny_run_writes_results_per_epoch_with_verdicts_and_reuses_its_caches(bench, regime, tiny_model_dir, tmp_path, monkeypatch):
     preset = bench.PRESETS[regime, True]
@@ -120,6 +121,7 @@ def test_tiny_run_writes_results_per_epoch_with_verdicts_and_reuses_its_caches(b
     assert again["table"] == results["table"] and again["verdicts"] == results["verdicts"]
 
 
+@pytest.mark.slow
 def test_the_sweep_trains_plain_sft_per_rate_on_the_cached_data(bench, tiny_model_dir, tmp_path):
     scale = bench.replace(bench.PRESETS["stress", True], model=tiny_model_dir, train_rows=8, val_rows=2, test_rows=4,
                           retention_items=6, drift_prompts=4, seeds=1, answer_tokens=8, drift_tokens=6, learning_rate=1e-3)

@@ -142,6 +142,7 @@ def test_unsupported_architecture_and_missing_model_are_one_line_errors(tmp_path
     assert not (tmp_path / "plan.json").exists()
 
 
+@pytest.mark.slow
 def test_an_optimizer_step_changes_exactly_the_trainable_parameters(model_dir, tokenizer, shapes, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -162,7 +163,37 @@ def test_an_optimizer_step_changes_exactly_the_trainable_parameters(model_dir, t
     assert changed == set(plan["trainable"])
 
 
+@pytest.mark.slow
 def test_a_plan_for_another_model_is_refused(plain_model, tmp_path):
     other = hft_plan(parameter_shapes(str(config_folder(tmp_path, "qwen2", QWEN2_SMALL)))[0])
     with pytest.raises(FtprepError, match="the HFT plan does not fit this model"):
         apply_hft_plan(plain_model, other)
+
+
+def test_hft_plan_runs_through_the_runner_like_any_output(tmp_path):
+    """A rerun finds the plan complete; other settings, a damaged plan and a file ftprep did not
+    write are each handled as they are for a dataset folder; a damaged plan is not applied."""
+    folder = config_folder(tmp_path, "llama-8b", LLAMA_8B)
+    plan, record = tmp_path / "plan.json", tmp_path / "plan.json.ftprep.json"
+    run_cli("hft-plan", "--model", folder, "-o", plan)
+    manifest = json.loads(record.read_text())
+    assert manifest["stage"] == "hft-plan" and set(manifest["files"]) == {"plan.json"} and manifest["config"]["seed"] == 0
+    again = run_cli("hft-plan", "--model", folder, "-o", plan)
+    assert "already complete" in again.stdout and json.loads(record.read_text()) == manifest
+
+    other = run_cli("hft-plan", "--model", folder, "-o", plan, "--seed", 1, check=False)
+    assert other.returncode == 1 and "made with other settings: pass --overwrite" in other.stderr
+    run_cli("hft-plan", "--model", folder, "-o", plan, "--seed", 1, "--overwrite")
+    assert json.loads(plan.read_text())["seed"] == 1
+
+    plan.write_text(plan.read_text().replace('"seed": 1', '"seed": 2'))
+    with pytest.raises(FtprepError, match="is damaged: plan.json"):
+        apply_hft_plan(torch.nn.Linear(1, 1), plan)
+    rewritten = run_cli("hft-plan", "--model", folder, "-o", plan, "--seed", 1)
+    assert "is damaged" in rewritten.stdout and json.loads(plan.read_text())["seed"] == 1
+
+    foreign = tmp_path / "mine.json"
+    foreign.write_text("{}")
+    refused = run_cli("hft-plan", "--model", folder, "-o", foreign, check=False)
+    assert refused.returncode == 1 and "exists and is not an ftprep output" in refused.stderr and foreign.read_text() == "{}"
+    assert not list(tmp_path.glob(".*ftprep-lock"))

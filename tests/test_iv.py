@@ -9,7 +9,7 @@ import torch
 from conftest import DATA, read_jsonl, run_cli
 
 from ftprep.commands.iv import IVSettings
-from ftprep.iv import extract_instruction_vector, instruction_rows, pick_examples, read_instruction_vector, shuffle_words
+from ftprep.plans.iv import extract_instruction_vector, instruction_rows, pick_examples, read_instruction_vector, shuffle_words
 from ftprep.stages.iv import AnswerScorer, add_instruction_vector, attention_layout, mean_head_outputs, patch_heads, top_heads
 from ftprep.stages.tokenization import ChatTokenizer
 from ftprep.trainer import (
@@ -43,6 +43,7 @@ def model(plain_model):
     return plain_model
 
 
+@pytest.mark.slow
 def test_cached_batched_patched_scores_equal_one_plain_forward_per_row(model, tokenizer):
     examples = tokenized(tokenizer, ARITHMETIC[:3])
     prompts, answers = [p for p, _ in examples], [a for _, a in examples]
@@ -79,6 +80,7 @@ def test_cached_batched_patched_scores_equal_one_plain_forward_per_row(model, to
     assert torch.allclose(logprobs, unpatched.view(3, 2)[:, 0]) and means[4].abs().sum() == 0
 
 
+@pytest.mark.slow
 def test_intervention_changes_outputs_from_its_position_on(model, tokenizer):
     prompt, answer = tokenized(tokenizer, ARITHMETIC[:1])[0]
     ids, last = torch.tensor([prompt + answer]), len(prompt) - 1
@@ -98,6 +100,7 @@ def test_intervention_changes_outputs_from_its_position_on(model, tokenizer):
     assert torch.equal(unscaled, plain) and torch.equal(after, plain)  # scale 0 and a closed context leave no hook
 
 
+@pytest.mark.slow
 def test_kl_is_exactly_zero_for_an_untouched_model_and_grows_with_the_iv(model, tokenizer):
     batch = TokenWeightCollator(tokenizer.pad_token_id)(training_rows(tokenizer, ARITHMETIC[:2]))
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -148,6 +151,7 @@ def test_iv_weight_decays_linearly_to_zero():
     assert [guidance.scale_at(step, 10) for step in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_iv_guided_trainer_trains_and_keeps_its_reference(model_dir, tokenizer, tmp_path):
     import datasets
     from transformers import AutoModelForCausalLM
@@ -184,6 +188,7 @@ def test_shuffled_instruction_keeps_its_words_in_another_order():
     assert shuffle_words("two words", random.Random(0)) == "words two"  # the only other order
 
 
+@pytest.mark.slow
 def test_cli_writes_vector_heads_and_scores_reproducibly(tmp_path):
     settings = {"prompts": 6, "layers": "13-14", "heads": 4, "seed": 1}
     first = run_cli("iv", DATA / "arithmetic.jsonl", "-o", tmp_path / "a.safetensors",

@@ -9,6 +9,8 @@ from conftest import flat, load_table, mask_folder
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.mask import IGNORE_INDEX
 
+pytestmark = pytest.mark.slow  # every test here runs the model
+
 EOT = 2  # <|im_end|> in SmolLM2
 
 
@@ -160,7 +162,7 @@ def test_hf_target_keeps_loss_weights(scored_sample, tmp_path):
 
 
 def test_training_rows_map_back_to_their_scored_rows(scored_sample, tmp_path):
-    from ftprep.inspection import rows_mask_rejected, scored_row_for_training_row
+    from ftprep.views.inspect_row import rows_mask_rejected, scored_row_for_training_row
 
     folder = mask(scored_sample, tmp_path, threshold=1.5, min_kept=20)
     scored_ids = load_table(scored_sample).column("id").to_pylist()

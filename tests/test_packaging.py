@@ -54,3 +54,12 @@ def test_version_comes_from_the_package_metadata():
     import ftprep
 
     assert ftprep.__version__ == version("ftprep") == PYPROJECT["project"]["version"]
+
+
+def test_the_command_list_imports_no_command():
+    """`ftprep --help` lists the commands from their summaries: no command module, and none of the
+    heavy libraries they use, is imported for it."""
+    code = ("import sys\nfrom ftprep.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(name for name in sys.modules if name.startswith('ftprep.commands.') or name in ('torch', 'numpy', 'pyarrow')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "score" in result.stdout and result.stdout.strip().splitlines()[-1] == "[]"

@@ -4,12 +4,14 @@ numbers of stats.json at the end, and no loading bars of transformers' own."""
 import io
 import json
 
+import pytest
 from conftest import DATA, progress_lines, run_cli
 
 import ftprep.progress
 from ftprep.progress import Progress
 
 
+@pytest.mark.slow
 def test_progress_moves_within_one_shard_and_ends_on_the_stats(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(ftprep.progress, "PLAIN_LINE_SECONDS", 0.0)  # a line at every update
     out = tmp_path / "scored"
@@ -55,6 +57,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow
 def test_loading_a_model_shows_no_loading_bar_and_restores_the_bars(tiny_model_dir, monkeypatch):
     from transformers.utils import logging as hf_logging
 
@@ -68,6 +71,7 @@ def test_loading_a_model_shows_no_loading_bar_and_restores_the_bars(tiny_model_d
     assert hf_logging.is_progress_bar_enabled()  # a notebook's bars come back after ftprep's load
 
 
+@pytest.mark.slow
 def test_regen_progress_moves_per_generation_batch(tmp_path, tiny_model_dir, monkeypatch):
     import ftprep.commands.regen
 

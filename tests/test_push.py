@@ -249,6 +249,7 @@ def assert_token_nowhere(result, hub, folder):
             assert TOKEN.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_push_uploads_parquet_files_and_a_card(train, hub, tmp_path):
     folder = copy_of(train, tmp_path)
     result = push(folder, hub, tmp_path, "--private")
@@ -305,6 +306,7 @@ def count_color(image, color):
 
 
 @pytest.mark.parametrize("failure", ["server error", "dropped connection"])
+@pytest.mark.slow
 def test_an_interrupted_push_resumes_without_uploading_again(train, hub, tmp_path, failure):
     folder = copy_of(train, tmp_path)
     if failure == "server error":
@@ -329,6 +331,7 @@ def test_an_interrupted_push_resumes_without_uploading_again(train, hub, tmp_pat
     assert parquet_rows(hub.files()).column("labels").to_pylist() == local.column("labels").to_pylist()
 
 
+@pytest.mark.slow
 def test_revision_and_pull_request(train, hub, tmp_path):
     folder = copy_of(train, tmp_path)
     push(folder, hub, tmp_path, "--revision", "dev")
@@ -354,6 +357,7 @@ def test_revision_and_pull_request(train, hub, tmp_path):
     assert hub.repos[REPO]["prs"] == 1 and len(hub.commits()) == 5
 
 
+@pytest.mark.slow
 def test_a_second_config_keeps_the_first(train, scored_sample, hub, tmp_path):
     import shutil
 
@@ -375,6 +379,7 @@ def test_a_second_config_keeps_the_first(train, scored_sample, hub, tmp_path):
     np.testing.assert_array_equal(flat(uploaded, "logprobs"), flat(local, "logprobs"))  # NaN where unscored, on both sides
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(train, hub, tmp_path):
     folder = copy_of(train, tmp_path)
     missing = push(folder, hub, tmp_path, check=False, token=None)
@@ -393,6 +398,7 @@ def test_errors_are_one_line(train, hub, tmp_path):
     assert not hub.commits()
 
 
+@pytest.mark.slow
 def test_the_saved_login_is_used_without_hf_token(train, hub, tmp_path):
     folder = copy_of(train, tmp_path)
     (tmp_path / "hf-home").mkdir()
@@ -406,16 +412,17 @@ def test_the_saved_login_is_used_without_hf_token(train, hub, tmp_path):
 
 
 def staged_card(folder, tmp_path, config_name="default"):
-    from ftprep.push import build_upload_folder, staging_folder, write_card_files
-    from ftprep.writers import read_manifest
+    from ftprep.manifest import open_run
+    from ftprep.publish.staging import build_upload_folder, staging_folder, write_card_files
 
     staging = staging_folder(folder, config_name)
     staged = build_upload_folder(folder, staging, config_name)
-    write_card_files(folder, staging, read_manifest(folder), REPO, config_name, None, None)
+    write_card_files(folder, staging, open_run(folder), REPO, config_name, None, None)
     return staging, staged
 
 
 @pytest.mark.parametrize("config_name", ["default", "strict"])
+@pytest.mark.slow
 def test_the_staging_folder_loads_with_datasets(train, tmp_path, config_name):
     import datasets
 
@@ -432,6 +439,7 @@ def test_the_staging_folder_loads_with_datasets(train, tmp_path, config_name):
     assert {path: path.stat().st_mtime_ns for path in staging.rglob("*.parquet")} == mtimes
 
 
+@pytest.mark.slow
 def test_the_scored_card_snippet_gives_the_labels_of_ftprep_mask(scored_sample, train, tmp_path):
     import shutil
 
@@ -452,7 +460,8 @@ def test_the_scored_card_snippet_gives_the_labels_of_ftprep_mask(scored_sample, 
 def test_stale_shards_of_the_config_are_removed_and_others_kept(tmp_path):
     from huggingface_hub.hf_api import RepoFile
 
-    from ftprep.push import StagedFile, plan_upload
+    from ftprep.publish.push import plan_upload
+    from ftprep.publish.staging import StagedFile
 
     staging = tmp_path / "staging"
     (staging / "data").mkdir(parents=True)
@@ -474,6 +483,7 @@ def relative_files(folder: Path) -> list[str]:
     return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
 
 
+@pytest.mark.slow
 def test_export_writes_the_files_push_uploads_to_a_local_folder(train, scored_sample, tmp_path):
     import shutil
 
@@ -510,6 +520,7 @@ def test_export_writes_the_files_push_uploads_to_a_local_folder(train, scored_sa
     assert scores["id"] == load_table(scored_sample).column("id").to_pylist()
 
 
+@pytest.mark.slow
 def test_a_new_export_replaces_the_configs_old_shards(train, tiny_model_dir, tmp_path):
     target = tmp_path / "parquet"
     run_cli("export", copy_of(train, tmp_path), "--parquet", target)  # 3 shards
@@ -519,6 +530,7 @@ def test_a_new_export_replaces_the_configs_old_shards(train, tiny_model_dir, tmp
     assert relative_files(target) == ["README.md", "data/train-00000-of-00001.parquet", "ppl_histogram.png"]
 
 
+@pytest.mark.slow
 def test_export_writes_over_nothing_but_an_earlier_export(train, tmp_path):
     folder = copy_of(train, tmp_path)
     other = tmp_path / "mine"
@@ -534,7 +546,7 @@ def test_export_writes_over_nothing_but_an_earlier_export(train, tmp_path):
 
 
 def test_png_round_trips_through_pillow():
-    from ftprep.png import bar_chart, png_bytes
+    from ftprep.publish.png import bar_chart, png_bytes
 
     image = bar_chart([3, 0, 7], ["1", "2.5", "10"], marker_at=1.0, width=120, height=60)
     assert (png_pixels(png_bytes(image)) == image).all()
@@ -542,7 +554,8 @@ def test_png_round_trips_through_pillow():
 
 
 def test_the_card_counts_masked_as_no_loss_and_gives_soft_weight_quantiles():
-    from ftprep.card import facts_table
+    from ftprep.manifest import RunManifest
+    from ftprep.publish.card import facts_table
 
     manifest = {"stage": "mask", "counts": {"rows_in": 2, "rows_out": 2, "rows_rejected": 0}, "versions": {},
                 "config": {"strategy": "soft", "weight_fn": "gauss", "sigma": 0.75, "min_weight": 0.0, "keep_eos": True},
@@ -550,6 +563,6 @@ def test_the_card_counts_masked_as_no_loss_and_gives_soft_weight_quantiles():
                 "scored": {"run_identity": {"input": {"path": "/somewhere/data.jsonl"}}}}
     stats = {"assistant_tokens": 100, "masked_share": 0.25, "mean_weight": 0.5,
              "weight_quantiles": {"p5": 0.0, "p25": 0.0, "p50": 0.644, "p75": 0.997, "p95": 1.0}}
-    table = facts_table(manifest, stats, {}, ["input_ids", "labels", "loss_weights"])
+    table = facts_table(RunManifest.from_json(manifest), stats, {}, ["input_ids", "labels", "loss_weights"])
     assert "| masked share of assistant tokens (no loss: label -100 or weight 0) | 25.0% |" in table
     assert "| weight quantiles | p5 0.000, p25 0.000, p50 0.644, p75 0.997, p95 1.000 |" in table

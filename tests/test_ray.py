@@ -95,6 +95,7 @@ def _flatten(values):
             yield np.nan if value is None else value
 
 
+@pytest.mark.slow  # runs the model where the fast tier's guard cannot see it (another process, vLLM)
 def test_score_on_ray_equals_local(tmp_path, mixed_input, local_scored, tiny_model_dir):
     """The default: a Ray instance started by the command, two CPU workers, one model each."""
     result = run_cli("score", mixed_input, "-o", tmp_path / "ray", "--shard-rows", 7, "--model", tiny_model_dir, "--batch-tokens", 256,
@@ -112,6 +113,7 @@ def test_score_on_ray_equals_local(tmp_path, mixed_input, local_scored, tiny_mod
     assert "already complete" in again.stdout
 
 
+@pytest.mark.slow
 def test_ray_resumes_a_run_the_local_engine_left(tmp_path, mixed_input, local_scored, ray_cluster, monkeypatch, tiny_model_dir):
     from functools import partial
 
@@ -144,6 +146,7 @@ def test_ray_resumes_a_run_the_local_engine_left(tmp_path, mixed_input, local_sc
     assert_same_output(local_scored, output)
 
 
+@pytest.mark.slow
 def test_mask_on_ray_equals_local(tmp_path, local_scored, ray_cluster):
     for args in (["--strategy", "quantile", "--scope", "dataset", "--quantile", "0.3"],
                  ["--strategy", "delta", "--against", str(local_scored), "--delta", "0"],
@@ -157,6 +160,7 @@ def test_mask_on_ray_equals_local(tmp_path, local_scored, ray_cluster):
         assert_same_output(local, ray)
 
 
+@pytest.mark.slow
 def test_regen_on_ray_equals_local(tmp_path, ray_cluster, tiny_model_dir):
     args = ["data/arithmetic.jsonl", "--limit", 4, "--n", 2, "--max-new-tokens", 24, "--shard-rows", 2,
             "--verify", "math", "--seed", 3]
@@ -187,6 +191,7 @@ except FtprepError as error:
 """
 
 
+@pytest.mark.slow
 def test_a_worker_error_is_one_line_on_the_driver(tmp_path, ray_cluster):
     # A driver of its own: a Ray driver in the test process is ended by Ray once the cluster stops.
     result = subprocess.run([sys.executable, "-c", WORKER_ERROR_SCRIPT, str(DATA / "sample.jsonl"), str(tmp_path / "out")],

@@ -20,6 +20,7 @@ def regenerated(tmp_path_factory):
     return output
 
 
+@pytest.mark.slow
 def test_every_row_is_kept_and_rewrites_pass_the_checks(regenerated):
     rows = load_table(regenerated).to_pylist()
     source = read_jsonl(ARITHMETIC)[:ROWS]
@@ -59,12 +60,14 @@ def mean_perplexities(folder):
     return kept, truth, stats
 
 
+@pytest.mark.slow
 def test_kept_rewrites_are_likelier_than_the_ground_truth(regenerated):
     kept, truth, stats = mean_perplexities(regenerated)
     assert (kept < truth).all()  # the default rule, checked on every kept rewrite
     assert stats["kept_mean_perplexity"] < stats["ground_truth_mean_perplexity"]
 
 
+@pytest.mark.slow
 def test_the_models_own_answers_are_likelier_even_without_the_rule(tmp_path):
     # Self-distillation's premise, measured without --beat-ground-truth deciding it: the
     # model's own verified answers to the original prompt have lower perplexity than the data's.
@@ -75,6 +78,7 @@ def test_the_models_own_answers_are_likelier_even_without_the_rule(tmp_path):
     assert kept.mean() < truth.mean()
 
 
+@pytest.mark.slow
 def test_same_seed_same_output_and_another_seed_differs(tmp_path):
     def regen(name, seed):
         run_cli("regen", ARITHMETIC, "-o", tmp_path / name, "--limit", 2, "--seed", seed, *FAST, "--n", 2)
@@ -88,6 +92,7 @@ def test_same_seed_same_output_and_another_seed_differs(tmp_path):
     assert other_stats != first_stats or other.column("messages").to_pylist() != first.column("messages").to_pylist()
 
 
+@pytest.mark.slow
 def test_candidates_that_cannot_finish_fall_back_to_the_ground_truth(tmp_path):
     output = tmp_path / "short"
     run_cli("regen", ARITHMETIC, "-o", output, "--limit", 3, "--max-new-tokens", 3, "--n", 2)
@@ -99,6 +104,7 @@ def test_candidates_that_cannot_finish_fall_back_to_the_ground_truth(tmp_path):
     assert stats["candidate_rejections"] == {"token_limit": 6}
 
 
+@pytest.mark.slow
 def test_regen_then_score_then_mask(regenerated, tmp_path):
     scored, train = tmp_path / "scored", tmp_path / "train"
     run_cli("score", regenerated, "-o", scored)
@@ -125,6 +131,7 @@ def test_bad_options_are_one_line_errors(tmp_path, args, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_user_template_is_used_and_checked(tmp_path):
     template = tmp_path / "template.txt"
     template.write_text("Question: {instruction}\nA model answer: {reference}\nWrite a better one.")
@@ -140,6 +147,7 @@ def test_user_template_is_used_and_checked(tmp_path):
     assert "{reference}" in run_cli("regen", "--print-template").stdout
 
 
+@pytest.mark.slow
 def test_the_models_generation_config_does_not_change_sampling(tiny_model_dir, tokenizer):
     """transformers' generate fills what it is not told from generation_config.json; vLLM does not.
     ftprep tells it every knob, so a model that ships a repetition penalty and a top-k samples the

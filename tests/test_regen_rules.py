@@ -8,7 +8,7 @@ import pytest
 from conftest import hf_scorer
 
 from ftprep.stages.errors import FtprepError
-from ftprep.stages.regen import RegenSettings, RegenStage, task_seed
+from ftprep.stages.regen import RegenStage, RegenStageSettings, task_seed
 from ftprep.stages.regen.checks import compile_pattern, final_number, rejection_reason, verify_answer
 from ftprep.stages.regen.generate import Candidate, prompt_batches, split_at_stop
 from ftprep.stages.regen.prompts import DEFAULT_TEMPLATE, check_template, generation_messages, scaffolding_lines, turn_tasks
@@ -146,6 +146,7 @@ def scorer(model_dir):
     return hf_scorer(model_dir)
 
 
+@pytest.mark.slow
 def test_lowest_perplexity_accepted_candidate_is_kept_else_ground_truth(tokenizer, scorer):
     conversations = [
         [{"role": "user", "content": "Lily has 12 apples. She buys 7 more. How many apples does she have now?"},
@@ -159,7 +160,7 @@ def test_lowest_perplexity_accepted_candidate_is_kept_else_ground_truth(tokenize
         [(odd, True), (fluent, True), ("Lily has 12 + 8 = 20 apples. The answer is 20.", True), (fluent + " more", False)],
         [("There are 25 - 9 = 15 birds left on the fence. The answer is 15.", True), ("", True)],
     ])
-    any_perplexity = RegenSettings(verify="math", max_new_tokens=64, beat_ground_truth=False)
+    any_perplexity = RegenStageSettings(verify="math", max_new_tokens=64, beat_ground_truth=False)
     stage = RegenStage(any_perplexity, tokenizer, generator, scorer, 8192)
     table, stats = stage(regen_input(["a", "b"], conversations))
     rows = table.to_pylist()
@@ -190,6 +191,7 @@ def test_lowest_perplexity_accepted_candidate_is_kept_else_ground_truth(tokenize
     assert task_seed(0, "a", 1) != task_seed(1, "a", 1)
 
 
+@pytest.mark.slow
 def test_multi_turn_rows_and_prompts_too_long(tokenizer, scorer):
     conversation = [
         {"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4. The answer is 4."},
@@ -197,7 +199,7 @@ def test_multi_turn_rows_and_prompts_too_long(tokenizer, scorer):
     ]
     generator = FixedCandidates([[("Two plus two: 2 + 2 = 4. The answer is 4.", True)],
                                  [("Three plus three is 7. The answer is 7.", True)]])
-    stage = RegenStage(RegenSettings(verify="math", max_new_tokens=16, beat_ground_truth=False), tokenizer, generator, scorer, 8192)
+    stage = RegenStage(RegenStageSettings(verify="math", max_new_tokens=16, beat_ground_truth=False), tokenizer, generator, scorer, 8192)
     table, stats = stage(regen_input(["m"], [conversation]))
     row = table.to_pylist()[0]
     assert row["source"] == "mixed"
@@ -205,18 +207,19 @@ def test_multi_turn_rows_and_prompts_too_long(tokenizer, scorer):
     assert [turn["source"] for turn in row["rewritten_turns"]] == ["generated", "ground_truth"]
 
     # A prompt that leaves no room for --max-new-tokens in the context keeps its ground truth.
-    cramped = RegenStage(RegenSettings(max_new_tokens=64), tokenizer, FixedCandidates([]), scorer, 40)
+    cramped = RegenStage(RegenStageSettings(max_new_tokens=64), tokenizer, FixedCandidates([]), scorer, 40)
     table, stats = cramped(regen_input(["m"], [conversation[:2]]))
     assert plain(table.to_pylist()[0]["messages"]) == conversation[:2]
     assert stats["turns_prompt_too_long"] == 1 and stats["turns_ground_truth"] == 1
 
 
+@pytest.mark.slow
 def test_by_default_a_rewrite_must_be_likelier_than_the_ground_truth(tokenizer, scorer):
     conversation = [{"role": "user", "content": "Lily has 12 apples. She buys 7 more. How many apples does she have now?"},
                     {"role": "assistant", "content": REFERENCE}]
     fluent = "Lily has 12 apples and buys 7 more, so she has 12 + 7 = 19 apples. The answer is 19."
     odd = "Apples: twelve, plus seven purchased ones, gives nineteen = 19 apples total. Answer 19."
-    stage = RegenStage(RegenSettings(max_new_tokens=64), tokenizer, FixedCandidates([[(odd, True), (fluent, True)], [(odd, True)]]),
+    stage = RegenStage(RegenStageSettings(max_new_tokens=64), tokenizer, FixedCandidates([[(odd, True), (fluent, True)], [(odd, True)]]),
                        scorer, 8192)
     table, stats = stage(regen_input(["a", "b"], [conversation, conversation]))
     rows = table.to_pylist()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import load_table, run_cli
 
-from ftprep.report import MIN_SEEN
+from ftprep.views.report import MIN_SEEN
 
 CHROMIUM = shutil.which("chromium")
 # The flags a closed network needs (no background calls) and root needs (no sandbox).
@@ -53,6 +53,7 @@ def row_payload(text):
 
 
 @pytest.mark.parametrize("strategy", ["threshold", "soft"])
+@pytest.mark.slow
 def test_report_page_shows_its_plots_tables_and_a_row(scored_sample, tmp_path, strategy):
     train, page = tmp_path / "train", tmp_path / "report.html"
     run_cli("mask", scored_sample, "-o", train, "--strategy", strategy)
@@ -82,6 +83,7 @@ def test_report_page_shows_its_plots_tables_and_a_row(scored_sample, tmp_path, s
     assert seen["masked tokens" if strategy == "threshold" else "down-weighted tokens"] > 300
 
 
+@pytest.mark.slow
 def test_top_masked_tokens_by_rate_and_by_count(scored_sample, tmp_path):
     train, page = tmp_path / "train", tmp_path / "report.html"
     run_cli("mask", scored_sample, "-o", train)
@@ -98,6 +100,7 @@ def test_top_masked_tokens_by_rate_and_by_count(scored_sample, tmp_path):
     assert counts == sorted(counts, reverse=True) and counts[0] >= max(masked for masked, _ in cells)
 
 
+@pytest.mark.slow
 def test_clicking_and_sorting_rows_in_a_browser(scored_sample, tmp_path):
     """The script runs: #row=N shows row N, highlighted (what a click on its line does), and
     #sort=COLUMN sorts the table by it (what a click on the header does)."""
@@ -118,6 +121,7 @@ def test_clicking_and_sorting_rows_in_a_browser(scored_sample, tmp_path):
     assert len(shares) == len(load_table(train)) and shares == sorted(shares, reverse=True) and shares[0] > shares[-1]
 
 
+@pytest.mark.slow
 def test_report_on_a_scored_dataset_previews_the_masks_own_rule(scored_sample, tmp_path):
     page, train = tmp_path / "scored.html", tmp_path / "train"
     run_cli("report", scored_sample, "-o", page, "--threshold", "1.2")
@@ -136,7 +140,7 @@ def test_report_on_a_scored_dataset_previews_the_masks_own_rule(scored_sample, t
 
 
 def test_masked_token_counts_per_token():
-    from ftprep.report import ReportData, masked_token_counts
+    from ftprep.views.report import ReportData, masked_token_counts
 
     ids = np.array([5, 6, 5, 7, 5, 6])
     assistant = np.array([True, True, True, True, True, False])
@@ -148,7 +152,7 @@ def test_masked_token_counts_per_token():
 
 
 def test_axis_ticks_are_round_numbers():
-    from ftprep.report import nice_ticks
+    from ftprep.views.report import nice_ticks
 
     assert nice_ticks(13) == [0, 5, 10, 15]
     assert nice_ticks(20000) == [0, 5000, 10000, 15000, 20000]
@@ -156,6 +160,7 @@ def test_axis_ticks_are_round_numbers():
     assert nice_ticks(0) == [0.0, 1.0]
 
 
+@pytest.mark.slow
 def test_report_lists_the_settings_and_the_rejects_by_reason(tmp_path, tiny_model_dir):
     from conftest import DATA
 

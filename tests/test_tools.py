@@ -5,6 +5,7 @@ a template that cannot render them rejects the row with a reason that says so.""
 import json
 
 import numpy as np
+import pytest
 from conftest import DATA, flat, load_table, read_jsonl, run_cli
 
 from ftprep.stages.normalize import normalize_row
@@ -27,6 +28,7 @@ def test_tool_messages_normalize_with_their_tool_fields():
     assert rendered[1] == {"role": "user", "content": "Is it raining in Paris?"}
 
 
+@pytest.mark.slow
 def test_tool_use_rows_render_and_score_with_a_template_that_knows_tools(tmp_path, tiny_model_dir, tokenizer):
     output = tmp_path / "scored"
     run_cli("score", TOOLS, "-o", output, "--model", tiny_model_dir, "--chat-template", TOOLS_TEMPLATE, "--backend", "hf")
@@ -51,6 +53,7 @@ def test_tool_use_rows_render_and_score_with_a_template_that_knows_tools(tmp_pat
     assert json.loads(rows[1]["messages"][1]["tool"])["tool_calls"][0]["function"]["arguments"] == {"a": 1234, "b": 5678}
 
 
+@pytest.mark.slow
 def test_a_template_that_drops_tool_calls_rejects_those_rows_only(tmp_path, tiny_model_dir):
     """SmolLM2's own ChatML template renders any role but never an assistant's tool_calls."""
     output = tmp_path / "scored"
@@ -61,6 +64,7 @@ def test_a_template_that_drops_tool_calls_rejects_those_rows_only(tmp_path, tiny
     assert all("chat template does not render tool calls" in reason for reason in rejects.values())
 
 
+@pytest.mark.slow
 def test_a_template_that_refuses_a_role_says_so(tmp_path, tiny_model_dir):
     strict = tmp_path / "strict.jinja"
     strict.write_text("{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
@@ -76,6 +80,7 @@ def test_a_template_that_refuses_a_role_says_so(tmp_path, tiny_model_dir):
     assert rejects["weather"].startswith("chat template cannot render this tool-use conversation")
 
 
+@pytest.mark.slow
 def test_a_scored_tool_use_folder_reads_back_with_its_tool_fields(tmp_path, tiny_model_dir):
     """ftprep's own output as input (a regen folder, a scored one): the `tool` field carries the calls."""
     first, second = tmp_path / "first", tmp_path / "second"

@@ -11,7 +11,8 @@ import torch
 import yaml
 from conftest import DATA, run_cli, score_folder
 
-from ftprep.export import default_base_model
+from ftprep.manifest import ModelInfo
+from ftprep.publish.export_config import base_model_note, default_base_model
 from ftprep.trainer import TokenWeightCollator, weighted_cross_entropy, with_token_weights
 
 ROWS = [
@@ -35,6 +36,7 @@ def test_collator_pads_with_no_loss():
     assert plain["loss_weights"].tolist() == [[0.0, 1.0, 1.0]]
 
 
+@pytest.mark.slow
 def test_loss_equals_a_hand_computation(model):
     batch = TokenWeightCollator(pad_token_id=2)(ROWS)
     with torch.no_grad():
@@ -51,6 +53,7 @@ def test_loss_equals_a_hand_computation(model):
     assert got == pytest.approx(total / weight_sum, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_zero_weight_and_ignored_tokens_get_no_gradient(model):
     batch = TokenWeightCollator(pad_token_id=2)(ROWS)
     with torch.no_grad():
@@ -65,6 +68,7 @@ def test_zero_weight_and_ignored_tokens_get_no_gradient(model):
     assert (norms[predicts] > 0).all()
 
 
+@pytest.mark.slow
 def test_unit_weights_equal_the_plain_loss(model):
     rows = [{**row, "loss_weights": None} for row in ROWS]
     batch = TokenWeightCollator(pad_token_id=2)(rows)
@@ -74,6 +78,7 @@ def test_unit_weights_equal_the_plain_loss(model):
     assert ours.item() == pytest.approx(outputs.loss.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_trl_trains_one_step_on_soft_weights(scored_sample, tmp_path, model_dir):
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -105,6 +110,7 @@ def small_scored(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.mark.parametrize("strategy", ["threshold", "soft"])
+@pytest.mark.slow
 def test_exported_trl_script_runs_as_printed(small_scored, tiny_model_dir, tmp_path, monkeypatch, strategy):
     folder = tmp_path / strategy
     run_cli("mask", small_scored, "-o", folder, "--strategy", strategy)
@@ -132,6 +138,27 @@ def test_exported_trl_script_runs_as_printed(small_scored, tiny_model_dir, tmp_p
     assert seen == len(dataset) == 8
 
 
+@pytest.mark.slow
+def test_the_trl_script_for_the_embedded_model_trains_offline_as_printed(model_dir, tmp_path):
+    """Scored with the embedded model, the printed script trains the dense copy that scored, from
+    its folder: run unchanged as `python train.py` with the Hub out of reach and an empty HF cache."""
+    # 4 rows of at most 64 tokens: one training step of the 135M model.
+    scored = score_folder(DATA / "sample.jsonl", tmp_path / "scored", limit=4, max_length=64, overlong="truncate")
+    run_cli("mask", scored, "-o", tmp_path / "train")
+    script = run_cli("export-config", tmp_path / "train", "--target", "trl").stdout
+    assert f"model_path = {model_dir!r}\n" in script
+    assert "--base-model HuggingFaceTB/SmolLM2-135M-Instruct" in script  # the hub original, in a comment
+    (tmp_path / "train.py").write_text(script)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env |= {"HF_HOME": str(tmp_path / "empty-hf-home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+            "OMP_NUM_THREADS": "1"}  # on shared cores waiting torch threads spin: 6 s of training instead of 30
+    result = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'train_loss'" in result.stdout + result.stderr  # it trained to the end
+    assert (tmp_path / "ftprep-sft").is_dir() and not (tmp_path / "empty-hf-home" / "hub").exists()
+
+
+@pytest.mark.slow
 def test_trl_sft_trains_on_the_local_parquet_export(small_scored, tiny_model_dir, tmp_path):
     folder, parquet = tmp_path / "train", tmp_path / "parquet"
     run_cli("mask", small_scored, "-o", folder)
@@ -149,27 +176,32 @@ def test_trl_sft_trains_on_the_local_parquet_export(small_scored, tiny_model_dir
     assert (tmp_path / "sft" / "config.json").is_file()  # and saved the model it trained
 
 
-def test_base_model_defaults_to_the_hub_model_and_can_be_overridden(scored_sample, model_dir, tmp_path):
+@pytest.mark.slow
+def test_base_model_defaults_to_the_model_that_scored_and_can_be_overridden(scored_sample, model_dir, tmp_path):
     folder = tmp_path / "train"
     run_cli("mask", scored_sample, "-o", folder)
     keys = {"axolotl": "base_model", "llama-factory": "model_name_or_path"}
     for target in ("trl", "axolotl", "llama-factory"):
         printed = run_cli("export-config", folder, "--target", target).stdout
-        # The embedded alias: the hub model it was quantized from, and how to train the local copy instead.
-        assert f"# To train the dequantized copy that scored: --base-model {model_dir}\n" in printed
+        # The embedded alias: the dense copy that scored, and the hub original it came from in a comment.
+        assert f"# {model_dir}: ftprep's dense copy of smollm2-135m, the model that scored.\n" in printed
+        assert "--base-model HuggingFaceTB/SmolLM2-135M-Instruct\n" in printed
         chosen = run_cli("export-config", folder, "--target", target, "--base-model", "me/my-model").stdout
-        assert "SmolLM2" not in chosen and "dequantized" not in chosen
+        assert "SmolLM2" not in chosen and "dense copy" not in chosen
         if target == "trl":
-            assert "model_path = 'HuggingFaceTB/SmolLM2-135M-Instruct'\n" in printed
+            assert f"model_path = {model_dir!r}\n" in printed
             assert "model_path = 'me/my-model'\n" in chosen
         else:
-            assert yaml.safe_load(printed)[keys[target]] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+            assert yaml.safe_load(printed)[keys[target]] == model_dir
             assert yaml.safe_load(chosen)[keys[target]] == "me/my-model"
-    # A hub id stays a hub id; a local folder or GGUF file is the folder that scored.
-    assert default_base_model({"spec": "org/model", "path": "org/model"}) == "org/model"
-    assert default_base_model({"spec": "m.gguf", "path": "/cache/models/m-1234"}) == "/cache/models/m-1234"
+    # A hub id stays a hub id, with no note; a GGUF file is the folder that scored, with one.
+    assert default_base_model(ModelInfo(spec="org/model", path="org/model")) == "org/model"
+    assert base_model_note(ModelInfo(spec="org/model", path="org/model"), None) == ""
+    assert default_base_model(ModelInfo(spec="m.gguf", path="/cache/models/m-1234")) == "/cache/models/m-1234"
+    assert base_model_note(ModelInfo(spec="m.gguf", path="/cache/models/m-1234"), None).startswith("# /cache/models/m-1234: ")
 
 
+@pytest.mark.slow
 def test_exported_yaml_names_the_folder(scored_sample, tmp_path):
     folder = tmp_path / "train"
     run_cli("mask", scored_sample, "-o", folder, "--target", "axolotl")

@@ -6,6 +6,7 @@ import datasets
 import pyarrow as pa
 import pytest
 
+from ftprep.manifest import RunManifest
 from ftprep.stages.errors import FtprepError
 from ftprep.writers import ShardedOutput
 
@@ -30,7 +31,7 @@ def test_finalize_killed_halfway_finishes_when_run_again(tmp_path):
     os.replace(output.partial / "shard-00000.arrow", tmp_path / "out" / "data-00000-of-00002.arrow")
     rerun = ShardedOutput(str(tmp_path / "out"), {"run": 1})
     assert rerun.has_shard(0) and rerun.has_shard(1) and rerun.has_shard(2)
-    rerun.finalize(SCHEMA, {"stage": "test"}, {"rows_in": 6})
+    rerun.finalize(SCHEMA, RunManifest(stage="test", config={}), {"rows_in": 6})
     loaded = datasets.load_from_disk(str(tmp_path / "out"))
     assert loaded["id"] == ["0", "1", "2", "4", "5"]
     assert (tmp_path / "out" / "rejects.jsonl").read_text().count("\n") == 1
@@ -40,7 +41,7 @@ def test_finalize_killed_halfway_finishes_when_run_again(tmp_path):
 def test_all_rows_rejected_still_gives_a_loadable_dataset(tmp_path):
     output = ShardedOutput(str(tmp_path / "out"), {"run": 1})
     output.write_shard(0, None, [{"index": 0, "reason": "bad"}], {})
-    output.finalize(SCHEMA, {"stage": "test"}, {})
+    output.finalize(SCHEMA, RunManifest(stage="test", config={}), {})
     assert len(datasets.load_from_disk(str(tmp_path / "out"))) == 0
 
 

@@ -4,8 +4,9 @@ in a command's Settings class gives it the option with its help, default and che
 from __future__ import annotations
 
 from ftprep.models import DEFAULT_MODEL
-from ftprep.settings import positive, setting
+from ftprep.settings import REQUIRED, positive, setting
 from ftprep.stages.normalize import FORMATS
+from ftprep.stages.strategies.threshold import STM_THRESHOLD
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("auto", "hf", "vllm")
@@ -15,8 +16,30 @@ def input_path():
     return setting(argument=True, path=True, help="JSONL, JSON, Parquet or CSV file, a save_to_disk folder, or a hub dataset id.")
 
 
-def output(what: str):
-    return setting(flags=("-o", "--output"), help=what)
+def output(what: str, default=REQUIRED):
+    return setting(default, flags=("-o", "--output"), help=what)
+
+
+def folder(what: str = "A folder written by ftprep score or mask."):
+    """The output folder a command reads (its first argument)."""
+    return setting(argument=True, help=what)
+
+
+def seed(what: str, default: int = 0):
+    return setting(default, help=what)
+
+
+def preview_threshold(what: str):
+    """The perplexity above which a view marks tokens on a scored dataset: mask's default threshold."""
+    return setting(STM_THRESHOLD, low=1, low_open=True, help=what)
+
+
+def config_name(where: str):
+    return setting("default", help=f"Config (subset) the files become; several configs can share {where}.")
+
+
+def license(whose: str):
+    return setting(None, help=f"License in the card's metadata (default: {whose}, else other).")
 
 
 def model(what: str = "Alias, model folder, .gguf file or hub id."):

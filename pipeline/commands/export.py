@@ -8,26 +8,24 @@ from pathlib import Path
 import click
 
 from ftprep.commands import command
+from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
-
-SUMMARY = ("Write FOLDER as Parquet files and a dataset card to a local folder, as push uploads them "
-           "(no token): datasets.load_dataset(DIR) and trl sft read it.")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExportSettings(Settings):
-    folder: str = setting(argument=True, help="A folder written by ftprep score or mask.")
+    folder: str = shared.folder()
     parquet: str = setting(path=True, metavar="DIR", help="Folder to write: new, empty, or one an earlier export wrote "
                                                           "(its other configs are kept).")
-    config_name: str = setting("default", help="Config (subset) the files become; several configs can share DIR.")
-    license: str | None = setting(None, help="License in the card's metadata (default: the card's, else other).")
+    config_name: str = shared.config_name("DIR")
+    license: str | None = shared.license("the card's")
 
 
 def export(settings: ExportSettings) -> None:
-    from ftprep.push import export_parquet
+    from ftprep.publish.export import export_parquet
 
     click.echo(export_parquet(Path(settings.folder), Path(settings.parquet), config_name=settings.config_name,
                               license=settings.license))
 
 
-cli = command("export", ExportSettings, export, SUMMARY)
+cli = command("export", ExportSettings, export)

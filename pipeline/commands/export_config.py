@@ -8,24 +8,24 @@ from pathlib import Path
 import click
 
 from ftprep.commands import command
+from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
 from ftprep.stages.strategies import TARGETS
 
-SUMMARY = "Print a ready-to-use training snippet for FOLDER (TRL Python, Axolotl or LLaMA-Factory YAML)."
-
 
 @dataclass(frozen=True, kw_only=True)
-class ExportSettings(Settings):
-    folder: str = setting(argument=True, help="A folder written by ftprep mask.")
+class ExportConfigSettings(Settings):
+    folder: str = shared.folder("A folder written by ftprep mask.")
     target: str = setting("trl", choices=TARGETS, help="Trainer to print a snippet for (hf and trl print the same TRL Python).")
-    base_model: str | None = setting(None, help="Model the snippet trains: a hub id or a local folder (default: the hub model "
-                                           "--model came from; for the embedded alias, the hub model it was quantized from).")
+    base_model: str | None = setting(None, help="Model the snippet trains: a hub id or a local folder (default: the model that "
+                                           "scored: the hub id or folder --model named; for the embedded alias or a .gguf "
+                                           "file, ftprep's dense copy of it).")
 
 
-def print_snippet(settings: ExportSettings) -> None:
-    from ftprep.export import export_config
+def print_snippet(settings: ExportConfigSettings) -> None:
+    from ftprep.publish.export_config import export_config
 
     click.echo(export_config(Path(settings.folder), settings.target, settings.base_model), nl=False)
 
 
-cli = command("export-config", ExportSettings, print_snippet, SUMMARY)
+cli = command("export-config", ExportConfigSettings, print_snippet)

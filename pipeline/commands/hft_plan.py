@@ -3,37 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import click
 
 from ftprep.commands import command
-from ftprep.models import DEFAULT_MODEL
+from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
-
-SUMMARY = "Half fine-tuning (HFT): choose per layer which half of the projections trains; the rest stays frozen."
 
 
 @dataclass(frozen=True, kw_only=True)
 class HFTPlanSettings(Settings):
-    output: str = setting(flags=("-o", "--output"), help="JSON file for the plan.")
-    model: str = setting(DEFAULT_MODEL, help="Alias, model folder or hub id; only its config is read.")
+    output: str = shared.output("JSON file for the plan.")
+    model: str = shared.model("Alias, model folder or hub id; only its config is read.")
     ratio: float = setting(0.5, low=0, high=1, low_open=True, high_open=True,
                            help="Share of each layer's attention and feed-forward projections that trains.")
-    seed: int = setting(0, help="Seed of the random choice of projections.")
+    seed: int = shared.seed("Seed of the random choice of projections.")
     train_embeddings: bool = setting(False, help="Also train the token embeddings (and an untied lm_head).")
     train_norms: bool = setting(False, help="Also train the norm weights.")
     axolotl_yaml: str | None = setting(None, help="Also write the plan as Axolotl `unfrozen_parameters` to this file.")
 
 
-def write_plan(settings: HFTPlanSettings) -> None:
-    from ftprep.hft_plan import make_hft_plan, plan_summary, write_hft_plan
+def write_plan(settings: HFTPlanSettings, overwrite: bool) -> None:
+    from ftprep.plans.hft_plan import HFTPlanRun, plan_summary, read_hft_plan
+    from ftprep.runner import run_files
 
-    plan = make_hft_plan(settings.model, settings.ratio, settings.seed, settings.train_embeddings, settings.train_norms)
-    write_hft_plan(plan, Path(settings.output), Path(settings.axolotl_yaml) if settings.axolotl_yaml else None)
-    click.echo(plan_summary(settings.output, plan))
+    run_files(partial(HFTPlanRun, settings), overwrite=overwrite, echo=click.echo)
+    click.echo(plan_summary(settings.output, read_hft_plan(Path(settings.output))))
     if settings.axolotl_yaml:
         click.echo(f"wrote {settings.axolotl_yaml}")
 
 
-cli = command("hft-plan", HFTPlanSettings, write_plan, SUMMARY)
+cli = command("hft-plan", HFTPlanSettings, write_plan, overwrite=True)

@@ -10,8 +10,6 @@ from ftprep.commands import command
 from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
 
-SUMMARY = "Extract INPUT's instruction vector: the heads that carry its task, summed per layer (arXiv 2406.12227)."
-
 
 @dataclass(frozen=True, kw_only=True)
 class IVSettings(Settings):
@@ -27,15 +25,15 @@ class IVSettings(Settings):
     heads: int = setting(10, low=1, help="Heads kept: those whose patching restores the answer most.")
     answer_tokens: int = setting(4, low=1, help="First answer tokens whose log-probability measures a head's effect.")
     layers: str | None = setting(None, help="Layers to measure, e.g. 0-9,12 (default: all); fewer layers, less time.")
-    seed: int = setting(0, help="Seed of the rows drawn and of the shuffled instructions.")
+    seed: int = shared.seed("Seed of the rows drawn and of the shuffled instructions.")
     dtype: str = shared.dtype()
     device: str = shared.device()
 
 
-def extract(settings: IVSettings) -> None:
-    from ftprep.iv import extract_instruction_vector, iv_summary
+def extract(settings: IVSettings, overwrite: bool) -> None:
+    from ftprep.plans.iv import extract_instruction_vector, iv_summary
 
-    click.echo(iv_summary(settings.output, extract_instruction_vector(settings)))
+    click.echo(iv_summary(settings.output, extract_instruction_vector(settings, overwrite=overwrite, echo=click.echo)))
 
 
-cli = command("iv", IVSettings, extract, SUMMARY)
+cli = command("iv", IVSettings, extract, overwrite=True)

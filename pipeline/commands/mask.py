@@ -3,54 +3,85 @@ loss_weights or KL targets where the strategy makes them), shard by shard. Needs
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from ftprep.commands import common as shared
 from ftprep.commands import shard_command
 from ftprep.engines import ShardWork
+from ftprep.manifest import Counts, RunManifest, Upstream, open_run
 from ftprep.runtime import library_versions
-from ftprep.settings import Settings, positive, setting
-from ftprep.stages.anchor import ANCHOR_RULES
+from ftprep.settings import Settings, setting
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.mask import MaskStage, candidate_perplexities, training_schema, weight_quantiles
-from ftprep.stages.strategies import AGAINST_LOGPROBS, REGISTRY, STRATEGIES, TARGETS, WEIGHT_FNS, check_mask_settings, strategy_named
-from ftprep.writers import dataset_files, read_arrow, read_shards, verify_output
+from ftprep.stages.mask_settings import DEFAULT_STRATEGY, MaskStageSettings, check_mask_settings, shared_fields
+from ftprep.stages.strategies import AGAINST_LOGPROBS, REGISTRY
+from ftprep.writers import dataset_files, read_arrow, read_shards
 
-SUMMARY = "Turn SCORED into a training dataset: input_ids, attention_mask, labels (and loss_weights)."
-STRATEGY_HELP = "How scores become labels or weights: " + "; ".join(f"{s.name}: {s.summary}" for s in REGISTRY.values()) + "."
+# The order of the settings, in ftprep.json's config and in --help: the command's own, the
+# strategy, each strategy's options in the order they are registered, and the settings every
+# strategy shares after the first OPTIONS_BEFORE_SHARED strategies' options (where they stood
+# when the mask settings were one class: a run writes the bytes it always wrote). A strategy
+# registered later has its options at the end.
+OPTIONS_BEFORE_SHARED = 3
 
 
-@dataclass(frozen=True, kw_only=True)
-class MaskSettings(Settings):
-    scored: str = setting(argument=True, path=True, help="A folder written by ftprep score.")
-    output: str = setting(flags=("-o", "--output"), help="Folder for the training dataset.")
-    strategy: str = setting("threshold", choices=STRATEGIES, help=STRATEGY_HELP)
-    threshold: float = setting(2.5, low=1, low_open=True, help="threshold: mask assistant tokens with perplexity above this.")
-    quantile: float = setting(0.2, low=0, high=1, low_open=True, high_open=True, help="quantile: share of assistant tokens to mask.")
-    scope: str = setting("sample", choices=("sample", "dataset"), help="quantile: per row or over the dataset.")
-    weight_fn: str = setting("gauss", choices=WEIGHT_FNS, help="soft: exp(-((ppl-1)/sigma)^2) or p^alpha.")
-    sigma: float = positive(0.75, help="soft gauss width.")
-    alpha: float = positive(1.0, help="soft prob exponent.")
-    min_weight: float = setting(0.0, low=0, high=1, help="soft: weights below this are raised to it.")
-    keep_eos: bool = setting(True, toggle=True, help="Keep end-of-turn tokens supervised (so the model learns to stop).")
-    min_kept: int = setting(1, low=0, help="Reject rows left with fewer supervised tokens.")
-    weights: bool | None = setting(None, toggle=True, help="Write loss_weights (default: only for soft).")
-    target: str = setting("hf", choices=TARGETS,
-                          help="Trainer the columns are for: hf keeps loss_weights; trl, axolotl and llama-factory get "
-                               "input_ids, attention_mask, labels only (axolotl with --strategy anchor: also its KD "
-                               "plugin's target_* columns).")
-    against: str | None = setting(None, path=True,
-                                  help="delta: the same input scored with a second model (ftprep score --model B).")
-    delta: float = setting(2.5, help="delta: mask assistant tokens whose perplexity under the --against model exceeds "
-                                     "the one in SCORED by more than this.")
-    anchors: str = setting("all", choices=ANCHOR_RULES,
-                           help="anchor: label every assistant token the model ranks below its greedy choice (the "
-                                "paper's rule under teacher forcing), or only the first of each assistant turn.")
-    confidence: float = setting(1.0, low=0, high=1, low_open=True,
-                                help="anchor: c_t, the anchors' target is c_t x their label + (1 - c_t) x the reference distribution.")
+@dataclass(frozen=True)
+class ScoredWith:
+    """What the mask reads of the scored run's settings."""
+
+    top_k: int = 0
+
+
+def strategy_help() -> str:
+    return "How scores become labels or weights: " + "; ".join(f"{s.name}: {s.summary}" for s in REGISTRY.values()) + "."
+
+
+def _copy(item: dataclasses.Field, hints: dict) -> tuple:
+    return (item.name, hints[item.name], dataclasses.field(default=item.default, metadata=item.metadata))
+
+
+def settings_fields() -> list[tuple]:
+    """The fields of MaskSettings for the strategies registered now."""
+    own = [("scored", str, setting(argument=True, path=True, help="A folder written by ftprep score.")),
+           ("output", str, shared.output("Folder for the training dataset.")),
+           ("strategy", str, setting(DEFAULT_STRATEGY, choices=tuple(REGISTRY), help=strategy_help()))]
+    stage_hints = typing.get_type_hints(MaskStageSettings)
+    common = [_copy(item, stage_hints) for item in shared_fields()]
+    options = []
+    for index, strategy in enumerate(REGISTRY.values()):
+        if index == OPTIONS_BEFORE_SHARED:
+            options += common
+        hints = typing.get_type_hints(strategy.Options)
+        options += [_copy(item, hints) for item in dataclasses.fields(strategy.Options)]
+    if len(REGISTRY) <= OPTIONS_BEFORE_SHARED:
+        options += common
+    return own + options
+
+
+@functools.cache
+def _settings_class(registered: tuple) -> type:
+    return dataclasses.make_dataclass("MaskSettings", settings_fields(), bases=(Settings,), frozen=True, kw_only=True,
+                                      namespace={"__module__": __name__, "__doc__": "The settings of ftprep mask: its own, "
+                                                 "the strategy's and every registered strategy's options."})
+
+
+def mask_settings() -> type:
+    """MaskSettings as the strategies registered now make it (the same class while they stay)."""
+    return _settings_class(tuple((name, id(strategy)) for name, strategy in REGISTRY.items()))
+
+
+def __getattr__(name: str):
+    # `from ftprep.commands.mask import MaskSettings`: the class of the strategies registered now.
+    if name == "MaskSettings":
+        return mask_settings()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -84,28 +115,29 @@ class MaskCommand:
     made_from = "scores"
     device = "cpu"
 
-    def __init__(self, settings: MaskSettings, executor=None):
+    def __init__(self, settings, executor=None):
         self.settings = settings
         self.output = settings.output
         self.config = settings.to_dict()
+        self.stage_settings = MaskStageSettings.from_config(self.config)
         self.scored_dir = Path(settings.scored)
-        self.scored = verify_output(self.scored_dir)
-        if self.scored is None or self.scored.get("stage") != "score":
-            raise FtprepError(f"{settings.scored} is not a scored dataset (no ftprep.json from ftprep score): run ftprep score first")
-        if not self.scored.get("counts", {}).get("rows_out"):
+        self.scored = open_run(self.scored_dir, stages=("score",), refusal=f"{settings.scored} is not a scored dataset "
+                               "(no ftprep.json from ftprep score): run ftprep score first")
+        if not self.scored.rows_out:
             raise FtprepError(f"{settings.scored} has no rows (all were rejected: see its rejects.jsonl): nothing to mask")
-        check_mask_settings(self.config, self.scored["config"])
-        self.end_of_turn_ids = self.scored["tokenizer"]["end_of_turn_ids"]
+        check_mask_settings(self.stage_settings, self.scored.settings_as(ScoredWith).top_k, settings.scored,
+                            against_path(settings))
+        self.end_of_turn_ids = list(self.scored.tokenizer.end_of_turn_ids)
         self.against, self.against_rows = against_scores(settings, self.scored_dir)
 
     def identity(self) -> dict:
-        identity = {"command": "mask", "settings": self.settings.result_settings(), "scored": self.scored.get("run_identity")}
+        identity = {"command": "mask", "settings": self.settings.result_settings(), "scored": self.scored.run_identity}
         if self.against is not None:
-            identity["against"] = self.against.manifest.get("run_identity")
+            identity["against"] = self.against.manifest.run_identity
         return identity
 
     def total_rows(self) -> int:
-        return self.scored["counts"]["rows_out"]
+        return self.scored.rows_out
 
     def shard_reads(self, executor=None) -> list[ScoredShardRead]:
         shards, first_row = [], 0
@@ -119,8 +151,8 @@ class MaskCommand:
         return shards
 
     def work(self) -> ShardWork:
-        context = strategy_named(self.settings.strategy).prepare(self.config, self._candidate_perplexities)
-        return ShardWork(read=read_scored_shard, stages=(MaskStage(self.config, self.end_of_turn_ids, context),))
+        context = self.stage_settings.rule.prepare(self.stage_settings, self._candidate_perplexities)
+        return ShardWork(read=read_scored_shard, stages=(MaskStage(self.stage_settings, self.end_of_turn_ids, context),))
 
     def _candidate_perplexities(self):
         """Each scored shard's mask candidates, for strategies that look at the whole dataset first."""
@@ -130,7 +162,7 @@ class MaskCommand:
                                          self.end_of_turn_ids, self.settings.keep_eos)
 
     def schema(self) -> pa.Schema:
-        return training_schema(self.config)
+        return training_schema(self.stage_settings)
 
     def finish(self, stats: dict) -> tuple[dict, dict]:
         if stats.get("assistant_tokens"):
@@ -138,35 +170,33 @@ class MaskCommand:
             stats["mean_weight"] = stats["weight_sum"] / stats["assistant_tokens"]
             if "weight_histogram" in stats:  # soft weights: how they spread, beside their mean
                 stats["weight_quantiles"] = weight_quantiles(stats.pop("weight_histogram"))
-            if "anchor_tokens" in stats:
-                stats["anchor_share"] = stats["anchor_tokens"] / stats["assistant_tokens"]
-        manifest = {
-            "stage": "mask",
-            "config": self.config,
-            "scored": {"path": str(self.scored_dir.resolve()), "run_identity": self.scored.get("run_identity")},
-            "model": self.scored["model"],
-            "tokenizer": self.scored["tokenizer"],
-            "versions": library_versions(),
-            "counts": {key: stats.get(key, 0) for key in ("rows_in", "rows_out", "rows_rejected")},
-        }
+        self.stage_settings.rule.finish_stats(stats)
+        against = None
         if self.against is not None:
-            manifest["against"] = {"path": str(self.against.folder.resolve()),
-                                   "run_identity": self.against.manifest.get("run_identity"), "model": self.against.manifest["model"]}
+            against = Upstream(str(self.against.folder.resolve()), self.against.manifest.run_identity, self.against.manifest.model)
+        manifest = RunManifest(stage="mask", config=self.config, scored=Upstream(str(self.scored_dir.resolve()), self.scored.run_identity),
+                               model=self.scored.model, tokenizer=self.scored.tokenizer, versions=library_versions(),
+                               counts=Counts.from_stats(stats), against=against)
         return manifest, stats
 
 
-def against_scores(settings: MaskSettings, scored_dir: Path):
+def against_path(settings) -> str | None:
+    """The second scoring given: the `against` option that a strategy which needs_against declares."""
+    return getattr(settings, "against", None)
+
+
+def against_scores(settings, scored_dir: Path):
     """For --against: the second scores and, per scored shard, the rows that go with it.
 
     Checked in full before any output exists, so a mismatch leaves nothing half-written behind.
     """
-    if not settings.against:
+    if not against_path(settings):
         return None, None
     from ftprep.against import AgainstScores
 
-    against = AgainstScores.open(settings.against)
+    against = AgainstScores.open(against_path(settings))
     columns = ["id", "input_ids", "assistant_mask", "logprobs"]
     return against, against.rows_for(scored_dir, [table.select(columns) for table in read_shards(scored_dir)])
 
 
-cli = shard_command("mask", MaskSettings, MaskCommand, SUMMARY, model=False)
+cli = shard_command("mask", mask_settings, MaskCommand, model=False)

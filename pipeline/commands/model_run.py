@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ftprep.manifest import ModelInfo
 from ftprep.readers import open_source
 from ftprep.runtime import resolve_runtime
 
@@ -30,3 +31,8 @@ class ModelRun:
 
     def shard_reads(self, executor):
         return executor.shard_reads(self.source, self.settings.shard_rows)
+
+
+def model_info(runtime) -> ModelInfo:
+    """The manifest's record of the model a run resolved."""
+    return ModelInfo(**runtime.manifest())

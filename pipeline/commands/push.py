@@ -8,29 +8,28 @@ from pathlib import Path
 import click
 
 from ftprep.commands import command
+from ftprep.commands import common as shared
 from ftprep.settings import Settings, positive, setting
-
-SUMMARY = "Upload FOLDER to the Hub as dataset REPO_ID: Parquet files and a dataset card."
 
 
 @dataclass(frozen=True, kw_only=True)
 class PushSettings(Settings):
-    folder: str = setting(argument=True, help="A folder written by ftprep score or mask.")
+    folder: str = shared.folder()
     repo_id: str = setting(argument=True, help="The dataset repo, user/name.")
     private: bool = setting(False, help="Create the repo private (an existing repo keeps its visibility).")
     revision: str | None = setting(None, help="Branch to push to, created when missing (default: main).")
     create_pr: bool = setting(False, help="Open a pull request with the changes instead of committing to the branch.")
-    config_name: str = setting("default", help="Config (subset) the files become; several configs can share a repo.")
-    license: str | None = setting(None, help="License in the card's metadata (default: the repo card's, else other).")
+    config_name: str = shared.config_name("a repo")
+    license: str | None = shared.license("the repo card's")
     files_per_commit: int = positive(50, help="Parquet files per commit; a rerun after an interruption skips committed files.")
 
 
 def push(settings: PushSettings) -> None:
-    from ftprep.push import push_folder
+    from ftprep.publish.push import push_folder
 
     click.echo(push_folder(Path(settings.folder), settings.repo_id, private=settings.private, revision=settings.revision,
                            create_pr=settings.create_pr, config_name=settings.config_name, license=settings.license,
                            files_per_commit=settings.files_per_commit, echo=click.echo))
 
 
-cli = command("push", PushSettings, push, SUMMARY)
+cli = command("push", PushSettings, push)

@@ -13,15 +13,16 @@ import click
 
 from ftprep.commands import common as shared
 from ftprep.commands import shard_command
-from ftprep.commands.model_run import ModelRun
+from ftprep.commands.model_run import ModelRun, model_info
 from ftprep.engines import ShardWork
+from ftprep.manifest import Counts, RunManifest, TokenizerInfo
 from ftprep.models import context_length
 from ftprep.readers import input_format, read_source_shard
-from ftprep.runtime import library_versions, make_scorer
+from ftprep.runtime import library_versions, longest_row, make_scorer
 from ftprep.settings import Settings, positive, setting
-from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import Setting, SettingError
 from ftprep.stages.normalize import NormalizeStage
-from ftprep.stages.regen import RegenSettings as StageSettings
+from ftprep.stages.regen import RegenStageSettings
 from ftprep.stages.regen.checks import VERIFIERS
 from ftprep.stages.regen.generate import Sampling
 from ftprep.stages.regen.prompts import MODES
@@ -29,10 +30,8 @@ from ftprep.stages.score import default_batch_tokens
 
 # The stage and its sampler own the defaults of what they decide; the command only declares
 # them as options.
-STAGE_DEFAULTS = StageSettings()
+STAGE_DEFAULTS = RegenStageSettings()
 SAMPLING_DEFAULTS = Sampling()
-
-SUMMARY = "Rewrite the assistant turns of INPUT with the model itself; keep the best checked rewrite, else the ground truth."
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +52,7 @@ class RegenSettings(Settings):
     temperature: float = setting(SAMPLING_DEFAULTS.temperature, low=0, low_open=True, help="Sampling temperature.")
     top_p: float = setting(SAMPLING_DEFAULTS.top_p, low=0, high=1, low_open=True, help="Nucleus sampling mass.")
     max_new_tokens: int = positive(STAGE_DEFAULTS.max_new_tokens, help="Longest candidate; longer ones are rejected.")
-    seed: int = setting(STAGE_DEFAULTS.seed, help="Sampling seed: the same seed gives the same output.")
+    seed: int = shared.seed("Sampling seed: the same seed gives the same output.", default=STAGE_DEFAULTS.seed)
     length_ratio: float = setting(STAGE_DEFAULTS.length_ratio, low=1, help="Reject candidates more than this many times longer or shorter than the reference.")
     beat_ground_truth: bool = setting(STAGE_DEFAULTS.beat_ground_truth, toggle=True,
                                       help="Accept only rewrites the model finds likelier (lower perplexity) than the ground truth.")
@@ -85,7 +84,8 @@ def read_template(settings: RegenSettings) -> str:
         return DEFAULT_TEMPLATE
     path = Path(settings.template)
     if not path.is_file():
-        raise FtprepError(f"--template {settings.template} does not exist: give a text file with {{instruction}} and {{reference}}")
+        raise SettingError("{template} does not exist: give a text file with {{instruction}} and {{reference}}", field="template",
+                           template=Setting("template", settings.template))
     return check_template(path.read_text())
 
 
@@ -97,7 +97,7 @@ class RegenCommand(ModelRun):
 
         self.template = read_template(settings)
         compile_pattern(settings.pattern, settings.verify)  # a bad pattern fails before the model loads
-        self.stage_settings = StageSettings(
+        self.stage_settings = RegenStageSettings(
             mode=settings.mode, template=self.template, train_on=settings.train_on, length_ratio=settings.length_ratio,
             beat_ground_truth=settings.beat_ground_truth, verify=settings.verify, pattern=settings.pattern,
             seed=settings.seed, max_new_tokens=settings.max_new_tokens)
@@ -120,17 +120,17 @@ class RegenCommand(ModelRun):
 
     def finish(self, stats: dict) -> tuple[dict, dict]:
         stats = finish_regen_stats(stats)
-        manifest = {
-            "stage": "regen",
-            "config": self.settings.to_dict(),
-            "format": self.format,
-            "template": self.template,
-            "sampling": sampling_of(self.settings).parameters(),
-            "model": self.runtime.manifest(),
-            "tokenizer": {"fingerprint": self.runtime.tokenizer_fingerprint},
-            "versions": library_versions(),
-            "counts": {key: stats.get(key, 0) for key in ("rows_in", "rows_out", "rows_rejected")},
-        }
+        manifest = RunManifest(
+            stage="regen",
+            config=self.settings.to_dict(),
+            format=self.format,
+            template=self.template,
+            sampling=sampling_of(self.settings).parameters(),
+            model=model_info(self.runtime),
+            tokenizer=TokenizerInfo(fingerprint=self.runtime.tokenizer_fingerprint),
+            versions=library_versions(),
+            counts=Counts.from_stats(stats),
+        )
         return manifest, stats
 
 
@@ -147,9 +147,11 @@ def build_regen_stage(settings: RegenSettings, stage_settings, runtime):
     sampling = sampling_of(settings)
     batch_tokens = settings.batch_tokens or default_batch_tokens(runtime.device)
     model_dir = runtime.local_model_dir()
+    row_limit = longest_row(runtime.backend, context_length(model_dir))
+    # Prefix caching: the n candidates of a prompt are n requests that would each prefill it.
     scorer = make_scorer(runtime, 0, False, batch_tokens, settings.gpu_memory_utilization,
-                         settings.max_num_batched_tokens, seed=settings.seed, max_model_len=context_length(model_dir),
-                         tensor_parallel_size=settings.tensor_parallel_size)
+                         settings.max_num_batched_tokens, seed=settings.seed, longest_row=row_limit,
+                         tensor_parallel_size=settings.tensor_parallel_size, prefix_caching=True)
     if runtime.backend == "vllm":
         from transformers import GenerationConfig
 
@@ -161,7 +163,7 @@ def build_regen_stage(settings: RegenSettings, stage_settings, runtime):
                                   per_request_seeds=runtime.device != "cpu")
     else:
         generator = HFGenerator(scorer.model, runtime.tokenizer, sampling, default_generation_tokens(runtime.device))
-    return RegenStage(stage_settings, runtime.tokenizer, generator, scorer, context_length(model_dir))
+    return RegenStage(stage_settings, runtime.tokenizer, generator, scorer, row_limit)
 
 
 def finish_regen_stats(stats: dict) -> dict:
@@ -187,6 +189,6 @@ def print_template(ctx, param, value):
     ctx.exit()
 
 
-cli = shard_command("regen", RegenSettings, RegenCommand, SUMMARY)
-cli.params.append(click.Option(["--print-template"], is_flag=True, is_eager=True, expose_value=False, callback=print_template,
-                               help="Print the built-in rephrase template and exit."))
+cli = shard_command("regen", RegenSettings, RegenCommand, extra_params=[
+    click.Option(["--print-template"], is_flag=True, is_eager=True, expose_value=False, callback=print_template,
+                 help="Print the built-in rephrase template and exit.")])

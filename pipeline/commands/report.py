@@ -8,23 +8,22 @@ from pathlib import Path
 import click
 
 from ftprep.commands import command
-from ftprep.settings import Settings, setting
+from ftprep.commands import common as shared
+from ftprep.settings import Settings
 from ftprep.stages.errors import FtprepError
-
-SUMMARY = "Write one self-contained HTML page for FOLDER: plots, most masked tokens, settings, a table of rows."
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReportSettings(Settings):
-    folder: str = setting(argument=True, help="A folder written by ftprep score or mask.")
-    output: str = setting("report.html", flags=("-o", "--output"), help="HTML file to write.")
-    threshold: float = setting(2.5, low=1, low_open=True, help="Scored datasets: preview ftprep mask --threshold at this perplexity (the masked "
+    folder: str = shared.folder()
+    output: str = shared.output("HTML file to write.", default="report.html")
+    threshold: float = shared.preview_threshold("Scored datasets: preview ftprep mask --threshold at this perplexity (the masked "
                                                                   "tokens and the line on the perplexity plot).")
 
 
 def write_report(settings: ReportSettings) -> None:
-    from ftprep.report import render_report
     from ftprep.runner import check_output_apart
+    from ftprep.views.report import render_report
     from ftprep.writers import write_text_atomic
 
     output = Path(settings.output)
@@ -37,4 +36,4 @@ def write_report(settings: ReportSettings) -> None:
     click.echo(f"wrote {settings.output}")
 
 
-cli = command("report", ReportSettings, write_report, SUMMARY)
+cli = command("report", ReportSettings, write_report)

@@ -12,18 +12,17 @@ import numpy as np
 
 from ftprep.commands import common as shared
 from ftprep.commands import shard_command
-from ftprep.commands.model_run import ModelRun
+from ftprep.commands.model_run import ModelRun, model_info
 from ftprep.engines import ShardWork
+from ftprep.manifest import Counts, RunManifest, TokenizerInfo
 from ftprep.models import context_length
 from ftprep.readers import input_format, read_source_shard
-from ftprep.runtime import library_versions, make_scorer
+from ftprep.runtime import library_versions, longest_row, make_scorer
 from ftprep.settings import Settings, setting
-from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import Setting, SettingError
 from ftprep.stages.normalize import NormalizeStage
 from ftprep.stages.score import ScoreStage, default_batch_tokens, scored_schema
 from ftprep.stages.tokenization import ChatTokenizer, TokenizeStage
-
-SUMMARY = "Score every ground-truth token of INPUT under the model: logprob, rank, entropy."
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +70,7 @@ class ScoreCommand(ModelRun):
     def work(self) -> ShardWork:
         settings = self.settings
         self.format = input_format(self.source, settings.format)
-        self.chat = ChatTokenizer(self.runtime.tokenizer, settings.train_on, length_limit(settings, self.runtime.model_dir),
+        self.chat = ChatTokenizer(self.runtime.tokenizer, settings.train_on, length_limit(settings, self.runtime.model_dir, self.runtime.backend),
                                   settings.overlong, allow_special_tokens=settings.allow_special_tokens)
         return ShardWork(read=read_source_shard, stages=(NormalizeStage(self.format), TokenizeStage(self.chat)),
                          build_model_stage=partial(build_score_stage, settings, self.runtime, self.batch_tokens),
@@ -88,38 +87,40 @@ class ScoreCommand(ModelRun):
         # Collected per shard, so that a resumed run knows the ones its earlier part saw.
         end_of_turn_ids = (sorted(int(token) for token in stats.pop("end_of_turn_ids", {}))
                            or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
-        manifest = {
-            "stage": "score",
-            "config": self.settings.to_dict(),
-            "format": self.format,
-            "model": self.runtime.manifest(),
-            "tokenizer": {"fingerprint": self.runtime.tokenizer_fingerprint, "end_of_turn_ids": end_of_turn_ids,
-                          "uses_generation_markers": self.chat.uses_generation_markers},
-            "entropy_kind": self.runtime.entropy_kind(),
-            "versions": library_versions(),
-            "counts": {key: stats[key] for key in ("rows_in", "rows_out", "rows_rejected")},
-        }
+        manifest = RunManifest(
+            stage="score",
+            config=self.settings.to_dict(),
+            format=self.format,
+            model=model_info(self.runtime),
+            tokenizer=TokenizerInfo(fingerprint=self.runtime.tokenizer_fingerprint, end_of_turn_ids=tuple(end_of_turn_ids),
+                                    uses_generation_markers=self.chat.uses_generation_markers),
+            entropy_kind=self.runtime.entropy_kind(),
+            versions=library_versions(),
+            counts=Counts.from_stats(stats),
+        )
         return manifest, stats
 
 
 def check_top_k(top_k: int, tokenizer) -> None:
     vocabulary = len(tokenizer)
     if top_k > vocabulary:
-        raise FtprepError(f"--top-k {top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}")
+        raise SettingError("{top_k} is above the model's vocabulary ({vocabulary} tokens): give at most {vocabulary}",
+                           field="top_k", top_k=Setting("top_k", top_k), vocabulary=vocabulary)
 
 
-def length_limit(settings: ScoreSettings, model_dir: str) -> int | None:
-    """The longest row scored: --max-length, at most the model's context. Longer rows take the
-    --overlong path in the tokenizer; vLLM gets the same limit as its max_model_len, so none
-    reaches it, and it reserves no KV cache for a context the run never uses."""
-    limits = [limit for limit in (settings.max_length, context_length(model_dir)) if limit]
+def length_limit(settings: ScoreSettings, model_dir: str, backend: str) -> int | None:
+    """The longest row scored: --max-length, at most what the model takes on `backend` (its
+    context; on vLLM one less, for the output token it keeps room for). Longer rows take the
+    --overlong path in the tokenizer; vLLM is started for the same limit, so none reaches it, and
+    it reserves no KV cache for a context the run never uses."""
+    limits = [limit for limit in (settings.max_length, longest_row(backend, context_length(model_dir))) if limit]
     return min(limits) if limits else None
 
 
 def build_score_stage(settings: ScoreSettings, runtime, batch_tokens: int) -> ScoreStage:
     return ScoreStage(make_scorer(runtime, settings.top_k, settings.score_prompt, batch_tokens,
                                   settings.gpu_memory_utilization, settings.max_num_batched_tokens,
-                                  max_model_len=length_limit(settings, runtime.local_model_dir()),
+                                  longest_row=length_limit(settings, runtime.local_model_dir(), runtime.backend),
                                   tensor_parallel_size=settings.tensor_parallel_size))
 
 
@@ -137,4 +138,4 @@ def finish_score_stats(stats: dict) -> dict:
     return stats
 
 
-cli = shard_command("score", ScoreSettings, ScoreCommand, SUMMARY)
+cli = shard_command("score", ScoreSettings, ScoreCommand)

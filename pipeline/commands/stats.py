@@ -9,15 +9,14 @@ from pathlib import Path
 import click
 
 from ftprep.commands import command
+from ftprep.commands import common as shared
 from ftprep.settings import Settings, setting
 from ftprep.stages.errors import FtprepError
-
-SUMMARY = "Print the stats of a scored or training dataset."
 
 
 @dataclass(frozen=True, kw_only=True)
 class StatsSettings(Settings):
-    folder: str = setting(argument=True, help="A folder written by ftprep score, regen or mask.")
+    folder: str = shared.folder("A folder written by ftprep score, regen or mask.")
     json: bool = setting(False, help="Print stats.json as JSON (for scripts and jq) instead of the table.")
 
 
@@ -25,7 +24,7 @@ def show_stats(settings: StatsSettings) -> None:
     path = Path(settings.folder) / "stats.json"
     if not path.is_file():
         raise FtprepError(f"{settings.folder} has no stats.json: give a folder written by ftprep score or ftprep mask")
-    from ftprep.inspection import format_stats
+    from ftprep.views.stats import format_stats
     from ftprep.writers import read_json_file
 
     stats = read_json_file(path, "stats.json")
@@ -34,4 +33,4 @@ def show_stats(settings: StatsSettings) -> None:
     click.echo(json.dumps(stats, indent=2) if settings.json else format_stats(stats))
 
 
-cli = command("stats", StatsSettings, show_stats, SUMMARY)
+cli = command("stats", StatsSettings, show_stats)

@@ -41,7 +41,7 @@ def regen_schema() -> pa.Schema:
 
 
 @dataclass(frozen=True)
-class RegenSettings:
+class RegenStageSettings:
     mode: str = "rephrase"
     template: str = DEFAULT_TEMPLATE
     train_on: str = "all"
@@ -90,7 +90,7 @@ def rows_done_reporter(row_of_prompt: list[int], on_batch):
 
 
 class RegenStage:
-    def __init__(self, settings: RegenSettings, tokenizer, generator, scorer, context_length: int | None):
+    def __init__(self, settings: RegenStageSettings, tokenizer, generator, scorer, context_length: int | None):
         """`generator` samples candidates and `scorer` (a score backend) scores them, both around
         the model their caller loaded."""
         self.settings = settings

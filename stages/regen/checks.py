@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import Setting, SettingError
 
 VERIFIERS = ("none", "math", "exact", "regex")
 # Phrases a rewrite only writes when it talks about the prompt instead of answering it.
@@ -40,11 +40,13 @@ def compile_pattern(pattern: str | None, verify: str) -> re.Pattern | None:
     if verify != "regex":
         return None
     if not pattern:
-        raise FtprepError("--verify regex needs --pattern, e.g. --pattern '#### (\\S+)'")
+        raise SettingError("{verify} needs {pattern}, e.g. {example}", field="pattern", verify=Setting("verify", "regex"),
+                           pattern=Setting("pattern"), example=Setting("pattern", "'#### (\\S+)'"))
     try:
         return re.compile(pattern)
     except re.error as error:
-        raise FtprepError(f"--pattern is not a valid regular expression: {error}") from error
+        raise SettingError("{pattern} is not a valid regular expression: {error}", field="pattern", pattern=Setting("pattern"),
+                           error=error) from error
 
 
 def regex_answer(text: str, pattern: re.Pattern) -> str | None:

@@ -12,10 +12,11 @@ import numpy as np
 
 from ftprep.stages.score.vllm import call_ranges
 
-# Tokens one vLLM generate call can reach (prompts plus n x max_new_tokens each): calls this
-# large keep a GPU's batches full (at 512 new tokens and n=4, 500 prompts), and progress
-# still moves every call instead of once per shard.
-GENERATE_CALL_TOKENS = 1 << 20
+# Tokens one vLLM generate call can reach (prompts plus n x max_new_tokens each). Each call ends
+# in a barrier where the GPU idles while its last sequences finish one by one, so a default shard
+# (1,000 prompts at 512 new tokens and n=4: 2.2M) is one call. What a call returns is small (the
+# candidates' token ids, at most 8M ints, ~300 MB); progress moves once per call.
+GENERATE_CALL_TOKENS = 1 << 23
 
 
 @dataclass(frozen=True)

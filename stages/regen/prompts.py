@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftprep.stages.errors import FtprepError
+from ftprep.stages.errors import Setting, SettingError
 
 MODES = ("rephrase", "self")
 PLACEHOLDERS = ("{instruction}", "{reference}")
@@ -34,7 +34,8 @@ class TurnTask:
 def check_template(template: str) -> str:
     missing = [name for name in PLACEHOLDERS if name not in template]
     if missing:
-        raise FtprepError(f"the --template text lacks {' and '.join(missing)}: it must show both the instruction and the reference")
+        raise SettingError("the {template} text lacks {missing}: it must show both the instruction and the reference",
+                           field="template", template=Setting("template"), missing=" and ".join(missing))
     return template
 
 

@@ -22,9 +22,17 @@ import torch
 from ftprep.stages import flat_values, row_offsets
 from ftprep.stages.score import default_batch_tokens, positions_to_score, score_columns
 
-# Elements of one chunk of float32 logits (positions x vocab): ~32 MiB, cache-friendly enough
-# on CPU and small next to a GPU's memory.
+# Elements of one chunk of float32 logits (positions x vocab) on CPU: ~32 MiB, cache-friendly.
 CHUNK_ELEMENTS = 1 << 23
+# On a GPU each chunk is an LM-head call that reads the head's weights again (262k x 2k x 2 bytes
+# for Gemma 3): at least this many positions share one read, as vLLM's V2 runner does.
+MIN_GPU_CHUNK_POSITIONS = 1024
+# Bytes per (position x vocabulary entry) while a chunk is scored: the head's output in the
+# model's dtype, its float32 copy, the exponentials, the rank comparison, and room for what a
+# family does after its head (Gemma 2's softcapping makes a copy or two).
+CHUNK_BYTES_PER_ENTRY = 16
+# Share of the GPU memory free after loading that a chunk may take, beyond the minimum.
+GPU_CHUNK_SHARE = 1 / 4
 
 
 class HFScorer:
@@ -38,7 +46,7 @@ class HFScorer:
         self.top_k = top_k
         self.score_prompt = score_prompt
         self.decoder = self.model.get_decoder()
-        self.chunk_positions = max(1, CHUNK_ELEMENTS // self.model.get_output_embeddings().weight.shape[0])
+        self.chunk_positions = chunk_positions_for(self.model, self.batch_tokens)
         check_logits_path(self.model, self.decoder)
 
     def close(self) -> None:
@@ -105,6 +113,27 @@ class HFScorer:
     @torch.inference_mode()
     def _score_chunk(self, states: torch.Tensor, targets: torch.Tensor):
         return scores_from_logits(head_logits(self.model, self.decoder, states).float(), targets, self.top_k)
+
+
+def chunk_positions_for(model, batch_tokens: int) -> int:
+    """Positions per LM-head chunk for `model` where it is: sized from the GPU's free memory on
+    CUDA, from CHUNK_ELEMENTS on the CPU."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if model.device.type != "cuda":
+        return max(1, CHUNK_ELEMENTS // vocab)
+    free_bytes, _ = torch.cuda.mem_get_info(model.device)
+    return gpu_chunk_positions(vocab, free_bytes, batch_tokens)
+
+
+def gpu_chunk_positions(vocab: int, free_bytes: int, batch_tokens: int) -> int:
+    """At least MIN_GPU_CHUNK_POSITIONS where half the free memory holds their logits, up to what
+    GPU_CHUNK_SHARE of it holds beyond that, and never more than a batch has tokens: at a 262k
+    vocabulary with 60 GiB free, 3,840 positions (4 head calls for a 16k-token batch, not 512)."""
+    entry_bytes = vocab * CHUNK_BYTES_PER_ENTRY
+    fitting = int(free_bytes * GPU_CHUNK_SHARE) // entry_bytes
+    if fitting < MIN_GPU_CHUNK_POSITIONS:
+        fitting = min(MIN_GPU_CHUNK_POSITIONS, (free_bytes // 2) // entry_bytes)
+    return max(1, min(batch_tokens, fitting))
 
 
 def scores_from_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0) -> list[torch.Tensor]:

@@ -27,8 +27,20 @@ def vllm_available() -> bool:
 # Bytes per (batched token x vocabulary entry) of the prompt-logprob pass: float32 logits, then
 # their float32 log-softmax while the bf16 logits still exist (vLLM's sampler), ~6 bytes.
 PROMPT_LOGITS_BYTES = 6
-# Bounds of the engine step: below 512 tokens a GPU idles; above 16384 it gains nothing.
+# Bounds of the engine step: below 512 tokens a GPU idles; above 16384 it gains nothing (16384 is
+# also vLLM's own default on an H100/H200 for the LLM class, engine/arg_utils.py).
 BATCHED_TOKENS_RANGE = (512, 16384)
+# Positions whose prompt logits the V2 model runner computes at a time, whatever the step holds
+# (CHUNK_SIZE in vllm/v1/worker/gpu/sample/prompt_logprob.py, 0.32).
+V2_PROMPT_LOGITS_CHUNK = 1024
+# The first vLLM whose CUDA default is the V2 model runner (config/vllm.py, use_v2_model_runner).
+V2_RUNNER_DEFAULT_SINCE = (0, 32)
+# The one output token vLLM keeps room for: it refuses a prompt as long as max_model_len, even one
+# that asks for prompt logprobs and a single token (v1/engine/input_processor.py).
+OUTPUT_ROOM = 1
+# vLLM's smallest default max_num_seqs (256, engine/arg_utils.py): a step of fewer batched tokens
+# than this gets max_num_seqs set to its size, as vLLM must have max_num_seqs <= the batched tokens.
+SMALLEST_DEFAULT_SEQS = 256
 
 
 def default_engine_settings(device: str) -> dict:
@@ -40,22 +52,38 @@ def default_engine_settings(device: str) -> dict:
     return {"gpu_memory_utilization": 0.85, "max_num_batched_tokens": 8192}
 
 
-def batched_tokens_for_memory(vocab_size: int, free_bytes: int, total_bytes: int, utilization: float) -> int:
-    """Tokens per engine step whose prompt-logprob logits (tokens x vocab x ~6 bytes, which
-    vLLM's memory profile does not count) fit in half of what its share leaves free on the GPU.
+def uses_v2_model_runner(environ, vllm_version: str, has_triton: bool) -> bool:
+    """Whether vLLM scores with its V2 model runner on CUDA, as vLLM decides it (config/vllm.py):
+    VLLM_USE_V2_MODEL_RUNNER where set, else V2 wherever Triton is, from 0.32 on (ftprep asks for
+    none of the features V2 lacks: speculative decoding, external_launcher pipelines, DBO)."""
+    chosen = environ.get("VLLM_USE_V2_MODEL_RUNNER")
+    if chosen is not None:
+        return bool(int(chosen))  # vLLM's own reading of it (envs.maybe_convert_bool)
+    release = tuple(int(part) for part in vllm_version.split(".")[:2] if part.isdigit())
+    return has_triton and release >= V2_RUNNER_DEFAULT_SINCE
 
-    A step can hold prompt tokens of several rows, and every one of them gets logits: with a
-    262k vocabulary, 8192 tokens take 12.9 GB, more than the 15 % left beside vLLM on a 80 GB GPU
-    once the CUDA context and other processes have taken theirs."""
+
+def batched_tokens_for_memory(vocab_size: int, free_bytes: int, total_bytes: int, utilization: float,
+                              v2_runner: bool = True) -> int:
+    """Tokens per engine step such that the prompt-logprob logits (which vLLM's memory profile does
+    not count) fit in half of what its share leaves free on the GPU.
+
+    The V2 model runner computes them V2_PROMPT_LOGITS_CHUNK positions at a time, whatever the step
+    holds: the step can be as large as the range allows. The V1 runner (VLLM_USE_V2_MODEL_RUNNER=0)
+    computes a request's logits for all its tokens in the step at once, in float32 (~6 bytes per
+    entry, v1/worker/gpu_model_runner.py): with a 262k vocabulary 8192 tokens take 12.9 GB, more
+    than the 15 % left beside vLLM on a 80 GB GPU, so the step is sized down to what fits."""
     left_free = free_bytes - utilization * total_bytes
-    fitting = int(left_free / 2 / (vocab_size * PROMPT_LOGITS_BYTES))
+    entry_bytes = vocab_size * PROMPT_LOGITS_BYTES
     low, high = BATCHED_TOKENS_RANGE
-    if fitting < low:
+    fitting = int(left_free / 2 / entry_bytes)
+    needed = V2_PROMPT_LOGITS_CHUNK if v2_runner else low
+    if fitting < needed:
         from ftprep.stages.errors import FtprepError
 
-        raise FtprepError(f"too little GPU memory left beside vLLM for the logits of {low} tokens x {vocab_size} "
+        raise FtprepError(f"too little GPU memory left beside vLLM for the logits of {needed} tokens x {vocab_size} "
                           f"vocabulary ({max(left_free, 0) / 2**30:.1f} GiB free): lower --gpu-memory-utilization")
-    return min(high, fitting) // 256 * 256
+    return high if v2_runner else min(high, fitting) // 256 * 256
 
 
 def returned_entries(prompt_logprobs, targets: np.ndarray, width: int):
@@ -77,27 +105,33 @@ def returned_entries(prompt_logprobs, targets: np.ndarray, width: int):
 
 
 def engine_arguments(model_dir: str, dtype: str, device: str, top_k: int, gpu_memory_utilization: float | None,
-                     max_num_batched_tokens: int | None, seed: int, max_model_len: int | None = None,
-                     tensor_parallel_size: int = 1) -> dict:
+                     max_num_batched_tokens: int | None, seed: int, longest_row: int | None = None,
+                     tensor_parallel_size: int = 1, prefix_caching: bool = False) -> dict:
     """What `vllm.LLM` is built with for scoring (and regen's sampling) on `device`.
 
-    `max_model_len`: the longest row the run keeps (--max-length, else the model's context):
-    vLLM sizes its KV cache and its checks from it, and would otherwise reserve a 128k-context
-    model's whole context. `max_num_batched_tokens`: as asked, or as `batched_tokens_for_memory`
-    sized it."""
+    `longest_row`: the longest row the run gives the engine (--max-length, else the model's
+    context less OUTPUT_ROOM): vLLM sizes its KV cache and its checks from max_model_len, and would
+    otherwise reserve a 128k-context model's whole context; max_model_len is one more, as vLLM
+    refuses a row as long as it. `max_num_batched_tokens`: as asked, or as
+    `batched_tokens_for_memory` sized it. `prefix_caching`: for regen, whose n candidates share a
+    prompt; scoring requests never read the cache (prompt logprobs skip it, sampling_params.py)."""
     settings = default_engine_settings(device)
+    batched_tokens = max_num_batched_tokens or settings["max_num_batched_tokens"]
     arguments = dict(
         model=model_dir,
         dtype=dtype,
         skip_tokenizer_init=True,
-        enable_prefix_caching=False,  # prompt logprobs bypass the cache anyway
+        enable_prefix_caching=prefix_caching,
         gpu_memory_utilization=gpu_memory_utilization or settings["gpu_memory_utilization"],
-        max_num_batched_tokens=max_num_batched_tokens or settings["max_num_batched_tokens"],
+        max_num_batched_tokens=batched_tokens,
         max_logprobs=returned_k(top_k),
         seed=seed,  # scoring draws nothing; regen's sampling does
     )
-    if max_model_len:
-        arguments["max_model_len"] = int(max_model_len)
+    if batched_tokens < SMALLEST_DEFAULT_SEQS:
+        # vLLM 0.32 lowers its default itself (arg_utils.py); older ones raise (config/scheduler.py).
+        arguments["max_num_seqs"] = batched_tokens
+    if longest_row:
+        arguments["max_model_len"] = int(longest_row) + OUTPUT_ROOM
     if tensor_parallel_size > 1:
         # The engine's own worker processes on this machine's GPUs (a Ray worker's GPUs on Ray):
         # inside a Ray actor vLLM would otherwise try to place its workers through Ray.
@@ -105,14 +139,39 @@ def engine_arguments(model_dir: str, dtype: str, device: str, top_k: int, gpu_me
     return arguments
 
 
+def longest_row_in_context(context: int | None) -> int | None:
+    """The longest row vLLM scores in a model of `context` positions: one is kept for the output token."""
+    return context - OUTPUT_ROOM if context else None
+
+
 def returned_k(top_k: int) -> int:
     """Logprobs vLLM returns per position: the top-k asked for, and enough for the entropy."""
     return max(top_k, ENTROPY_TOP_K)
 
 
-# Tokens of one engine call: enough for the engine to keep its batches full (many steps of
-# max_num_batched_tokens each), small enough that progress moves within a shard.
-CALL_TOKENS = 1 << 16
+# Host bytes per returned (position, entry) while an engine call's results are held: vLLM's
+# FlatLogprobs keeps Python lists of token ids, logprobs, ranks and decoded tokens (logprobs.py),
+# ~120 bytes per entry measured with tracemalloc, and ftprep's arrays of them take ~20 more.
+HOST_BYTES_PER_ENTRY = 150
+# Share of the host memory available when a shard starts that one call's results may take (a
+# node can run several workers).
+CALL_MEMORY_SHARE = 1 / 8
+# Fewest tokens of one call, however little memory is free: many steps of max_num_batched_tokens.
+MIN_CALL_TOKENS = 1 << 16
+
+
+def call_tokens(returned_k: int, available_bytes: int) -> int:
+    """Tokens of one engine call. Each call ends in a barrier where the GPU idles (the last few
+    requests drain, then the host converts the results), so a shard is one call wherever its
+    results fit in CALL_MEMORY_SHARE of the available memory (5.4M tokens on a host with 128 GiB
+    free at k = 20); else as many tokens as do, and never fewer than MIN_CALL_TOKENS."""
+    return max(MIN_CALL_TOKENS, int(available_bytes * CALL_MEMORY_SHARE / ((returned_k + 1) * HOST_BYTES_PER_ENTRY)))
+
+
+def available_memory() -> int:
+    import psutil  # a dependency of vLLM
+
+    return psutil.virtual_memory().available
 
 
 def call_ranges(lengths: np.ndarray, budget: int) -> list[range]:
@@ -143,7 +202,7 @@ class VLLMScorer:
 
     def __call__(self, table: pa.Table, on_batch=None) -> pa.Table:
         """`on_batch(rows, tokens)` after each engine call (for progress): a shard goes to the
-        engine in calls of about CALL_TOKENS tokens."""
+        engine in one call where memory allows, else in calls of `call_tokens` tokens."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -157,7 +216,7 @@ class VLLMScorer:
         prompts = [TokensPrompt(prompt_token_ids=flat_ids[offsets[row] : offsets[row + 1]].tolist()) for row in rows]
         lengths = offsets[rows + 1] - offsets[rows]
         outputs = []
-        for call in call_ranges(lengths, CALL_TOKENS):
+        for call in call_ranges(lengths, call_tokens(self.returned_k, available_memory())):
             outputs += self.llm.generate(prompts[call.start : call.stop], params, use_tqdm=False)
             if on_batch is not None:
                 on_batch(len(call), int(lengths[call.start : call.stop].sum()))

@@ -21,22 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ftprep.inspection import rows_mask_rejected
+from ftprep.manifest import Counts, ModelInfo, RunManifest, open_run
 from ftprep.models import EMBEDDED_MODEL_ORIGINS, load_tokenizer
 from ftprep.stages import flat_values, perplexity, row_offsets
 from ftprep.stages.errors import FtprepError
-from ftprep.stages.mask import PPL_BIN_EDGES, WEIGHT_QUANTILES, threshold_preview, tokens_without_loss
-from ftprep.stages.strategies import REGISTRY, describe
-from ftprep.writers import read_manifest, read_shards
+from ftprep.stages.mask import PPL_BIN_EDGES, WEIGHT_QUANTILES, threshold_preview
+from ftprep.stages.mask_settings import MaskStageSettings, describe
+from ftprep.stages.strategies import REGISTRY, STM_THRESHOLD, option_names
+from ftprep.stages.supervision import KINDS, LOW_WEIGHT, down_weighted, token_kinds, tokens_without_loss
+from ftprep.views.inspect_row import rows_mask_rejected
+from ftprep.writers import read_shards
 
 PPL_EDGES = np.array([*PPL_BIN_EDGES, np.inf])  # the bins of stats.json
-LOW_WEIGHT = 0.5  # soft weights below this are marked "down-weighted" (not masked: they still train)
 TOP_TOKENS = 20
 MIN_SEEN = 10  # a token's masked rate is listed only when it was seen at least this often
 TABLE_ROWS = 1000  # rows in the table (evenly spread over a bigger dataset): each carries its tokens
-# What a token is on the page, in the order token_kinds numbers them, with its one-letter code
-# in the rows' JSON and its CSS class.
-KINDS = ("prompt", "kept", "masked", "low")
+# Each kind of token (stages.supervision.KINDS, also its CSS class) by its one-letter code in the rows' JSON.
 KIND_CODES = {"prompt": "p", "kept": "k", "masked": "m", "low": "l"}
 
 
@@ -63,27 +63,24 @@ class ReportData:
     @property
     def low(self) -> np.ndarray:
         """Down-weighted tokens: trained on, with a weight below LOW_WEIGHT."""
-        if self.weights is None:
-            return np.zeros(len(self.input_ids), dtype=bool)
-        return self.assistant & ~self.masked & (self.weights < LOW_WEIGHT)
+        return down_weighted(self.assistant, self.masked, self.weights)
 
 
-def load_report_data(folder: Path, threshold: float) -> tuple[ReportData, dict]:
-    manifest = read_manifest(folder)
-    if manifest is None or manifest.get("stage") not in ("score", "mask"):
-        raise FtprepError(f"{folder} is not an ftprep output (no ftprep.json): give a folder from ftprep score or ftprep mask")
-    if manifest["stage"] == "score":
+def load_report_data(folder: Path, threshold: float) -> tuple[ReportData, RunManifest]:
+    manifest = open_run(folder, stages=("score", "mask"), refusal=f"{folder} is not an ftprep output (no ftprep.json): "
+                        "give a folder from ftprep score or ftprep mask")
+    if manifest.stage == "score":
         scored_dir, rejected = folder, set()
     else:
-        scored_dir = Path(manifest["scored"]["path"])
-        if read_manifest(scored_dir) is None:
+        scored_dir = Path(manifest.scored.path)
+        if open_run(scored_dir, missing_ok=True) is None:
             raise FtprepError(f"the scored dataset {scored_dir} behind {folder} is gone: the report needs its scores")
         rejected = rows_mask_rejected(folder)
     scored = _concat_scored(scored_dir, rejected)
     ppl = perplexity(scored["logprobs"])
-    if manifest["stage"] == "score":
+    if manifest.stage == "score":
         masked = threshold_preview(scored["offsets"], scored["input_ids"], scored["assistant"], scored["logprobs"],
-                                   manifest["tokenizer"]["end_of_turn_ids"], threshold)
+                                   manifest.tokenizer.end_of_turn_ids, threshold)
         weights, drawn = None, threshold
         rule = (f"preview of ftprep mask --threshold {threshold:g}: perplexity above {threshold:g}, "
                 f"end-of-turn tokens stay supervised")
@@ -92,8 +89,9 @@ def load_report_data(folder: Path, threshold: float) -> tuple[ReportData, dict]:
         labels = np.concatenate([flat_values(t, "labels") for t in tables])
         weights = np.concatenate([flat_values(t, "loss_weights") for t in tables]) if "loss_weights" in tables[0].column_names else None
         masked = tokens_without_loss(scored["assistant"], labels, weights)
-        rule = describe(manifest["config"])
-        drawn = manifest["config"]["threshold"] if manifest["config"]["strategy"] == "threshold" else None
+        settings = manifest.settings_as(MaskStageSettings)
+        rule = describe(settings)
+        drawn = settings.rule.perplexity_line(settings)
     data = ReportData(scored["offsets"], scored["input_ids"], scored["assistant"], ppl, masked, weights, scored["ids"],
                       rule, drawn)
     return data, manifest
@@ -258,39 +256,38 @@ def weight_summary(data: ReportData) -> str:
             f"{low:.1%} down-weighted below {LOW_WEIGHT:g} (trained on, so not counted as masked).</p>")
 
 
-def model_line(model: dict) -> str:
-    spec = model.get("spec", "?")
+def model_line(model: ModelInfo | None) -> str:
+    spec = model.spec if model else "?"
     origin = f" ({EMBEDDED_MODEL_ORIGINS[spec]}, dequantized from its embedded GGUF)" if spec in EMBEDDED_MODEL_ORIGINS else ""
-    return f"{spec}{origin}, {model.get('backend', '?')} backend, {model.get('dtype', '?')}"
+    return f"{spec}{origin}, {(model and model.backend) or '?'} backend, {(model and model.dtype) or '?'}"
 
 
-def settings_table(folder: Path, manifest: dict) -> str:
+def settings_table(folder: Path, manifest: RunManifest) -> str:
     """The model, each command's settings, and the rows in, out and rejected by reason."""
-    steps = [(manifest["stage"], folder, manifest)]
-    if manifest["stage"] == "mask":
-        scored_dir = Path(manifest["scored"]["path"])
-        steps.insert(0, ("score", scored_dir, read_manifest(scored_dir)))
-    rows = [("model", model_line(manifest["model"]))]
+    steps = [(manifest.stage, folder, manifest)]
+    if manifest.stage == "mask":
+        scored_dir = Path(manifest.scored.path)
+        steps.insert(0, ("score", scored_dir, open_run(scored_dir)))
+    rows = [("model", model_line(manifest.model))]
     for stage, where, step in steps:
-        config = ", ".join(f"{key}={value}" for key, value in relevant_settings(step.get("config", {})).items())
-        counts = step.get("counts", {})
+        config = ", ".join(f"{key}={value}" for key, value in relevant_settings(step).items())
+        counts = step.counts or Counts()
         rows.append((f"{stage} settings", config))
-        rows.append((f"{stage} rows", f"{counts.get('rows_in', 0):,} in, {counts.get('rows_out', 0):,} out, "
-                                      f"{counts.get('rows_rejected', 0):,} rejected"))
+        rows.append((f"{stage} rows", f"{counts.rows_in:,} in, {counts.rows_out:,} out, {counts.rows_rejected:,} rejected"))
         for reason, count in sorted(_reject_reasons(where).items(), key=lambda item: (-item[1], item[0])):
             rows.append((f"{stage} rejects", f"{count:,} × {reason} (see {where / 'rejects.jsonl'})"))
     body = "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(value))}</td></tr>" for name, value in rows)
     return f'<table class="settings">{body}</table>'
 
 
-def relevant_settings(config: dict) -> dict:
+def relevant_settings(manifest: RunManifest) -> dict:
     """The settings given or in effect, without other strategies' options (a soft run's
     --threshold did nothing) and without options left unset."""
-    strategy = config.get("strategy")
     others = set()
-    if strategy in REGISTRY:
-        others = {option for other in REGISTRY.values() for option in other.options} - set(REGISTRY[strategy].options)
-    return {key: value for key, value in config.items() if value is not None and key not in others}
+    if manifest.stage == "mask":
+        chosen = manifest.settings_as(MaskStageSettings).rule
+        others = {option for other in REGISTRY.values() for option in option_names(other)} - set(option_names(chosen))
+    return {key: value for key, value in manifest.config.items() if value is not None and key not in others}
 
 
 def _reject_reasons(folder: Path) -> dict:
@@ -314,7 +311,7 @@ def rows_payload(data: ReportData, numbers: dict, tokenizer, rows: np.ndarray) -
     and its perplexity."""
     positions = np.concatenate([np.arange(data.offsets[row], data.offsets[row + 1]) for row in rows])
     distinct, piece_of = np.unique(data.input_ids[positions], return_inverse=True)
-    kinds = np.array([KIND_CODES[kind] for kind in KINDS])[token_kinds(data)]
+    kinds = np.array([KIND_CODES[kind] for kind in KINDS])[data_kinds(data)]
     payload, cursor = [], 0
     for row in rows:
         length = int(data.offsets[row + 1] - data.offsets[row])
@@ -328,10 +325,9 @@ def rows_payload(data: ReportData, numbers: dict, tokenizer, rows: np.ndarray) -
             "kinds": {code: kind for kind, code in KIND_CODES.items()}}
 
 
-def token_kinds(data: ReportData) -> np.ndarray:
-    """Per token, its index in KINDS: masked first, then down-weighted, kept, prompt."""
-    return np.select([data.masked, data.low, data.assistant], [KINDS.index("masked"), KINDS.index("low"), KINDS.index("kept")],
-                     default=KINDS.index("prompt"))
+def data_kinds(data: ReportData) -> np.ndarray:
+    """Per token, its index in KINDS (stages.supervision's rule)."""
+    return token_kinds(data.assistant, data.masked, data.low)
 
 
 def row_table(data: ReportData, numbers: dict, rows: np.ndarray) -> str:
@@ -353,7 +349,7 @@ def row_table(data: ReportData, numbers: dict, rows: np.ndarray) -> str:
 def row_html(data: ReportData, row: int, tokenizer) -> str:
     """One row with its tokens marked, as the page shows it before any click (the same markup
     the script builds)."""
-    spans, kinds = [], token_kinds(data)
+    spans, kinds = [], data_kinds(data)
     for position in range(data.offsets[row], data.offsets[row + 1]):
         ppl = data.perplexity[position]
         title = f' title="perplexity {ppl:.3g}"' if not np.isnan(ppl) else ""
@@ -404,9 +400,9 @@ def script_json(value) -> str:
     return json.dumps(value, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def render_report(folder: Path, threshold: float = 2.5) -> str:
+def render_report(folder: Path, threshold: float = STM_THRESHOLD) -> str:
     data, manifest = load_report_data(folder, threshold)
-    tokenizer = load_tokenizer(manifest["model"]["path"])
+    tokenizer = load_tokenizer(manifest.model.path)
     numbers = row_numbers(data)
     assistant = int(data.assistant.sum())
     share = data.masked.sum() / max(assistant, 1)

@@ -18,16 +18,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ftprep.export import trl_snippet
+from ftprep.manifest import ModelInfo, RunManifest
 from ftprep.models import EMBEDDED_MODEL_ORIGINS
-from ftprep.png import bar_chart, png_bytes
+from ftprep.publish.export_config import trl_snippet
+from ftprep.publish.png import bar_chart, png_bytes
 from ftprep.stages import flat_values, perplexity
 from ftprep.stages.mask import PPL_BIN_EDGES, perplexity_histogram
-from ftprep.stages.strategies import describe
+from ftprep.stages.mask_settings import MaskStageSettings, describe
+from ftprep.stages.strategies import STM_THRESHOLD  # what the card of a scored dataset measures against
 from ftprep.writers import read_shards
 
 SPLIT = "train"
-STM_THRESHOLD = 2.5  # the STM paper's threshold: what the card of a scored dataset measures against
 FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|\Z)", re.S)
 INTRO = ("Supervised fine-tuning data prepared with ftprep: every ground-truth token is scored under "
          "the target model, and the scores become loss masks or per-token weights so that fine-tuning "
@@ -68,14 +69,19 @@ def histogram_png(histogram: dict[str, int], threshold: float | None) -> bytes:
     return png_bytes(bar_chart(list(histogram.values()), [f"{start:g}" for start in starts], marker_at=marker))
 
 
-def threshold_of(manifest: dict) -> float | None:
-    config = manifest["config"]
-    return config["threshold"] if manifest["stage"] == "mask" and config["strategy"] == "threshold" else None
+def mask_settings_of(manifest: RunManifest) -> MaskStageSettings | None:
+    return manifest.settings_as(MaskStageSettings) if manifest.stage == "mask" else None
 
 
-def model_name(model: dict) -> str:
+def threshold_of(manifest: RunManifest) -> float | None:
+    """The perplexity line the histogram draws: the mask strategy's, where it has one."""
+    settings = mask_settings_of(manifest)
+    return settings.rule.perplexity_line(settings) if settings is not None else None
+
+
+def model_name(model: ModelInfo) -> str:
     """The model as a hub id where there is one (the embedded alias names its origin)."""
-    return EMBEDDED_MODEL_ORIGINS.get(model["spec"], model["spec"])
+    return EMBEDDED_MODEL_ORIGINS.get(model.spec, model.spec)
 
 
 def code_span(text) -> str:
@@ -93,41 +99,40 @@ def unmarked(text: str) -> str:
     return text.replace("<!--", "&lt;!--")
 
 
-def model_text(model: dict) -> str:
+def model_text(model: ModelInfo) -> str:
     text = code_span(model_name(model))
-    if model["spec"] in EMBEDDED_MODEL_ORIGINS:
-        text += f" (ftprep's embedded {code_span(model['spec'])}: its Q4_1 GGUF file, dequantized)"
-    return f"{text}, {code_span(model.get('backend', '?'))} backend, {code_span(model.get('dtype', '?'))}"
+    if model.spec in EMBEDDED_MODEL_ORIGINS:
+        text += f" (ftprep's embedded {code_span(model.spec)}: its Q4_1 GGUF file, dequantized)"
+    return f"{text}, {code_span(model.backend or '?')} backend, {code_span(model.dtype or '?')}"
 
 
-def source_text(manifest: dict) -> str:
+def source_text(manifest: RunManifest) -> str:
     """The input the rows came from: a hub dataset id, or a local file's name (not its path)."""
-    identity = manifest["run_identity"] if manifest["stage"] == "score" else manifest["scored"]["run_identity"]
-    source = (identity or {}).get("input", {})
-    if "hub" in source:
-        return f"the hub dataset {code_span(source['hub'])}" + (f" (split {code_span(source['split'])})" if source.get("split") else "")
-    return code_span(Path(source["path"]).name) if "path" in source else "unknown"
+    source = manifest.input_source
+    if source.hub is not None:
+        return f"the hub dataset {code_span(source.hub)}" + (f" (split {code_span(source.split)})" if source.split else "")
+    return code_span(Path(source.path).name) if source.path is not None else "unknown"
 
 
-def strategy_text(manifest: dict) -> str:
-    if manifest["stage"] == "score":
+def strategy_text(manifest: RunManifest) -> str:
+    if manifest.stage == "score":
         return "none: per-token scores only (logprob, entropy, rank), no labels yet"
-    return describe(manifest["config"])
+    return describe(mask_settings_of(manifest))
 
 
-def facts_table(manifest: dict, stats: dict, histogram: dict[str, int], columns: list[str]) -> str:
-    counts = manifest["counts"]
+def facts_table(manifest: RunManifest, stats: dict, histogram: dict[str, int], columns: list[str]) -> str:
+    counts = manifest.counts
     assistant = stats.get("assistant_tokens", 0)
     rows = [
-        ("model", model_text(manifest["model"])),
+        ("model", model_text(manifest.model)),
         ("source", source_text(manifest)),
         ("strategy", strategy_text(manifest)),
-        ("rows", f"{counts['rows_in']:,} in, {counts['rows_out']:,} out, {counts['rows_rejected']:,} rejected"),
+        ("rows", f"{counts.rows_in:,} in, {counts.rows_out:,} out, {counts.rows_rejected:,} rejected"),
         ("assistant tokens", f"{assistant:,}"),
     ]
-    if manifest["stage"] == "mask":
+    if manifest.stage == "mask":
         rows.append(("masked share of assistant tokens (no loss: label -100 or weight 0)", f"{stats.get('masked_share', 0.0):.1%}"))
-        if manifest["config"]["strategy"] == "soft":
+        if mask_settings_of(manifest).rule.makes_weights:
             rows.append(("mean weight of assistant tokens", f"{stats.get('mean_weight', 0.0):.3f}"))
             if stats.get("weight_quantiles"):
                 rows.append(("weight quantiles", ", ".join(f"{name} {value:.3f}" for name, value in stats["weight_quantiles"].items())))
@@ -137,7 +142,7 @@ def facts_table(manifest: dict, stats: dict, histogram: dict[str, int], columns:
         if "assistant_perplexity" in stats:
             rows.append(("perplexity of assistant tokens", f"{stats['assistant_perplexity']:.3f}"))
     rows += [("columns", ", ".join(f"`{name}`" for name in columns)),
-             ("made with", f"ftprep {manifest.get('versions', {}).get('ftprep', '?')}")]
+             ("made with", f"ftprep {manifest.ftprep_version or '?'}")]
     return "| | |\n|---|---|\n" + "".join(f"| {name} | {value} |\n" for name, value in rows)
 
 
@@ -161,22 +166,22 @@ train = dataset.map(stm_labels, remove_columns=[name for name in dataset.column_
 '''
 
 
-def usage_section(manifest: dict, repo_id: str, config_name: str, columns: list[str]) -> str:
+def usage_section(manifest: RunManifest, repo_id: str, config_name: str, columns: list[str]) -> str:
     load = f"load_dataset({repo_id!r}, {config_name!r}, split={SPLIT!r})"
-    if manifest["stage"] == "score":
-        code = SCORED_SNIPPET.format(end_of_turn_ids=manifest["tokenizer"]["end_of_turn_ids"], load=load, threshold=STM_THRESHOLD)
+    if manifest.stage == "score":
+        code = SCORED_SNIPPET.format(end_of_turn_ids=list(manifest.tokenizer.end_of_turn_ids), load=load, threshold=STM_THRESHOLD)
         return f"### How to use\n\nThese are scores, not labels yet. Turn them into a training set:\n\n```python\n{code}```\n"
-    code = trl_snippet(model_name(manifest["model"]), strategy_text(manifest), "loss_weights" in columns,
+    code = trl_snippet(model_name(manifest.model), strategy_text(manifest), "loss_weights" in columns,
                        f"{repo_id}, config {config_name}", load, anchors="kl_mask" in columns)
     note = ("`labels` hold -100 where there is no loss (not shifted); TRL's SFTTrainer, Axolotl (`type:` left empty) "
             "and LLaMA-Factory read `input_ids`, `attention_mask` and `labels` as they are.")
     return f"### How to train\n\n{note}\n\n```python\n{code}```\n"
 
 
-def card_section(manifest: dict, stats: dict, histogram: dict[str, int], columns: list[str], repo_id: str,
+def card_section(manifest: RunManifest, stats: dict, histogram: dict[str, int], columns: list[str], repo_id: str,
                  config_name: str) -> str:
     """This config's part of the card body, between the markers a later push finds it by."""
-    kind = "scored dataset" if manifest["stage"] == "score" else f"{manifest['config']['strategy']} strategy"
+    kind = "scored dataset" if manifest.stage == "score" else f"{mask_settings_of(manifest).strategy} strategy"
     bins = "".join(f"| {label} | {count:,} |\n" for label, count in histogram.items())
     inner = (f"## Config `{config_name}`: {kind}\n\n"
              f"{facts_table(manifest, stats, histogram, columns)}\n"
@@ -187,14 +192,14 @@ def card_section(manifest: dict, stats: dict, histogram: dict[str, int], columns
     return f"<!-- ftprep:begin {config_name} -->\n{unmarked(inner)}<!-- ftprep:end {config_name} -->"
 
 
-def card_metadata(manifest: dict, config_name: str, license: str | None) -> dict:
+def card_metadata(manifest: RunManifest, config_name: str, license: str | None) -> dict:
     tags = ["ftprep", "sft"]
-    if manifest["stage"] == "score":
+    if manifest.stage == "score":
         tags.append("token-scores")
     else:
-        tags.append("token-weights" if manifest["config"]["strategy"] == "soft" else "loss-masking")
+        tags.append("token-weights" if mask_settings_of(manifest).rule.makes_weights else "loss-masking")
     return {
-        "license": license or manifest.get("license"),
+        "license": license,
         "task_categories": ["text-generation"],
         "tags": tags,
         "configs": [{"config_name": config_name, "data_files": [{"split": SPLIT, "path": f"{data_dir(config_name)}/{SPLIT}-*"}]}],
@@ -235,7 +240,7 @@ def merge_body(body: str, section: str, config_name: str, title: str) -> str:
     return f"# {title}\n\n{INTRO}\n\n{section}\n"
 
 
-def dataset_card(manifest: dict, stats: dict, histogram: dict[str, int], columns: list[str], repo_id: str,
+def dataset_card(manifest: RunManifest, stats: dict, histogram: dict[str, int], columns: list[str], repo_id: str,
                  config_name: str = "default", license: str | None = None, existing: str | None = None) -> str:
     """README.md for the repo: `existing` (the card already there, if any) with this config's
     metadata and section put in. `license` None keeps the existing one (else `other`)."""

@@ -2,11 +2,51 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from ftprep.manifest import ModelInfo, RunManifest
 from ftprep.models import fingerprint_model, parameter_shapes, resolve_model
 from ftprep.stages.hft import hft_plan
 from ftprep.writers import write_json_atomic, write_text_atomic
+
+
+class HFTPlanRun:
+    """`ftprep hft-plan` as the runner runs it (ftprep.runner.run_files): the plan, and the Axolotl
+    YAML when asked, with a manifest beside the plan."""
+
+    made_from = "model"
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.output = settings.output
+        self.model_dir = resolve_model(settings.model)  # a model that is not there fails before anything is written
+        self.fingerprint = fingerprint_model(self.model_dir)
+
+    def identity(self) -> dict:
+        return {"command": "hft-plan", "settings": self.settings.result_settings(), "model": self.fingerprint}
+
+    def files(self) -> list[Path]:
+        yaml = [Path(self.settings.axolotl_yaml)] if self.settings.axolotl_yaml else []
+        return [Path(self.output), *yaml]
+
+    def write(self) -> RunManifest:
+        from ftprep.runtime import library_versions
+
+        settings = self.settings
+        plan = make_hft_plan(settings.model, settings.ratio, settings.seed, settings.train_embeddings, settings.train_norms)
+        write_hft_plan(plan, Path(settings.output), Path(settings.axolotl_yaml) if settings.axolotl_yaml else None)
+        return RunManifest(stage="hft-plan", config=settings.to_dict(),
+                           model=ModelInfo(spec=settings.model, path=self.model_dir, fingerprint=self.fingerprint),
+                           versions=library_versions())
+
+
+def read_hft_plan(path: Path) -> dict:
+    """A plan file, checked against its manifest where it has one (plans from before manifests have none)."""
+    from ftprep.manifest import open_run
+
+    open_run(Path(path), missing_ok=True)
+    return json.loads(Path(path).read_text())
 
 
 def make_hft_plan(model: str, ratio: float, seed: int, train_embeddings: bool, train_norms: bool) -> dict:

@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftprep.manifest import ModelInfo, RunManifest, TokenizerInfo
 from ftprep.models import fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_model
 from ftprep.progress import Progress
 from ftprep.readers import open_source
@@ -126,12 +127,62 @@ def _too_few(config: Any, found: int, skipped: Counter) -> FtprepError:
                        f"--prompts {config.prompts} needs as many{reasons}: lower --prompts")
 
 
-def extract_instruction_vector(config: Any) -> dict:
+class InstructionVectorRun:
+    """`ftprep iv` as the runner runs it (ftprep.runner.run_files): OUT.safetensors and OUT.json,
+    with a manifest beside them. The input, model, device and dtype are resolved first, so a bad
+    one fails before anything is read or written."""
+
+    made_from = "input"
+
+    def __init__(self, config: Any):
+        from ftprep.runtime import resolve_device, resolve_dtype
+
+        self.settings = config
+        self.output = config.output
+        if Path(config.output).suffix != ".safetensors":
+            raise FtprepError(f"-o {config.output}: name a .safetensors file, e.g. iv.safetensors")
+        self.source = open_source(config.input, config.split, config.limit)
+        self.model_dir = resolve_model(config.model)
+        self.tokenizer = load_tokenizer(self.model_dir, config.chat_template, config.trust_remote_code)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+
+    def identity(self) -> dict:
+        return {"command": "iv", "settings": self.settings.result_settings(), "input": self.source.identity(),
+                "model": fingerprint_model(self.model_dir), "tokenizer": fingerprint_tokenizer(self.tokenizer),
+                "device": self.device, "dtype": self.dtype}
+
+    def files(self) -> list[Path]:
+        return [Path(self.output), sidecar_path(Path(self.output))]
+
+    def write(self) -> RunManifest:
+        from ftprep.runtime import library_versions
+
+        report = extract(self.settings, self.source, self.model_dir, self.tokenizer, self.device, self.dtype)
+        model = report["model"]
+        return RunManifest(stage="iv", config=self.settings.to_dict(), format=report["settings"]["format"],
+                           model=ModelInfo(spec=model["spec"], path=model["path"], fingerprint=model["fingerprint"],
+                                           device=self.device, dtype=self.dtype),
+                           tokenizer=TokenizerInfo(fingerprint=report["tokenizer"]["fingerprint"]), versions=library_versions())
+
+
+def extract_instruction_vector(config: Any, overwrite: bool = False, echo=None) -> dict:
+    """Run `ftprep iv` with these settings (unless its output is complete already); its report (OUT.json)."""
+    from functools import partial
+
+    from ftprep.runner import run_files
+
+    run_files(partial(InstructionVectorRun, config), overwrite=overwrite, echo=echo or (lambda message: None))
+    return json.loads(sidecar_path(Path(config.output)).read_text())
+
+
+def extract(config: Any, source, model_dir: str, tokenizer, device: str, dtype: str) -> dict:
+    """Measure the heads, write OUT.safetensors and OUT.json, and return the report."""
     import torch
     from safetensors.torch import save
 
     from ftprep.readers import rows_and_format
-    from ftprep.runtime import library_versions, resolve_device, resolve_dtype
+    from ftprep.runtime import library_versions
     from ftprep.stages.iv import (
         AnswerScorer,
         add_instruction_vector,
@@ -144,11 +195,6 @@ def extract_instruction_vector(config: Any) -> dict:
     )
 
     output = Path(config.output)
-    if output.suffix != ".safetensors":
-        raise FtprepError(f"-o {config.output}: name a .safetensors file, e.g. iv.safetensors")
-    source = open_source(config.input, config.split, config.limit)
-    model_dir = resolve_model(config.model)
-    tokenizer = load_tokenizer(model_dir, config.chat_template, config.trust_remote_code)
     rows, fmt = rows_and_format(source, config.format)
     candidates, skipped = instruction_rows(rows, fmt)
     if len(candidates) < config.prompts:
@@ -158,8 +204,6 @@ def extract_instruction_vector(config: Any) -> dict:
     if len(examples) < config.prompts:
         raise _too_few(config, len(examples), skipped + Counter({"chat template failed": len(candidates) - len(examples)}))
 
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
     model = load_model(model_dir, dtype, device, config.trust_remote_code)
     layout = attention_layout(model)
     layers = parse_layers(config.layers, layout.layers)
@@ -221,6 +265,9 @@ def read_instruction_vector(path: str | Path) -> tuple[dict[int, torch.Tensor], 
     path = Path(path)
     if not path.is_file():
         raise FtprepError(f"instruction vector not found: {path} (make one with ftprep iv INPUT -o {path.name})")
+    from ftprep.manifest import open_run
+
+    open_run(path, missing_ok=True)  # checked against its manifest, where it has one (files from before had none)
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
         if metadata.get("format") != FORMAT:

@@ -1,4 +1,5 @@
-"""Human-readable views of outputs: one row's tokens with its marks, and a run's stats."""
+"""`ftprep inspect`: one row's tokens with their marks (by stages.supervision's rule) and its numbers;
+a regenerated row side by side with its ground truth."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ftprep.manifest import open_run
 from ftprep.models import load_tokenizer
 from ftprep.stages import perplexity
 from ftprep.stages.errors import FtprepError
-from ftprep.stages.mask import threshold_preview, tokens_without_loss
-from ftprep.stages.strategies import describe
-from ftprep.writers import read_manifest, read_shards
+from ftprep.stages.mask import threshold_preview
+from ftprep.stages.mask_settings import MaskStageSettings, describe
+from ftprep.stages.supervision import KINDS, LOW_WEIGHT, down_weighted, token_kinds, tokens_without_loss
+from ftprep.writers import read_shards
 
 STYLE = {"prompt": "\x1b[2m", "masked": "\x1b[1;31m", "low": "\x1b[33m", "reset": "\x1b[0m"}
 BRACKETS = {"masked": ("[", "]"), "low": ("{", "}")}
-LOW_WEIGHT = 0.5
 
 
 def read_row(folder: Path, row: int) -> dict:
@@ -39,7 +41,7 @@ def rows_mask_rejected(train_dir: Path) -> set[int]:
 
 def scored_row_for_training_row(train_dir: Path, scored_dir: Path, row: int) -> dict | None:
     """The scored row a training row came from."""
-    if read_manifest(scored_dir) is None:
+    if open_run(scored_dir, missing_ok=True) is None:
         return None
     rejected = rows_mask_rejected(train_dir)
     kept, first_row = -1, 0
@@ -53,33 +55,29 @@ def scored_row_for_training_row(train_dir: Path, scored_dir: Path, row: int) -> 
 
 
 def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise FtprepError(f"{folder} is not an ftprep output (no ftprep.json)")
-    if manifest["stage"] == "regen":
+    manifest = open_run(folder)
+    if manifest.stage == "regen":
         return side_by_side_row(read_row(folder, row), row, shutil.get_terminal_size((100, 24)).columns)
-    tokenizer = load_tokenizer(manifest["model"]["path"])
+    tokenizer = load_tokenizer(manifest.model.path)
     record = read_row(folder, row)
     ids = np.asarray(record["input_ids"])
-    if manifest["stage"] == "score":
+    if manifest.stage == "score":
         scored = record
         assistant = np.asarray(record["assistant_mask"], dtype=bool)
         masked = threshold_preview([0, len(ids)], ids, assistant, np.asarray(record["logprobs"], dtype=np.float32),
-                                   manifest["tokenizer"]["end_of_turn_ids"], threshold)
+                                   manifest.tokenizer.end_of_turn_ids, threshold)
         weights = None
         rule = f"perplexity > {threshold:g}, end-of-turn tokens kept, as ftprep mask does"
     else:
-        scored = scored_row_for_training_row(folder, Path(manifest["scored"]["path"]), row)
+        scored = scored_row_for_training_row(folder, Path(manifest.scored.path), row)
         labels = np.asarray(record["labels"])
         assistant = np.asarray(scored["assistant_mask"], dtype=bool) if scored else labels != -100
         weights = np.asarray(record["loss_weights"]) if "loss_weights" in record else None
         masked = tokens_without_loss(assistant, labels, weights)
-        rule = describe(manifest["config"])
+        rule = describe(manifest.settings_as(MaskStageSettings))
 
     pieces = [tokenizer.decode([int(token)]) for token in ids]
-    kinds = np.where(masked, "masked", np.where(assistant, "kept", "prompt")).astype(object)
-    if weights is not None:
-        kinds[assistant & ~masked & (weights < LOW_WEIGHT)] = "low"
+    kinds = np.array(KINDS, dtype=object)[token_kinds(assistant, masked, down_weighted(assistant, masked, weights))]
     body = "".join(_render(piece, kind, color) for piece, kind in zip(pieces, kinds))
 
     numbers = [f"row {row}", f"id {visible(record.get('id', scored.get('id') if scored else '?'))}", f"{len(ids)} tokens",
@@ -91,8 +89,8 @@ def inspect_row(folder: Path, row: int, threshold: float, color: bool) -> str:
             numbers.append(f"assistant perplexity mean {np.exp(np.mean(np.log(ppl))):.2f}, max {ppl.max():.1f}")
     if weights is not None:
         numbers.append(f"mean weight {weights[assistant].mean():.3f}" if assistant.any() else "no weights")
-    legend = ("dim: prompt, red: masked (no loss: label -100 or weight 0), yellow: weight < 0.5" if color
-              else "[masked: no loss, label -100 or weight 0]  {weight < 0.5}  prompt and kept tokens plain")
+    legend = (f"dim: prompt, red: masked (no loss: label -100 or weight 0), yellow: weight < {LOW_WEIGHT:g}" if color
+              else f"[masked: no loss, label -100 or weight 0]  {{weight < {LOW_WEIGHT:g}}}  prompt and kept tokens plain")
     return " · ".join(numbers) + "\n\n" + body + "\n\n" + legend
 
 
@@ -137,21 +135,3 @@ def _render(piece: str, kind: str, color: bool) -> str:
         opening, closing = BRACKETS[kind]
         return f"{opening}{piece}{closing}"
     return piece
-
-
-def format_stats(stats: dict) -> str:
-    lines = []
-    for key, value in stats.items():
-        if isinstance(value, dict):
-            continue
-        lines.append(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
-    for key, value in stats.items():
-        if key == "perplexity_histogram":
-            total = max(sum(value.values()), 1)
-            lines.append("perplexity of assistant tokens:")
-            for label, count in value.items():
-                lines.append(f"{label:>12} {count:>8} {'#' * round(40 * count / total)}")
-        elif isinstance(value, dict) and value:
-            lines.append(f"{key}:")
-            lines.extend(f"{name:>40}: {count}" for name, count in value.items())
-    return "\n".join(lines)

@@ -1,10 +1,7 @@
 """`ftprep push`: publish an output folder on the Hugging Face Hub as a Parquet dataset with a card.
 
-1. Stage: each Arrow shard of DIR becomes one Parquet file in DIR/.ftprep-push/<config>/,
-   laid out as in the repo (`data/train-00000-of-00003.parquet`), with README.md and the
-   histogram image beside them. `datasets.load_dataset(staging)` opens it as the Hub will.
-   Staged files are kept: a rerun converts again only when DIR has changed (then the staging
-   folder starts afresh, and a --create-pr push opens a new pull request).
+1. Stage (publish/staging.py): each Arrow shard of DIR becomes one Parquet file in
+   DIR/.ftprep-push/<config>/, laid out as in the repo, with README.md and the histogram image.
 2. Compare: list the files already at the target revision and skip those with the same content.
 3. Commit: the Parquet files in commits of `files_per_commit`, then the card, the image and the
    removal of this config's stale shards in one last commit, so the card never points at a half
@@ -12,9 +9,6 @@
 
 The token comes from HF_TOKEN or the saved login (`hf auth login`); it only travels in request
 headers and is never printed or written to a file.
-
-`ftprep export FOLDER --parquet DIR` (export_parquet) stages the same files and places them in a local
-DIR instead of a repo: no token, no network; `datasets.load_dataset(DIR)` and `trl sft` read it.
 """
 
 from __future__ import annotations
@@ -23,37 +17,18 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftprep.card import SPLIT, data_dir, dataset_card, folder_histogram, histogram_png, image_path, parquet_names, threshold_of
 from ftprep.progress import Progress
+from ftprep.publish.card import SPLIT, data_dir
+from ftprep.publish.staging import StagedFile, check_config_name, checked_source, stage, staging_folder
 from ftprep.stages.errors import FtprepError
-from ftprep.writers import (
-    dataset_files,
-    read_manifest,
-    read_shards,
-    verify_output,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_parquet_atomic,
-    write_text_atomic,
-)
+from ftprep.writers import write_json_atomic
 
-STAGING = ".ftprep-push"
-STAGED_RECORD = ".staged.json"  # which shards the staged files come from, and their row counts
 PULL_REQUEST_RECORD = ".pull-request.json"  # the pull request a --create-pr push opened, to continue it
-ROW_GROUP_ROWS = 100  # the dataset viewer reads whole row groups to show a page: small ones keep it quick
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-CONFIG_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
-
-
-@dataclass
-class StagedFile:
-    path: str  # the same under the staging folder and in the repo
-    rows: int
 
 
 @dataclass
@@ -73,132 +48,6 @@ class UploadPlan:
     @property
     def empty(self) -> bool:
         return not (self.batches or self.last or self.stale)
-
-
-# -- staging (no network) -------------------------------------------------------------------
-
-
-def staging_folder(folder: Path, config_name: str) -> Path:
-    return Path(folder) / STAGING / config_name
-
-
-def source_fingerprint(folder: Path, shards: list[Path]) -> str:
-    """What the staged Parquet files were made from: a re-masked folder has another run or other shards."""
-    digest = hashlib.sha256(json.dumps((read_manifest(folder) or {}).get("run_identity"), sort_keys=True, default=str).encode())
-    for shard in shards:
-        stat = shard.stat()
-        digest.update(f"{shard.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def build_upload_folder(folder: Path, staging: Path, config_name: str = "default") -> list[StagedFile]:
-    """Write one Parquet file per Arrow shard of `folder` under `staging`, shard by shard (never the
-    whole dataset in memory); files staged from the same shards by an earlier run are kept."""
-    shards = dataset_files(folder)
-    names = parquet_names(config_name, len(shards))
-    source = source_fingerprint(folder, shards)
-    record_path = staging / STAGED_RECORD
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    if record.get("source") != source:
-        shutil.rmtree(staging, ignore_errors=True)
-        record = {"source": source, "rows": {}}
-    (staging / data_dir(config_name)).mkdir(parents=True, exist_ok=True)
-    done = {name: rows for name, rows in record["rows"].items() if (staging / name).is_file()}
-    progress = Progress("parquet", (read_manifest(folder) or {}).get("counts", {}).get("rows_out"))
-    for name, table in zip(names, read_shards(folder)):
-        if name not in done:
-            write_parquet_atomic(staging / name, table, ROW_GROUP_ROWS)
-            done[name] = table.num_rows
-            write_json_atomic(record_path, {"source": source, "rows": done})
-        progress.update(table.num_rows)
-    progress.close()
-    return [StagedFile(name, done[name]) for name in names]
-
-
-def write_card_files(folder: Path, staging: Path, manifest: dict, repo_id: str, config_name: str,
-                     license: str | None, existing_card: str | None) -> list[str]:
-    """README.md and the histogram PNG in the staging folder; returns their repo paths."""
-    stats = json.loads((folder / "stats.json").read_text())
-    histogram = folder_histogram(folder, stats)
-    columns = list(json.loads((folder / "dataset_info.json").read_text())["features"])
-    card = dataset_card(manifest, stats, histogram, columns, repo_id, config_name, license, existing_card)
-    write_text_atomic(staging / "README.md", card)
-    (staging / image_path(config_name)).parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(staging / image_path(config_name), histogram_png(histogram, threshold_of(manifest)))
-    return ["README.md", image_path(config_name)]
-
-
-def stage(folder: Path, manifest: dict, config_name: str, card_name: str, license: str | None,
-          existing_card: str | None) -> tuple[Path, list[StagedFile], list[str]]:
-    """The one writer behind push and export: Parquet files, card and image in the staging folder.
-    `card_name` is what the card's load_dataset() call opens (a repo id or a local folder)."""
-    staging = staging_folder(folder, config_name)
-    staged = build_upload_folder(folder, staging, config_name)
-    card_files = write_card_files(folder, staging, manifest, card_name, config_name, license, existing_card)
-    return staging, staged, card_files
-
-
-def checked_source(folder: Path) -> dict:
-    manifest = verify_output(folder)
-    if manifest is None or manifest.get("stage") not in ("score", "mask"):
-        raise FtprepError(f"{folder} is not an ftprep output (no ftprep.json): give a folder from ftprep score or ftprep mask")
-    return manifest
-
-
-# -- a local folder instead of a repo -------------------------------------------------------
-
-CARD_MARK = "<!-- ftprep:begin "  # what every card ftprep writes holds: a folder with it is an earlier export
-
-
-def check_export_folder(folder: Path, target: Path) -> None:
-    """`target` may be new, empty, or an earlier export (its other configs are kept); nothing else
-    is overwritten."""
-    source, destination = folder.resolve(), target.resolve()
-    if destination == source or source in destination.parents:
-        raise FtprepError(f"--parquet {target} is inside {folder}: give a folder outside it")
-    if destination.exists() and not destination.is_dir():
-        raise FtprepError(f"--parquet {target} is a file: give a folder")
-    if destination.is_dir() and any(destination.iterdir()):
-        card = destination / "README.md"
-        if not (card.is_file() and CARD_MARK in card.read_text(encoding="utf-8", errors="replace")):
-            raise FtprepError(f"--parquet {target} holds other files: give a new or empty folder, or one ftprep export wrote")
-
-
-def place(source: Path, target: Path) -> None:
-    """`target` becomes a copy of `source`, atomically: a hard link where the file system allows
-    (the staged files are never rewritten in place, so the link stays a true copy), else a copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        os.link(source, temporary)
-    except OSError:
-        shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
-
-
-def export_parquet(folder: Path, target: Path, *, config_name: str = "default", license: str | None = None) -> str:
-    """Write `folder` (from ftprep score or mask) to the local folder `target` as push lays out a repo:
-    Parquet files, the dataset card and its image. Returns the line to show last."""
-    folder, target = Path(folder), Path(target)
-    manifest = checked_source(folder)
-    check_config_name(config_name)
-    check_export_folder(folder, target)
-    card_path = target / "README.md"
-    existing_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
-    staging, staged, card_files = stage(folder, manifest, config_name, str(target.resolve()), license, existing_card)
-    ours = {item.path for item in staged}
-    for item in staged:
-        place(staging / item.path, target / item.path)
-    # Before the card: its data_files pattern would also match an earlier export's shards.
-    for stale in (target / data_dir(config_name)).glob(f"{SPLIT}-*.parquet"):
-        if stale.relative_to(target).as_posix() not in ours:
-            stale.unlink()
-    for path in card_files:
-        place(staging / path, target / path)
-    rows = sum(item.rows for item in staged)
-    config = "" if config_name == "default" else f", {config_name!r}"
-    return (f"{target}: {len(staged)} Parquet file{'s' if len(staged) != 1 else ''} ({rows} rows) and a dataset card; "
-            f"load with datasets.load_dataset({str(target)!r}{config}, split={SPLIT!r})")
 
 
 # -- comparing with the repo ----------------------------------------------------------------
@@ -250,7 +99,6 @@ def hub_token() -> str:
 
 
 def check_reachable(endpoint: str) -> None:
-    import os
 
     from ftprep.models import hub_reachable
 
@@ -369,18 +217,6 @@ def run_plan(api, destination: Destination, plan: UploadPlan, staging: Path, con
     if destination.pr_url:
         return f"pull request: {destination.pr_url}"
     return f"pushed to {destination.repo_id} ({destination.revision}): {info.commit_url}"
-
-
-# Names the default config's files take at the top of the repo: another config named so would
-# write into them (config "data" into data/, the default's Parquet files).
-RESERVED_CONFIG_NAMES = ("data", "README.md", "ppl_histogram.png", ".gitattributes", STAGING)
-
-
-def check_config_name(config_name: str) -> None:
-    if not CONFIG_NAME.fullmatch(config_name) or config_name in (".", ".."):
-        raise FtprepError(f"--config-name {config_name!r}: use letters, digits, '-', '_' or '.' (it names a folder in the repo)")
-    if config_name.lower() in (name.lower() for name in RESERVED_CONFIG_NAMES):
-        raise FtprepError(f"--config-name {config_name}: that name is taken by the default config's files in the repo; choose another")
 
 
 def push_folder(folder: Path, repo_id: str, *, private: bool = False, revision: str | None = None, create_pr: bool = False,

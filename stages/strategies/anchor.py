@@ -17,10 +17,15 @@ Two layouts of the KL targets:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
 from ftprep.stages import nested_entries, nested_list_array
+from ftprep.stages.errors import Setting, SettingError
+from ftprep.stages.options import setting
+from ftprep.stages.strategies.base import ExtraOutputs, Strategy
 
 ANCHOR_RULES = ("first", "all")
 # The hf layout, read by ftprep.trainer.AnchorKLCollator.
@@ -113,3 +118,72 @@ def axolotl_columns(table: pa.Table, offsets: np.ndarray, kl_mask: np.ndarray) -
         "target_logprobs": nested_list_array(offsets, source, renormalized(logprobs), pa.float16()),
         "target_mask": nested_list_array(offsets, source, ones, pa.int8()),
     }
+
+
+@dataclass(frozen=True)
+class AnchorOptions:
+    anchors: str = setting("all", choices=ANCHOR_RULES,
+                           help="anchor: label every assistant token the model ranks below its greedy choice (the "
+                                "paper's rule under teacher forcing), or only the first of each assistant turn.")
+    confidence: float = setting(1.0, low=0, high=1, low_open=True,
+                                help="anchor: c_t, the anchors' target is c_t x their label + (1 - c_t) x the reference distribution.")
+
+
+class Anchor(Strategy):
+    name = "anchor"
+    summary = "labels only on anchors (tokens the model ranks below its greedy choice), reference top-k as KL targets elsewhere"
+    Options = AnchorOptions
+    targets = ("hf", "axolotl")
+    needs_top_k = True
+
+    def masked(self, view, candidates, settings, context):
+        anchors = anchor_tokens(view.assistant, view.rank, view.end_of_turn, view.offsets, settings.options.anchors, settings.keep_eos)
+        return view.assistant & ~anchors, None
+
+    def describe(self, settings):
+        options = settings.options
+        which = "the first token of each assistant turn" if options.anchors == "first" else "every assistant token"
+        return (f"anchor (AnchorLwF): labels only on {which} that the model ranks below its greedy choice "
+                f"(confidence {options.confidence:g}), the reference model's top-k as KL targets on the other assistant tokens")
+
+    def columns(self, settings):
+        return AXOLOTL_COLUMNS if settings.target == "axolotl" else HF_COLUMNS
+
+    def extra_outputs(self, table, view, masked, settings):
+        # Every scored assistant token that is not an anchor keeps the reference distribution.
+        kl_mask = masked & (view.rank > 0)
+        anchors = ~masked & view.assistant
+        if settings.target == "axolotl":
+            columns = axolotl_columns(table, view.offsets, kl_mask)
+        else:
+            columns = hf_columns(table, view.offsets, kl_mask, anchors, settings.options.confidence)
+        return ExtraOutputs(columns, supervised=kl_mask,
+                            stats={"anchor_tokens": int((view.assistant & ~masked).sum()), "kl_tokens": int(kl_mask.sum())})
+
+    def finish_stats(self, stats):
+        if stats.get("assistant_tokens") and "anchor_tokens" in stats:
+            stats["anchor_share"] = stats["anchor_tokens"] / stats["assistant_tokens"]
+
+    def check(self, settings):
+        strategy = Setting("strategy", self.name)
+        if settings.target not in self.targets:
+            raise SettingError("{target} cannot read the KL targets of {strategy}: use {hf} and train with ftprep.trainer, "
+                               "or {axolotl} (its KD plugin)", field="target", target=Setting("target", settings.target),
+                               strategy=strategy, hf=Setting("target", "hf"), axolotl=Setting("target", "axolotl"))
+        if settings.target == "axolotl" and settings.options.confidence < 1:
+            raise SettingError("{axolotl} takes {confidence} only (its KD trainer puts plain cross-entropy on every "
+                               "label): use {hf} and train with ftprep.trainer", field="confidence",
+                               axolotl=Setting("target", "axolotl"), confidence=Setting("confidence", 1),
+                               hf=Setting("target", "hf"))
+
+    def check_export(self, settings, folder, target):
+        rerun = Setting("strategy", self.name, command="mask")
+        if settings.target == "axolotl":
+            if target != "axolotl":
+                raise SettingError("{folder} holds KL targets in Axolotl's KD layout: print its config with {axolotl}, "
+                                   "or rerun {rerun} with {hf} for TRL", field="target", folder=folder,
+                                   axolotl=Setting("target", "axolotl"), rerun=rerun, hf=Setting("target", "hf"))
+        elif target in ("axolotl", "llama-factory"):
+            raise SettingError("{folder} holds KL targets in ftprep's layout, which {target} cannot read: "
+                               "rerun {rerun} with {axolotl} (its KD plugin), or train with TRL", field="target",
+                               folder=folder, target=target, rerun=rerun, axolotl=Setting("target", "axolotl"))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ftprep.manifest import ModelInfo, open_run
 from ftprep.models import EMBEDDED_MODEL_ORIGINS
 from ftprep.stages.errors import FtprepError
-from ftprep.stages.strategies import check_export_target, describe
-from ftprep.writers import read_manifest, read_shards
+from ftprep.stages.mask_settings import MaskStageSettings, check_export_target, describe
+from ftprep.writers import read_shards
 
 TRL_SNIPPET = '''\
 # Train with TRL on {where} ({strategy}{weights_note}).
@@ -97,48 +98,55 @@ def longest_row(folder: Path) -> int:
     return max(lengths, default=0)
 
 
-def default_base_model(model: dict) -> str:
-    """The model a trainer starts from: the hub model the embedded alias was quantized from (same
-    tokenizer, so the token ids match), else what --model named (a hub id, or the local folder)."""
-    return EMBEDDED_MODEL_ORIGINS.get(model["spec"], model["path"])
+def default_base_model(model: ModelInfo) -> str:
+    """The model a trainer starts from: the one that scored, since the masks describe its
+    perplexities. Its folder where ftprep made one (the dense copy of the embedded alias or of a
+    GGUF file: trainable offline, no download), else what --model named (a hub id, or the folder)."""
+    return model.path
 
 
-def base_model_note(model: dict, base_model: str | None) -> str:
-    """Comment lines where the default stands in for the embedded model: how to train the copy that scored instead."""
-    if base_model is not None or model["spec"] not in EMBEDDED_MODEL_ORIGINS:
+def base_model_note(model: ModelInfo, base_model: str | None) -> str:
+    """Comment lines where the default is ftprep's dense copy of a quantized model: what it is,
+    and the hub original it came from (a full-precision model, whose perplexities were not measured)."""
+    made_by_ftprep = model.spec in EMBEDDED_MODEL_ORIGINS or model.spec.endswith(".gguf")
+    if base_model is not None or not made_by_ftprep:
         return ""
-    return (f"# {EMBEDDED_MODEL_ORIGINS[model['spec']]}: the hub model that {model['spec']} (which scored) was quantized from.\n"
-            f"# To train the dequantized copy that scored: --base-model {printable(model['path'])}\n")
+    origin = EMBEDDED_MODEL_ORIGINS.get(model.spec)
+    note = f"# {printable(model.path)}: ftprep's dense copy of {printable(model.spec)}, the model that scored.\n"
+    if origin:
+        note += (f"# {model.spec} was quantized from the hub model {origin}; to train that instead (needs network,\n"
+                 f"# and its perplexities were not measured): --base-model {origin}\n")
+    return note
 
 
 def export_config(folder: Path, target: str, base_model: str | None = None) -> str:
     """The snippet for `target`; `base_model` (default: default_base_model) is the model it trains."""
-    manifest = read_manifest(folder)
-    if manifest is None or manifest.get("stage") != "mask":
-        raise FtprepError(f"{folder} is not a training dataset (no ftprep.json from ftprep mask): run ftprep mask first")
-    if not manifest.get("counts", {}).get("rows_out"):
+    manifest = open_run(folder, stages=("mask",), refusal=f"{folder} is not a training dataset (no ftprep.json from "
+                        "ftprep mask): run ftprep mask first")
+    if not manifest.rows_out:
         raise FtprepError(f"{folder} has no rows (all were rejected: see its rejects.jsonl): there is nothing to train on")
-    check_export_target(manifest["config"], str(folder), target)
+    settings = manifest.settings_as(MaskStageSettings)
+    check_export_target(settings, str(folder), target)
     features = json.loads((folder / "dataset_info.json").read_text())["features"]
     has_weights = "loss_weights" in features
     has_anchors = "kl_mask" in features  # ftprep's KL-target layout, for ftprep.trainer
     has_kd_targets = "target_token_ids" in features  # Axolotl's KD layout
     values = {
         "folder": str(folder.resolve()),
-        "model": base_model or default_base_model(manifest["model"]),
-        "strategy": describe(manifest["config"]),
+        "model": base_model or default_base_model(manifest.model),
+        "strategy": describe(settings),
         "sequence_len": longest_row(folder),
     }
     # YAML: paths and names as double-quoted scalars (JSON strings are valid YAML), so that a
     # '#', ': ' or a newline in them reads back as the same string.
     quoted = {**values, "folder": yaml_string(values["folder"]), "model": yaml_string(values["model"]),
-              "model_note": base_model_note(manifest["model"], base_model)}
+              "model_note": base_model_note(manifest.model, base_model)}
     if target == "axolotl":
         return (AXOLOTL_KD_SNIPPET if has_kd_targets else AXOLOTL_SNIPPET).format(**quoted)
     if target == "llama-factory":
         return LLAMA_FACTORY_SNIPPET.format(**quoted)
     return trl_snippet(values["model"], values["strategy"], has_weights, values["folder"], f"load_from_disk({values['folder']!r})",
-                       anchors=has_anchors, model_note=base_model_note(manifest["model"], base_model))
+                       anchors=has_anchors, model_note=base_model_note(manifest.model, base_model))
 
 
 def yaml_string(text: str) -> str:

@@ -256,8 +256,7 @@ def threshold_curve_plot(curve: ThresholdCurve) -> str:
 
 def shared_tokens_note(folder: Path, manifest: RunManifest, data: ReportData, tokenizer) -> str:
     """The shared-token warning (or what --keep-shared kept) as one paragraph; "" where there is none."""
-    from ftprep.shared_phrases import WARNING, shared_tokens_stats
-    from ftprep.views.stats import KEPT_SHARED, kept_shared_line
+    from ftprep.shared_phrases import notes, shared_tokens_stats
 
     if data.shared_counts is not None:
         looser = strategy_named("threshold").looser
@@ -268,12 +267,8 @@ def shared_tokens_note(folder: Path, manifest: RunManifest, data: ReportData, to
             stats = json.loads((folder / "stats.json").read_text())
         except (OSError, ValueError):
             stats = {}
-    lines = []
-    if isinstance(stats, dict) and stats.get(KEPT_SHARED):
-        lines.append(kept_shared_line(stats[KEPT_SHARED]))
-    if isinstance(stats, dict) and stats.get(WARNING):
-        lines.append(stats[WARNING])
-    return "".join(f'<p class="warning">{html.escape(line)}</p>' for line in lines)
+    lines = notes(stats) if isinstance(stats, dict) else []
+    return "".join(f'<p class="{"warning" if line.startswith("warning:") else "note"}">{html.escape(line)}</p>' for line in lines)
 
 
 def row_numbers(data: ReportData) -> dict[str, np.ndarray]:
@@ -457,7 +452,7 @@ def row_html(data: ReportData, row: int, tokenizer) -> str:
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}figure{margin:1em 0}
-p.warning{background:#fdecea;border-left:4px solid #d62728;padding:.5em .8em}
+p.warning{background:#fdecea;border-left:4px solid #d62728;padding:.5em .8em}p.note{border-left:4px solid #4c78a8;padding:.5em .8em}
 figcaption{font-weight:600;margin-bottom:.3em}pre.row{white-space:pre-wrap;background:#f7f7f7;padding:1em;margin-top:.3em}
 .prompt{color:#888}.masked{background:#f8c4c4;color:#900;text-decoration:line-through}.low{background:#fde9a9}
 table{border-collapse:collapse}td,th{padding:.2em .8em;text-align:left}caption{text-align:left;font-weight:600;padding:.3em 0}

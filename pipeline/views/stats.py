@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ftprep.shared_phrases import REMOVED, WARNING, shared_tokens_stats
+from ftprep.shared_phrases import KEPT, REMOVED, WARNING, notes, shared_tokens_stats
 from ftprep.stages.strategies.threshold import STM_THRESHOLD
 
 ADVICE = "threshold_advice"
 HISTOGRAM = "perplexity_histogram"
-KEPT_SHARED = "shared_tokens_kept"  # mask --keep-shared: the phrases it kept supervised
 # Shown in sections of their own, after the numbers.
-SECTIONS = (HISTOGRAM, ADVICE, REMOVED, WARNING, KEPT_SHARED)
+SECTIONS = (HISTOGRAM, ADVICE, REMOVED, WARNING, KEPT)
 
 
 def scored_stats(folder: Path, stats: dict) -> dict:
@@ -65,11 +64,7 @@ def format_stats(stats: dict) -> str:
             lines.extend(f"{name:>40}: {count}" for name, count in value.items())
     if ADVICE in stats:
         lines.extend(advice_lines(stats[ADVICE]))
-    if KEPT_SHARED in stats:
-        lines.append(kept_shared_line(stats[KEPT_SHARED]))
-    if WARNING in stats:
-        lines.append(stats[WARNING])
-    return "\n".join(lines)
+    return "\n".join(lines + notes(stats))
 
 
 def advice_lines(advice: dict) -> list[str]:
@@ -88,9 +83,3 @@ def advice_lines(advice: dict) -> list[str]:
         lines.append(f"{entry['share_of_candidates']:>12.0%}: --threshold {found}")
     return lines
 
-
-def kept_shared_line(kept: dict) -> str:
-    import json
-
-    texts = ", ".join(json.dumps(entry["text"], ensure_ascii=False) for entry in kept["phrases"])
-    return f"--keep-shared kept {kept['tokens']:,} tokens supervised that the mask would have removed from what most rows share: {texts}"

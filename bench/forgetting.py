@@ -13,7 +13,8 @@ Two regimes (`--regime`):
 Conditions, every one through the same `with_token_weights(SFTTrainer)`, collator, steps and seeds (without a
 `loss_weights` column the loss is plain token-averaged SFT): base (no training), sft (`ftprep mask
 --strategy none`), stm (`--strategy threshold`, tau 2.5), stm-22 (`--strategy quantile --quantile 0.22
---scope dataset`: the paper's masked share, 21-24 %), regen (`ftprep regen --verify math`, then score and
+--scope dataset`: the paper's masked share, 21-24 %), stm-keep-shared (stm with `--keep-shared`: the
+tokens most rows share and the mask removes stay supervised), regen (`ftprep regen --verify math`, then score and
 the threshold mask), soft (`--strategy soft`, trained with ftprep.trainer's weighted loss).
 
 Measures, before training and after every epoch: target (exact final answer under greedy decoding on
@@ -57,13 +58,23 @@ from forgetting_eval import evaluate, greedy_answers, prompt_ids  # noqa: E402
 from forgetting_plot import plot  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CONDITIONS = ("base", "sft", "stm", "stm-22", "regen", "soft")
+CONDITIONS = ("base", "sft", "stm", "stm-22", "stm-keep-shared", "regen", "soft")
 TRAINED = CONDITIONS[1:]
+# stm-keep-shared answers the stress regime, where stm removes the answer format all rows share; in
+# the paper regime the prompt states the format (run it there with --conditions).
+STRESS_ONLY = ("stm-keep-shared",)
+
+
+def default_conditions(regime: str) -> tuple[str, ...]:
+    return tuple(name for name in CONDITIONS if regime == "stress" or name not in STRESS_ONLY)
 PAPER_SHARE = 0.22  # the STM paper masks 20.8 % (MBPP) and 23.8 % (MATH) of response tokens at tau 2.5
 MASK_OPTIONS = {  # ftprep mask settings per condition (regen: on the regenerated, rescored rows)
     "sft": {"strategy": "none"},
     "stm": {"strategy": "threshold", "threshold": 2.5},
     "stm-22": {"strategy": "quantile", "quantile": PAPER_SHARE, "scope": "dataset"},
+    # What the stress regime's stm removes is the closing format every row shares ("The answer is"):
+    # keep_shared gives those tokens their labels back.
+    "stm-keep-shared": {"strategy": "threshold", "threshold": 2.5, "keep_shared": True},
     "regen": {"strategy": "threshold", "threshold": 2.5},
     "soft": {"strategy": "soft"},
 }
@@ -441,7 +452,8 @@ def figure(rows: list[dict], path: Path, scale: Scale) -> None:
     plot(paths, best, path, title)
 
 
-def run(scale: Scale, out: Path, device: str = "cpu", conditions=CONDITIONS, log=print, write: bool = True) -> dict:
+def run(scale: Scale, out: Path, device: str = "cpu", conditions=None, log=print, write: bool = True) -> dict:
+    conditions = ("base", *default_conditions(scale.regime)) if conditions is None else conditions
     out.mkdir(parents=True, exist_ok=True)
     log(f"{scale.model} on {device}, {scale.regime} regime: {scale.adapter} training in "
         f"{'bf16 mixed precision' if scale.bf16 else 'float32'}, {scale.epochs} epoch(s) of {scale.steps_per_epoch} steps "
@@ -523,8 +535,8 @@ def main(argv=None) -> None:
         parser.add_argument(f"--{name}", type=int)
     parser.add_argument("--regen-n", type=int, help="ftprep regen candidates per row")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--conditions", default=",".join(CONDITIONS),
-                        help=f"comma-separated subset of {','.join(CONDITIONS)} (the table has the ones run)")
+    parser.add_argument("--conditions", help=f"comma-separated subset of {','.join(CONDITIONS)} (the table has the "
+                        f"ones run; default: all, {','.join(STRESS_ONLY)} in the stress regime only)")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads (default: torch's); 1 on a machine shared with other jobs, where waiting "
                              "threads spin")
@@ -553,9 +565,10 @@ def main(argv=None) -> None:
     if args.sweep_lr:
         sweep(scale, out, [float(rate) for rate in args.sweep_lr.split(",")], args.device, log)
         return
-    if unknown := set(args.conditions.split(",")) - set(CONDITIONS):
+    asked = args.conditions.split(",") if args.conditions else default_conditions(args.regime)
+    if unknown := set(asked) - set(CONDITIONS):
         parser.error(f"--conditions: unknown {sorted(unknown)}; known: {','.join(CONDITIONS)}")
-    conditions = tuple(name for name in CONDITIONS if name in args.conditions.split(","))
+    conditions = tuple(name for name in CONDITIONS if name in asked)
     results = run(scale, out, args.device, conditions=("base", *conditions), log=log)
     print(results["table"])
     print()

@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 COLORS = {"base": (40, 40, 40), "sft": (214, 39, 40), "stm": (31, 119, 180), "stm-22": (23, 190, 207),
+          "stm-keep-shared": (148, 103, 189),
           "regen": (44, 160, 44), "soft": (255, 127, 14)}
-OTHER_COLORS = [(148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127)]
+OTHER_COLORS = [(140, 86, 75), (227, 119, 194), (127, 127, 127)]
 
 
 def nice_step(span: float) -> float:

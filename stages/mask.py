@@ -4,6 +4,8 @@ Everything works on the flat token arrays of a whole shard at once (numpy over A
 buffers); rows are only touched as offsets. What each strategy does is in stages.strategies
 (the stage asks the strategy, never its name); which tokens count as supervised or masked is
 stages.supervision's rule; end-of-turn tokens stay supervised with weight 1 unless keep_eos is off.
+Each shard counts what it removes of what rows share (stages.shared_tokens), judged over the
+dataset by the command; with keep_shared, the tokens such a judgement named keep their labels.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pyarrow as pa
 from ftprep.stages import flat_values, perplexity, row_offsets
 from ftprep.stages.errors import COMMAND_LINE, Setting
 from ftprep.stages.mask_settings import MaskStageSettings, writes_weights
+from ftprep.stages.shared_tokens import shared_token_counts
 from ftprep.stages.strategies import AGAINST_LOGPROBS, strategy_named
 from ftprep.stages.strategies.threshold import ThresholdOptions
 from ftprep.stages.supervision import IGNORE_INDEX, supervised_tokens, tokens_without_loss, training_labels
@@ -26,6 +29,7 @@ __all__ = ["IGNORE_INDEX", "MaskStage", "TokenView", "training_schema"]
 # that stats.json reports come from the merged counts, to within half a step (0.0005).
 WEIGHT_BINS = 1000
 WEIGHT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+SHARED_COUNTS = "shared_token_counts"  # a shard's stats: stages.shared_tokens' counts, merged by key
 # Perplexity histogram edges: fine below the usual thresholds, coarse in the tail.
 PPL_BIN_EDGES = (1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0)
 
@@ -135,22 +139,38 @@ def training_schema(settings: MaskStageSettings) -> pa.Schema:
 class MaskStage:
     """Scored rows (with their `index` in the scored dataset) in; training rows out.
     `settings`: the stage's own; `context`: what the strategy's `prepare` computed over the whole
-    dataset (dataset-scope quantiles)."""
+    dataset (dataset-scope quantiles); `kept_ids`: with keep_shared, the token ids of what the mask
+    would remove from what most rows share (the command's pass over the dataset), which keep their labels."""
 
     settings: MaskStageSettings
     end_of_turn_ids: list[int]
     context: object = None
     histogram_edges: tuple = field(default=PPL_BIN_EDGES)
+    kept_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         self.strategy = self.settings.rule
         self.schema = training_schema(self.settings)
 
+    def _masked(self, view: TokenView) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """(candidates, masked, the strategy's weights, the masked tokens keep_shared gave back their labels)."""
+        candidates = mask_candidates(view, self.settings.keep_eos)
+        masked, weights = self.strategy.masked(view, candidates, self.settings, self.context)
+        # keep_shared goes with hard strategies only (check_mask_settings): no weights to mend.
+        kept = masked & candidates & np.isin(view.input_ids, np.asarray(self.kept_ids, dtype=np.int64))
+        return candidates, masked & ~kept, weights, kept
+
+    def shared_counts(self, table: pa.Table) -> dict:
+        """What this mask removes of what one shard's rows share (the pass keep_shared makes first)."""
+        view = TokenView.of(table, self.end_of_turn_ids)
+        candidates, masked, weights, _ = self._masked(view)
+        no_loss = tokens_without_loss(view.assistant, training_labels(view.input_ids, view.assistant, masked), weights)
+        return shared_token_counts(view.input_ids, candidates, no_loss, view.row_of_token, table.num_rows)
+
     def __call__(self, table: pa.Table, rejects) -> tuple[pa.Table, dict]:
         settings = self.settings
         view = TokenView.of(table, self.end_of_turn_ids)
-        candidates = mask_candidates(view, settings.keep_eos)
-        masked, weights = self.strategy.masked(view, candidates, settings, self.context)
+        candidates, masked, weights, kept = self._masked(view)
         if weights is None:
             weights = (view.assistant & ~masked).astype(np.float32)
         supervised = supervised_tokens(view.assistant, masked, weights)
@@ -173,6 +193,9 @@ class MaskStage:
         # the label is -100 or the weight is 0 (soft weights underflow to exactly 0).
         no_loss = tokens_without_loss(view.assistant, labels, weights)
         stats = self._stats(view, no_loss, supervised, weights)
+        stats[SHARED_COUNTS] = shared_token_counts(view.input_ids, candidates, no_loss, view.row_of_token, table.num_rows)
+        if settings.keep_shared:
+            stats["kept_shared_tokens"] = int(kept.sum())
         if self.strategy.makes_weights:
             stats["zero_weight_tokens"] = int((view.assistant & (weights == 0)).sum())
             stats["weight_histogram"] = weight_histogram(weights[view.assistant])

@@ -33,6 +33,8 @@ class MaskStageSettings:
                           help="Trainer the columns are for: hf keeps loss_weights; trl, axolotl and llama-factory get "
                                "input_ids, attention_mask, labels only (axolotl with --strategy anchor: also its KD "
                                "plugin's target_* columns).")
+    keep_shared: bool = setting(False, help="Keep supervised the tokens the mask would remove from what most rows share (a fixed "
+                                            "closing phrase or format marker); one pass over the dataset first; hard strategies only.")
 
     def __post_init__(self):
         if self.options is None:
@@ -70,6 +72,15 @@ def describe(settings: MaskStageSettings) -> str:
     return text
 
 
+def is_hard(strategy: Strategy, settings: MaskStageSettings) -> bool:
+    """Whether the strategy writes labels alone: no weights, no columns of its own (anchor's KL targets)."""
+    return not strategy.makes_weights and not strategy.columns(settings)
+
+
+def hard_strategies() -> list[str]:
+    return [strategy.name for strategy in REGISTRY.values() if is_hard(strategy, MaskStageSettings(strategy=strategy.name))]
+
+
 def writes_weights(settings: MaskStageSettings) -> bool:
     """Whether the training columns include loss_weights."""
     if settings.target != "hf":
@@ -90,6 +101,10 @@ def check_mask_settings(settings: MaskStageSettings, scored_top_k: int, scored: 
                            field="top_k", strategy=Setting("strategy", strategy.name), scored=scored,
                            rescore=Setting("top_k", 20, command="score"))
     strategy.check(settings)
+    if settings.keep_shared and not is_hard(strategy, settings):
+        hard = {f"hard{index}": Setting("strategy", name) for index, name in enumerate(hard_strategies())}
+        raise SettingError("{keep_shared} keeps labels, and " + strategy.name + " writes more than labels: use it with "
+                           + " or ".join(f"{{{key}}}" for key in hard), field="keep_shared", keep_shared=Setting("keep_shared"), **hard)
     if strategy.needs_against and not against:
         raise SettingError("{strategy} needs {against}: the same input scored with the second model", field="against",
                            strategy=Setting("strategy", strategy.name), against=Setting("against", metavar="SCORED_B"))

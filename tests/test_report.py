@@ -160,6 +160,20 @@ def test_axis_ticks_are_round_numbers():
     assert nice_ticks(0) == [0.0, 1.0]
 
 
+def test_axis_tick_labels_are_distinct_and_counts_tick_whole_numbers():
+    from ftprep.views.report import nice_ticks, svg_bars, tick_labels
+
+    # A masked-share histogram of two rows once read "0, 0, 1, 2, 2".
+    assert tick_labels(nice_ticks(2, integer=True)) == ["0", "1", "2"]
+    for top in (1, 2, 3, 7, 13, 20000):
+        labels = tick_labels(nice_ticks(top, integer=True))
+        assert len(set(labels)) == len(labels) and all("." not in label for label in labels)
+    assert tick_labels(nice_ticks(0.3)) == ["0.0", "0.1", "0.2", "0.3"]
+    assert tick_labels(nice_ticks(0.12)) == ["0.00", "0.05", "0.10", "0.15"]
+    svg = svg_bars([0, 2, 1], ["0%", "10%", "20%"], "title", "x", "rows")
+    assert re.findall(r'text-anchor="end">([^<]+)</text>', svg) == ["0", "1", "2"]
+
+
 @pytest.mark.slow
 def test_report_lists_the_settings_and_the_rejects_by_reason(tmp_path, tiny_model_dir):
     from conftest import DATA

@@ -25,9 +25,12 @@ from ftprep.manifest import Counts, ModelInfo, RunManifest, open_run
 from ftprep.models import EMBEDDED_MODEL_ORIGINS, load_tokenizer
 from ftprep.stages import flat_values, perplexity, row_offsets
 from ftprep.stages.errors import FtprepError
-from ftprep.stages.mask import PPL_BIN_EDGES, WEIGHT_QUANTILES, threshold_preview
+from ftprep.stages.mask import PPL_BIN_EDGES, WEIGHT_QUANTILES, TokenView, end_of_turn_tokens, mask_candidates, threshold_preview
+from ftprep.stages.mask_advice import ThresholdCurve, shard_candidate_scores
 from ftprep.stages.mask_settings import MaskStageSettings, describe
-from ftprep.stages.strategies import REGISTRY, STM_THRESHOLD, option_names
+from ftprep.stages.shared_tokens import shared_token_counts, what_to_do
+from ftprep.stages.strategies import REGISTRY, STM_THRESHOLD, option_names, strategy_named
+from ftprep.stages.strategies.threshold import STM_MASKED_SHARE
 from ftprep.stages.supervision import KINDS, LOW_WEIGHT, down_weighted, token_kinds, tokens_without_loss
 from ftprep.views.inspect_row import rows_mask_rejected
 from ftprep.writers import read_shards
@@ -51,6 +54,8 @@ class ReportData:
     ids: list[str]
     rule: str
     threshold: float | None = None  # where the perplexity plot draws its line; None: no threshold applies
+    curve: ThresholdCurve | None = None  # scored datasets: the masked share against the threshold
+    shared_counts: dict | None = None  # scored datasets: what the preview removes of what the rows share
 
     @property
     def rows(self) -> int:
@@ -94,6 +99,13 @@ def load_report_data(folder: Path, threshold: float) -> tuple[ReportData, RunMan
         drawn = settings.rule.perplexity_line(settings)
     data = ReportData(scored["offsets"], scored["input_ids"], scored["assistant"], ppl, masked, weights, scored["ids"],
                       rule, drawn)
+    if manifest.stage == "score":
+        view = TokenView(offsets=scored["offsets"], input_ids=scored["input_ids"], assistant=scored["assistant"],
+                         logprobs=scored["logprobs"].astype(np.float32),
+                         end_of_turn=end_of_turn_tokens(scored["input_ids"], scored["assistant"], manifest.tokenizer.end_of_turn_ids))
+        data.curve = ThresholdCurve.of([shard_candidate_scores(view)], int(scored["assistant"].sum()))
+        data.shared_counts = shared_token_counts(view.input_ids, mask_candidates(view, keep_eos=True), masked,
+                                                 view.row_of_token, data.rows)
     return data, manifest
 
 
@@ -118,14 +130,24 @@ def _concat_scored(scored_dir: Path, rejected: set[int]) -> dict:
 
 # --- plots ---------------------------------------------------------------------------------
 
-def nice_ticks(top: float, most: int = 5) -> list[float]:
-    """0 and round steps (1, 2 or 5 x 10^k) up to at least `top`, at most `most` + 1 ticks."""
+def nice_ticks(top: float, most: int = 5, integer: bool = False) -> list[float]:
+    """0 and round steps (1, 2 or 5 x 10^k) up to at least `top`, at most `most` + 1 ticks;
+    `integer`: steps of at least 1 (an axis of counts has no tick between 0 and 1)."""
     if top <= 0:
         return [0.0, 1.0]
     raw = top / most
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(factor * magnitude for factor in (1, 2, 5, 10) if factor * magnitude >= raw)
+    if integer:
+        step = max(step, 1)
     return [step * index for index in range(int(math.ceil(top / step - 1e-9)) + 1)]
+
+
+def tick_labels(ticks: list[float]) -> list[str]:
+    """The ticks as text with as many decimals as their step needs: each label is distinct."""
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step < 1 else 0
+    return [f"{value:,.{decimals}f}" for value in ticks]
 
 
 def svg_bars(counts, labels, title: str, x_title: str, y_title: str, marker_at: float | None = None,
@@ -135,16 +157,16 @@ def svg_bars(counts, labels, title: str, x_title: str, y_title: str, marker_at: 
     width, height, left, right, top_pad, bottom = 680, 280, 70, 12, 18, 56
     plot_w, plot_h = width - left - right, height - top_pad - bottom
     counts = np.asarray(counts, dtype=float)
-    ticks = nice_ticks(counts.max() if len(counts) else 0)
+    ticks = nice_ticks(counts.max() if len(counts) else 0, integer=True)
     scale = plot_h / ticks[-1]
     slot = plot_w / max(len(counts), 1)
     base = top_pad + plot_h
     parts = []
-    for value in ticks:  # y ticks and grid lines
+    for value, text in zip(ticks, tick_labels(ticks)):  # y ticks and grid lines
         y = base - value * scale
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
                      f'<line x1="{left - 4}" x2="{left}" y1="{y:.1f}" y2="{y:.1f}" stroke="#333"/>'
-                     f'<text x="{left - 7}" y="{y + 3.5:.1f}" font-size="10" text-anchor="end">{value:,.0f}</text>')
+                     f'<text x="{left - 7}" y="{y + 3.5:.1f}" font-size="10" text-anchor="end">{text}</text>')
     for index, (count, label) in enumerate(zip(counts, labels)):
         bar_h = count * scale
         x = left + index * slot
@@ -176,6 +198,77 @@ def perplexity_plot(data: ReportData) -> str:
         marker = float(np.interp(data.threshold, PPL_EDGES[:-1], np.arange(len(PPL_EDGES) - 1)))
     return svg_bars(counts, labels, "Perplexity of assistant tokens", "perplexity under the model (each bin starts at its label)",
                     "assistant tokens", marker_at=marker, marker_label=f"threshold {data.threshold:g}" if marker is not None else "")
+
+
+CURVE_RANGE = (1.0, 1000.0)  # the thresholds the curve spans (PPL_BIN_EDGES' range)
+CURVE_TICKS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def threshold_curve_plot(curve: ThresholdCurve) -> str:
+    """The share of assistant tokens `ftprep mask --threshold T` masks, against T on a log axis,
+    with the paper's T = 2.5 and the 21-24 % it masks on the paper's data marked."""
+    width, height, left, right, top_pad, bottom = 680, 280, 70, 12, 18, 56
+    plot_w, plot_h = width - left - right, height - top_pad - bottom
+    base = top_pad + plot_h
+    low, high = np.log10(CURVE_RANGE)
+
+    def x_of(threshold):
+        return left + (np.log10(threshold) - low) / (high - low) * plot_w
+
+    def y_of(share):
+        return base - share * plot_h
+
+    parts = []
+    band_low, band_high = STM_MASKED_SHARE
+    parts.append(f'<rect class="band" x="{left}" y="{y_of(band_high):.1f}" width="{plot_w}" '
+                 f'height="{y_of(band_low) - y_of(band_high):.1f}" fill="#d62728" fill-opacity="0.15"/>'
+                 f'<text x="{width - right - 4}" y="{y_of(band_high) - 4:.1f}" font-size="10" text-anchor="end" fill="#d62728">'
+                 f'the paper: {band_low:.0%}-{band_high:.0%} masked at {STM_THRESHOLD:g}</text>')
+    for share in np.linspace(0, 1, 6):  # y ticks every 20 %
+        y = y_of(share)
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
+                     f'<line x1="{left - 4}" x2="{left}" y1="{y:.1f}" y2="{y:.1f}" stroke="#333"/>'
+                     f'<text x="{left - 7}" y="{y + 3.5:.1f}" font-size="10" text-anchor="end">{share:.0%}</text>')
+    for tick in CURVE_TICKS:
+        x = x_of(tick)
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{base}" y2="{base + 4}" stroke="#333"/>'
+                     f'<text x="{x:.1f}" y="{base + 15}" font-size="10" text-anchor="middle">{tick:g}</text>')
+    thresholds = np.geomspace(*CURVE_RANGE, 200)
+    points = " ".join(f"{x_of(t):.1f},{y_of(s):.1f}" for t, s in zip(thresholds, curve.masked_share(thresholds)))
+    parts.append(f'<polyline class="curve" points="{points}" fill="none" stroke="#4c78a8" stroke-width="2"/>')
+    here = float(curve.masked_share([STM_THRESHOLD])[0])
+    x = x_of(STM_THRESHOLD)
+    parts.append(f'<line class="threshold" x1="{x:.1f}" x2="{x:.1f}" y1="{top_pad}" y2="{base}" stroke="#d62728" '
+                 f'stroke-width="2" stroke-dasharray="5,3"/><circle cx="{x:.1f}" cy="{y_of(here):.1f}" r="4" fill="#d62728"/>'
+                 f'<text x="{x + 6:.1f}" y="{y_of(here) - 6:.1f}" font-size="11" fill="#d62728">STM {STM_THRESHOLD:g}: '
+                 f'{here:.1%} here</text>')
+    parts.append(f'<line x1="{left}" x2="{width - right}" y1="{base}" y2="{base}" stroke="#333"/>'
+                 f'<line x1="{left}" x2="{left}" y1="{top_pad}" y2="{base}" stroke="#333"/>'
+                 f'<text x="{left + plot_w / 2:.1f}" y="{height - 12}" font-size="12" text-anchor="middle">'
+                 f'threshold T (perplexity, log scale)</text>'
+                 f'<text transform="translate(16 {top_pad + plot_h / 2:.1f}) rotate(-90)" font-size="12" '
+                 f'text-anchor="middle">assistant tokens masked</text>')
+    title = ("Masked share against the threshold: what ftprep mask --threshold T masks (end-of-turn tokens stay "
+             "supervised)")
+    return (f'<figure><figcaption>{html.escape(title)}</figcaption><svg class="plot curve" xmlns="http://www.w3.org/2000/svg" '
+            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">{"".join(parts)}</svg></figure>')
+
+
+def shared_tokens_note(folder: Path, manifest: RunManifest, data: ReportData, tokenizer) -> str:
+    """The shared-token warning (or what --keep-shared kept) as one paragraph; "" where there is none."""
+    from ftprep.shared_phrases import notes, shared_tokens_stats
+
+    if data.shared_counts is not None:
+        looser = strategy_named("threshold").looser
+        stats = shared_tokens_stats(data.shared_counts, data.rows, lambda: tokenizer,
+                                    f"--threshold {data.threshold:g} would remove", what_to_do(looser, True))
+    else:
+        try:
+            stats = json.loads((folder / "stats.json").read_text())
+        except (OSError, ValueError):
+            stats = {}
+    lines = notes(stats) if isinstance(stats, dict) else []
+    return "".join(f'<p class="{"warning" if line.startswith("warning:") else "note"}">{html.escape(line)}</p>' for line in lines)
 
 
 def row_numbers(data: ReportData) -> dict[str, np.ndarray]:
@@ -359,6 +452,7 @@ def row_html(data: ReportData, row: int, tokenizer) -> str:
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}figure{margin:1em 0}
+p.warning{background:#fdecea;border-left:4px solid #d62728;padding:.5em .8em}p.note{border-left:4px solid #4c78a8;padding:.5em .8em}
 figcaption{font-weight:600;margin-bottom:.3em}pre.row{white-space:pre-wrap;background:#f7f7f7;padding:1em;margin-top:.3em}
 .prompt{color:#888}.masked{background:#f8c4c4;color:#900;text-decoration:line-through}.low{background:#fde9a9}
 table{border-collapse:collapse}td,th{padding:.2em .8em;text-align:left}caption{text-align:left;font-weight:600;padding:.3em 0}
@@ -414,9 +508,10 @@ def render_report(folder: Path, threshold: float = STM_THRESHOLD) -> str:
              else f"{len(rows):,} of {data.rows:,} rows, evenly spread over the dataset")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ftprep report: {html.escape(folder.name)}</title>"
             f"<style>{STYLE}</style></head><body><h1>ftprep report: {html.escape(str(folder))}</h1><p>{summary}</p>"
-            f"{weight_summary(data)}"
+            f"{weight_summary(data)}{shared_tokens_note(folder, manifest, data, tokenizer)}"
             f"<h2>Run</h2>{settings_table(folder, manifest)}"
-            f"<h2>Distributions</h2>{perplexity_plot(data)}{masked_share_plot(data, numbers)}{weight_plot(data)}"
+            f"<h2>Distributions</h2>{threshold_curve_plot(data.curve) if data.curve is not None else ''}"
+            f"{perplexity_plot(data)}{masked_share_plot(data, numbers)}{weight_plot(data)}"
             f"<h2>Most masked tokens</h2>{top_masked_tables(data, tokenizer)}"
             f"<h2>Rows</h2><p>{which}; click a header to sort, a row to show it below "
             f"(grey: prompt · struck red: masked · yellow: weight below {LOW_WEIGHT:g} · plain: trained on; "

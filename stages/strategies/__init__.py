@@ -25,7 +25,7 @@ __all__ = ["AGAINST_LOGPROBS", "REGISTRY", "STM_THRESHOLD", "TARGETS", "WEIGHT_F
 
 REGISTRY: dict[str, Strategy] = {}
 # Settings of the mask stage itself, which no strategy's option may take the name of.
-RESERVED = ("scored", "output", "strategy", "options", "keep_eos", "min_kept", "weights", "target")
+RESERVED = ("scored", "output", "strategy", "options", "keep_eos", "min_kept", "weights", "target", "keep_shared")
 
 
 def option_names(strategy: Strategy) -> tuple[str, ...]:

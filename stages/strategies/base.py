@@ -12,7 +12,7 @@ A strategy declares
 - its checks: `check(settings)` and `check_export(settings, folder, target)`;
 - what it does: `masked(...)`, with `prepare(...)` for a look at the whole dataset first;
 - what it says: `summary` (for --help) and `describe(settings)`, the one sentence the card, the
-  report, `inspect` and `export-config` print.
+  report, `inspect` and `export-config` print; `looser`, the option that makes it mask less.
 
 `settings` is always the mask stage's MaskStageSettings (ftprep.stages.mask_settings):
 `settings.options` holds this strategy's Options, the rest the settings every strategy shares.
@@ -54,6 +54,9 @@ class Strategy:
     makes_weights = False
     needs_top_k = False
     needs_against = False
+    # (option, "higher" or "lower"): how this strategy masks less, which the shared-token warning
+    # suggests; None where no option of its own does.
+    looser: tuple[str, str] | None = None
 
     def masked(self, view, candidates: np.ndarray, settings, context) -> tuple[np.ndarray, np.ndarray | None]:
         """Which tokens lose their label, and each token's weight (None: 1 on every assistant

@@ -28,6 +28,7 @@ class Delta(Strategy):
     summary = "label -100 where perplexity under the --against model exceeds this one's by more than --delta"
     Options = DeltaOptions
     needs_against = True
+    looser = ("delta", "higher")
 
     def masked(self, view, candidates, settings, context):
         if view.against_logprobs is None:

@@ -21,6 +21,7 @@ class Quantile(Strategy):
     name = "quantile"
     summary = "mask the --quantile share of assistant tokens with the highest perplexity, per row or over the dataset"
     Options = QuantileOptions
+    looser = ("quantile", "lower")
 
     def prepare(self, settings, candidate_perplexities):
         if settings.options.scope != "dataset":

@@ -28,6 +28,7 @@ class Soft(Strategy):
     Options = SoftOptions
     targets = ("hf",)
     makes_weights = True
+    looser = ("min_weight", "higher")  # no weight reaches 0 above it
 
     def masked(self, view, candidates, settings, context):
         return np.zeros(len(view.input_ids), dtype=bool), soft_weights(view, candidates, settings.options)

@@ -255,6 +255,7 @@ def mask(
     min_kept: int = 1,
     weights: bool | None = None,
     target: Literal['hf', 'trl', 'axolotl', 'llama-factory'] = 'hf',
+    keep_shared: bool = False,
     against: str | PathLike[str] | Dataset | None = None,
     delta: float = 2.5,
     anchors: Literal['first', 'all'] = 'all',
@@ -300,6 +301,8 @@ def mask(
         Write loss_weights (default: only for soft).
     target (default 'hf')
         Trainer the columns are for: hf keeps loss_weights; trl, axolotl and llama-factory get input_ids, attention_mask, labels only (axolotl with strategy= anchor: also its KD plugin's target_* columns). One of: hf, trl, axolotl, llama-factory.
+    keep_shared (default False)
+        Keep supervised the tokens the mask would remove from what most rows share (a fixed closing phrase or format marker); one pass over the dataset first; hard strategies only.
     against (default None)
         delta: the same input scored with a second model (ftprep score --model B). Also the dataset an ftprep function returned.
     delta (default 2.5)

@@ -30,6 +30,7 @@ COMMANDS = (
 )
 SUMMARIES = {name: summary for name, _, summary in COMMANDS}
 
+OVERWRITE_HELP = "Replace an existing output instead of resuming it."
 # The engine options about model workers: a command without a model (mask) runs only Ray
 # tasks, so they would do nothing there and are not offered.
 MODEL_WORKER_OPTIONS = ("num_workers", "gpus_per_worker")
@@ -39,7 +40,7 @@ class SettingsCommand(click.Command):
     """A click command whose options are the fields of its Settings class, which `settings_of()`
     gives when the options are needed: mask's grow with every strategy registered."""
 
-    def __init__(self, name: str, settings_of, action, extra_params=(), engine: bool = False, overwrite: bool = False,
+    def __init__(self, name: str, settings_of, action, extra_params=(), engine: bool = False, overwrite: bool | str = False,
                  model_workers: bool = True):
         self.settings_of, self.extra_params = settings_of, list(extra_params)
         self.engine, self.overwrite, self.model_workers = engine, overwrite, model_workers
@@ -66,7 +67,8 @@ class SettingsCommand(click.Command):
             params += [param for param in click_params(EngineOptions)
                        if self.model_workers or param.name not in MODEL_WORKER_OPTIONS]
         if self.overwrite:
-            params.append(click.Option(["--overwrite"], is_flag=True, help="Replace an existing output instead of resuming it."))
+            help_text = self.overwrite if isinstance(self.overwrite, str) else OVERWRITE_HELP
+            params.append(click.Option(["--overwrite"], is_flag=True, help=help_text))
         return params + self.extra_params
 
     def run_action(self, action, **values):
@@ -84,11 +86,11 @@ class SettingsCommand(click.Command):
         return action(settings, **rest)
 
 
-def command(name: str, settings_class, action, extra_params=(), engine: bool = False, overwrite: bool = False,
+def command(name: str, settings_class, action, extra_params=(), engine: bool = False, overwrite: bool | str = False,
             model_workers: bool = True) -> click.Command:
     """A click command whose options are `settings_class`'s fields (a class, or a function that
     returns the current one) and, with `engine`, the engine's, with `overwrite`, --overwrite; it
-    calls `action(settings, **rest)`."""
+    calls `action(settings, **rest)`. `overwrite` may be the option's help, where it does other than resume."""
     settings_of = settings_class if not isinstance(settings_class, type) else (lambda: settings_class)
     return SettingsCommand(name, settings_of, action, extra_params, engine, overwrite, model_workers)
 

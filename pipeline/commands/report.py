@@ -21,7 +21,7 @@ class ReportSettings(Settings):
                                                                   "tokens and the line on the perplexity plot).")
 
 
-def write_report(settings: ReportSettings) -> None:
+def write_report(settings: ReportSettings, overwrite: bool = False) -> None:
     from ftprep.runner import check_output_apart
     from ftprep.views.report import render_report
     from ftprep.writers import write_text_atomic
@@ -32,8 +32,10 @@ def write_report(settings: ReportSettings) -> None:
     if not output.parent.is_dir():
         raise FtprepError(f"-o {settings.output}: the folder {output.parent} does not exist")
     check_output_apart(settings.output, [settings.folder])
+    if output.exists() and not overwrite:  # as every other command: an existing output is never replaced unasked
+        raise FtprepError(f"{settings.output} exists: pass --overwrite to replace it, or choose another -o")
     write_text_atomic(output, render_report(Path(settings.folder), settings.threshold))
     click.echo(f"wrote {settings.output}")
 
 
-cli = command("report", ReportSettings, write_report)
+cli = command("report", ReportSettings, write_report, overwrite="Replace an existing file at -o.")

@@ -389,6 +389,7 @@ def report(
     *,
     output: str | PathLike[str] = 'report.html',
     threshold: float = 2.5,
+    overwrite: bool = False,
     quiet: bool = False,
     verbose: bool = False,
 ) -> Path:
@@ -404,6 +405,8 @@ def report(
         HTML file to write.
     threshold (default 2.5)
         Scored datasets: preview ftprep mask threshold= at this perplexity (the masked tokens and the line on the perplexity plot).
+    overwrite (default False)
+        Replace an existing output instead of resuming it.
     quiet (default False)
         Print only errors and what the command is for (tables, JSON, snippets): no progress, no summary line.
     verbose (default False)

@@ -61,14 +61,20 @@ class Source:
                 for shard, chunk in enumerate(_batched(self.rows(), shard_rows)))
 
     def count(self) -> int | None:
-        """Number of rows, where it is cheap to know (for progress); None otherwise."""
+        """Number of rows the run reads, for progress: never more than the input holds, so that
+        --limit 8 on 3 rows ends at 3/3. None where counting would cost a pass of its own (JSON
+        and CSV without a limit)."""
         if self.kind == "jsonl":
             with open(self.spec, "rb") as handle:
                 total = sum(1 for line in _lines(handle) if not _is_blank(line))
         elif self.kind == "parquet":
             total = _open_parquet(self.spec).metadata.num_rows
+        elif self.kind in ("disk", "hub"):
+            total = _load_dataset(self).num_rows  # memory-mapped (and cached, for the hub): no rows read
+        elif self.limit is not None:  # json, csv: the rows up to the limit, which a run reads anyway
+            return sum(1 for _ in self.rows())
         else:
-            return self.limit
+            return None
         return min(total, self.limit) if self.limit is not None else total
 
     def identity(self) -> dict:
@@ -125,6 +131,7 @@ class ShardRead:
     first_index: int  # source index of the shard's first row
     count: int
     offset: int = 0  # jsonl: byte offset of the first row's line
+    first_line: int = 1  # jsonl: that line's number in the file (1-based), which reasons name
     files: tuple[str, ...] = ()  # disk, hub: the dataset's Arrow files, rows counted across them
     rows: list | None = None  # json, csv: the rows, read by the process that planned the shards
 
@@ -147,7 +154,7 @@ def _read_shard_rows(read: ShardRead) -> list[SourceRow]:
     if read.kind == "jsonl":
         with open(read.path, "rb") as handle:
             handle.seek(read.offset)
-            return list(islice(_jsonl_rows(handle, read.first_index), read.count))
+            return list(islice(_jsonl_rows(handle, read.first_index, read.first_line), read.count))
     if read.kind == "parquet":
         return list(islice(_parquet_rows_from(read.path, read.first_index), read.count))
     table = _arrow_files_table(read.files).slice(read.first_index, read.count)
@@ -308,24 +315,26 @@ def _read_jsonl(source: Source) -> Iterator[SourceRow]:
         yield from _jsonl_rows(handle, 0)
 
 
-def _jsonl_rows(handle, first_index: int) -> Iterator[SourceRow]:
+def _jsonl_rows(handle, first_index: int, first_line: int = 1) -> Iterator[SourceRow]:
     # Bytes, decoded line by line: a shard's reader seeks to a byte offset, and both readers
     # must split lines and skip blank ones alike.
     index = first_index
-    for raw in _lines(handle):
+    for line_number, raw in enumerate(_lines(handle), start=first_line):
         if _is_blank(raw):
             continue
-        yield index, parse_json_line(_decode(raw))
+        yield index, parse_json_line(_decode(raw), line_number)
         index += 1
 
 
-def parse_json_line(line: str) -> "dict | RowError":
-    """One JSON Lines row, or why it is not one."""
+def parse_json_line(line: str, line_number: int = 1) -> "dict | RowError":
+    """One JSON Lines row, or why it is not one; `line_number`: its line in the file."""
     try:
-        row = json.loads(line)
+        # Without its line end: the decoder would place an error at the end of the row on the next line.
+        row = json.loads(line.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
-        # The decoder's own message may end in "at" ("Invalid control character at").
-        return RowError(f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}")
+        # The column as Python's json reports it for the line, the line as an editor numbers it;
+        # the decoder's own message may end in "at" ("Invalid control character at").
+        return RowError(f"malformed JSON: {exc.msg.removesuffix(' at')} at line {line_number + exc.lineno - 1} column {exc.colno}")
     except RecursionError:
         return RowError("malformed JSON: nested too deeply to read")
     except ValueError:  # an integer with more digits than Python converts
@@ -338,17 +347,17 @@ def _jsonl_shard_reads(source: Source, shard_rows: int) -> Iterator[ShardRead]:
     total = source.limit
     starts, index, offset = [], 0, 0
     with open(source.spec, "rb") as handle:
-        for raw in _lines(handle):
+        for line_number, raw in enumerate(_lines(handle), start=1):
             if not _is_blank(raw):
                 if total is not None and index >= total:
                     break
                 if index % shard_rows == 0:
-                    starts.append((index, offset))
+                    starts.append((index, offset, line_number))
                 index += 1
             offset += len(raw)
     path = _absolute(source.spec)
-    for shard, (first, start) in enumerate(starts):
-        yield ShardRead(shard, "jsonl", path, first, min(shard_rows, index - first), offset=start)
+    for shard, (first, start, line_number) in enumerate(starts):
+        yield ShardRead(shard, "jsonl", path, first, min(shard_rows, index - first), offset=start, first_line=line_number)
 
 
 def _read_json(source: Source) -> Iterator[SourceRow]:
@@ -358,7 +367,7 @@ def _read_json(source: Source) -> Iterator[SourceRow]:
     except UnicodeDecodeError as exc:
         raise FtprepError(f"{source.spec} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from exc
     except json.JSONDecodeError as exc:
-        raise FtprepError(f"{source.spec} is not valid JSON ({exc.msg.removesuffix(' at')}, line {exc.lineno}): "
+        raise FtprepError(f"{source.spec} is not valid JSON ({exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}): "
                           f"{json_fix(exc)}") from exc
     except RecursionError as exc:
         raise FtprepError(f"{source.spec} is nested too deeply to read as JSON") from exc

@@ -58,6 +58,8 @@ def run(plan: Callable[[object], ShardCommand], engine: EngineOptions = EngineOp
             if output.complete:
                 echo(f"{command.output} is already complete (same {command.made_from} and settings): nothing to do")
                 return check_some_rows(command.output, load_manifest(Path(command.output) / MANIFEST))
+            if done := output.committed_count():
+                echo(f"{command.output}: resuming an unfinished run, {done} shard{'s' if done > 1 else ''} already done")
             try:
                 progress = Progress(command.name, command.total_rows())
                 executor.run(output, command.shard_reads(executor), command.work(), progress, command.device)

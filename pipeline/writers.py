@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ftprep.run_changes import changed_error
 from ftprep.stages.errors import FtprepError
 
 PARTIAL = ".ftprep-partial"
@@ -180,13 +181,15 @@ class ShardedOutput:
             shutil.rmtree(self.partial, ignore_errors=True)  # left by a run killed at its very end
             return
         elif manifest is not None:
-            raise FtprepError(f"{folder} holds an ftprep output made with other settings: pass --overwrite or choose another -o")
+            raise changed_error(f"{folder} holds an ftprep output made with other settings or input", manifest.run_identity,
+                                self.identity, "pass --overwrite or choose another -o")
         else:
             check_output_folder(self.folder)
         self.partial.mkdir(parents=True, exist_ok=True)
         run_file = self.partial / "run.json"
-        if run_file.is_file() and self._read_run_file(run_file) != self.identity:
-            raise FtprepError(f"{folder} holds an unfinished run with other settings: pass --overwrite to start again")
+        if run_file.is_file() and (unfinished := self._read_run_file(run_file)) != self.identity:
+            raise changed_error(f"{folder} holds an unfinished run with other settings or input", unfinished, self.identity,
+                                "pass --overwrite to start again")
         write_json_atomic(run_file, self.identity)
 
     def _finished_output(self):
@@ -268,6 +271,10 @@ class ShardedOutput:
 
         detail(f"{self.folder}: shard {shard} committed, {meta['rows']} rows, {len(rejects)} rejected")
 
+    def committed_count(self) -> int:
+        """Shards an earlier, unfinished run committed (a resumed run does not do them again)."""
+        return len(self._committed_shards()) if self.partial.is_dir() else 0
+
     def _committed_shards(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.partial.glob("shard-*.json"))
 
@@ -332,7 +339,8 @@ class FileOutput:
             if echo is not None:  # made by ftprep, but no longer what it wrote: made again
                 echo(f"{self.output} is damaged ({damage}): writing it again")
         elif self.manifest is not None and not overwrite:
-            raise FtprepError(f"{self.output} holds an ftprep output made with other settings: pass --overwrite or choose another -o")
+            raise changed_error(f"{self.output} holds an ftprep output made with other settings or input",
+                                self.manifest.run_identity, self.identity, "pass --overwrite or choose another -o")
         elif self.manifest is None and not overwrite and (foreign := [path for path in self.files if path.exists()]):
             raise FtprepError(f"{foreign[0]} exists and is not an ftprep output: choose another -o (or --overwrite)")
 

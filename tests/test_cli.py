@@ -95,9 +95,27 @@ def test_output_made_with_other_settings_is_not_overwritten(tmp_path):
     before = [p.read_bytes() for p in data_files(out)]
     result = run_cli("score", DATA / "sample.jsonl", "-o", out, "--limit", "3", check=False)
     assert result.returncode == 1 and "--overwrite" in result.stderr
+    assert "made with other settings or input (--limit 2 then, --limit 3 now)" in result.stderr  # both values
     assert [p.read_bytes() for p in data_files(out)] == before
     run_cli("score", DATA / "sample.jsonl", "-o", out, "--limit", "3", "--overwrite")
     assert load_table(out).num_rows == 3
+
+
+@pytest.mark.slow
+def test_a_rerun_after_the_input_was_edited_names_what_changed(tmp_path):
+    data = tmp_path / "rows.jsonl"
+    lines = (DATA / "sample.jsonl").read_text().splitlines(keepends=True)
+    data.write_text("".join(lines[:2]))
+    out = tmp_path / "scored"
+    run_cli("score", data, "-o", out)
+    before = data.stat().st_size
+    data.write_text("".join(lines[:3]))
+    result = run_cli("score", data, "-o", out, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {out} holds an ftprep output made with other settings or input (the input's size: "
+                           f"{before:,} bytes then, {data.stat().st_size:,} bytes now; the input's modification time: ")
+    assert line.endswith(": pass --overwrite or choose another -o")
 
 
 @pytest.mark.slow
@@ -118,7 +136,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     finished = {p.name: p.stat().st_mtime_ns for p in (killed / ".ftprep-partial").glob("shard-*.arrow")}
     assert len(finished) >= 2
 
-    run_cli(*args, "-o", killed)
+    done = len(list((killed / ".ftprep-partial").glob("shard-*.json")))
+    resumed = run_cli(*args, "-o", killed)
+    assert f"{killed}: resuming an unfinished run, {done} shards already done" in resumed.stdout
     uninterrupted = tmp_path / "uninterrupted"
     run_cli(*args, "-o", uninterrupted)
     # Finished shards were kept, not recomputed: the files moved into place untouched.

@@ -162,7 +162,7 @@ def test_reasons_ids_and_assistant_first(tmp_path):
     lines = ['{"messages": "a\x01"}', json.dumps({**GOOD, "id": ["a"]}), json.dumps({**GOOD, "id": True}),
              json.dumps({**GOOD, "id": 7}), json.dumps({"messages": GOOD["messages"][::-1]})]
     kept, rejects = normalized(write_lines(tmp_path / "a.jsonl", lines))
-    assert rejects[0]["reason"] == "malformed JSON: Invalid control character at column 16"
+    assert rejects[0]["reason"] == "malformed JSON: Invalid control character at line 1 column 16"
     assert [row["id"] for row in kept] == ['["a"]', "true", "7"]
     assert rejects[1]["reason"] == "conversation starts with an assistant turn: it needs a user message before it"
 

@@ -182,7 +182,8 @@ def test_hft_plan_runs_through_the_runner_like_any_output(tmp_path):
     assert "already complete" in again.stdout and json.loads(record.read_text()) == manifest
 
     other = run_cli("hft-plan", "--model", folder, "-o", plan, "--seed", 1, check=False)
-    assert other.returncode == 1 and "made with other settings: pass --overwrite" in other.stderr
+    assert other.returncode == 1 and "made with other settings or input (--seed 0 then, --seed 1 now)" in other.stderr
+    assert ": pass --overwrite" in other.stderr
     run_cli("hft-plan", "--model", folder, "-o", plan, "--seed", 1, "--overwrite")
     assert json.loads(plan.read_text())["seed"] == 1
 

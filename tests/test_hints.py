@@ -62,7 +62,7 @@ def test_mask_refuses_weights_for_axolotl_use_hf_or_a_hard_strategy(scored, tmp_
 def test_an_output_made_with_other_settings_overwrite_or_choose_another(scored, tmp_path, hint):
     run_cli("mask", scored, "-o", tmp_path / "train", "--threshold", "3", "-q")
     one_line_error(run_cli("mask", scored, "-o", tmp_path / "train", "--threshold", "4", check=False),
-                   "made with other settings: pass --overwrite or choose another -o")
+                   "made with other settings or input (", "pass --overwrite or choose another -o")
     if hint == "pass --overwrite":
         run_cli("mask", scored, "-o", tmp_path / "train", "--threshold", "4", "--overwrite", "-q")
         assert json.loads((tmp_path / "train" / "ftprep.json").read_text())["config"]["threshold"] == 4
@@ -145,7 +145,7 @@ def test_an_interrupted_run_rerun_the_same_command_to_resume(interrupted_mask, t
 
 def test_an_unfinished_run_with_other_settings_pass_overwrite_to_start_again(interrupted_mask, tmp_path):
     other = [*interrupted_mask[:-1], "4"]
-    one_line_error(run_cli(*other, check=False), "unfinished run with other settings: pass --overwrite to start again")
+    one_line_error(run_cli(*other, check=False), "unfinished run with other settings or input (", "pass --overwrite to start again")
     run_cli(*other, "--overwrite", "-q")
     assert json.loads((tmp_path / "train" / "ftprep.json").read_text())["config"]["threshold"] == 4
 

@@ -85,3 +85,61 @@ def test_one_pass_reads_hold_their_rows():
     reads = list(source.shard_reads(16, seekable=False))
     assert [read.count for read in reads] == [16, 16, 8]
     assert [comparable(read_shard(read)) for read in reads] == [comparable(chunk) for chunk in one_pass_shards(source, 16)]
+
+
+def test_the_row_count_for_progress_never_passes_what_the_input_holds(tmp_path):
+    """--limit 8 on 3 rows ends at 3/3 in every format, and the full count where it is cheap."""
+    import csv
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(3)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    with open(tmp_path / "rows.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["prompt", "completion"])
+        writer.writeheader()
+        writer.writerows(rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    for spec in ("rows.jsonl", "rows.json", "rows.csv", "rows.parquet", "saved"):
+        path = str(tmp_path / spec)
+        assert open_source(path, limit=8).count() == 3, spec
+        assert open_source(path, limit=2).count() == 2, spec
+        assert open_source(path).count() in (3, None), spec  # json, csv: not counted in a pass of its own
+    for spec in ("rows.jsonl", "rows.parquet", "saved"):
+        assert open_source(str(tmp_path / spec)).count() == 3, spec
+
+
+def test_a_malformed_row_names_its_line_and_column_as_python_does(tmp_path):
+    """The line as an editor numbers it (blank lines counted), the column as json.loads gives it,
+    in a shard read from the middle of the file too."""
+    good = json.dumps({"prompt": "q", "completion": "a"})
+    bad = '{"prompt": "q", "completion": }'
+    lines = [good, "", good, good, "", "", bad, good]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(json.JSONDecodeError) as python:
+        json.loads(bad)
+    expected = f"malformed JSON: {python.value.msg} at line 7 column {python.value.colno}"
+    source = open_source(str(path))
+    in_one_pass = [row for _, row in source.rows() if isinstance(row, RowError)]
+    by_shard = [row for read in source.shard_reads(2, seekable=True) for _, row in read_shard(read)
+                if isinstance(row, RowError)]
+    assert [str(row) for row in in_one_pass] == [str(row) for row in by_shard] == [expected]
+
+
+def test_a_malformed_json_file_names_the_line_and_column_python_reports(tmp_path):
+    from ftprep.stages.errors import FtprepError
+
+    text = '[\n  {"prompt": "q", "completion": "a"},\n  {"prompt": "q", "completion": }\n]'
+    path = tmp_path / "rows.json"
+    path.write_text(text)
+    with pytest.raises(json.JSONDecodeError) as python:
+        json.loads(text)
+    with pytest.raises(FtprepError) as error:
+        list(open_source(str(path)).rows())
+    assert f"({python.value.msg} at line 3 column {python.value.colno})" in str(error.value)
+    assert python.value.lineno == 3 and "\n" not in str(error.value)

@@ -50,3 +50,33 @@ def test_unfinished_run_with_other_settings_is_not_mixed_in(tmp_path):
     with pytest.raises(FtprepError, match="unfinished run with other settings"):
         ShardedOutput(str(tmp_path / "out"), {"run": 2})
     assert ShardedOutput(str(tmp_path / "out"), {"run": 2}, overwrite=True).has_shard(0) is False
+
+
+def score_identity(threshold=2.5, size=1204, path="/data/rows.jsonl"):
+    return {"command": "score", "settings": {"input": path, "top_k": 0, "threshold": threshold},
+            "input": {"path": path, "size": size, "mtime_ns": 1_700_000_000_000_000_000}}
+
+
+def test_a_changed_setting_or_input_is_named_with_both_values(tmp_path):
+    folder = tmp_path / "out"
+    output = ShardedOutput(str(folder), score_identity())
+    output.write_shard(0, shard(0, 3), [], {"rows_in": 3})
+    with pytest.raises(FtprepError) as unfinished:
+        ShardedOutput(str(folder), score_identity(size=1377))
+    assert str(unfinished.value) == (f"{folder} holds an unfinished run with other settings or input (the input's size: "
+                                     "1,204 bytes then, 1,377 bytes now): pass --overwrite to start again")
+    output.finalize(SCHEMA, RunManifest(stage="test", config={}), {"rows_in": 3})
+    with pytest.raises(FtprepError) as finished:
+        ShardedOutput(str(folder), score_identity(threshold=3.0, path="/data/other.jsonl"))
+    message = str(finished.value)
+    assert message.startswith(f"{folder} holds an ftprep output made with other settings or input (")
+    assert "input: /data/rows.jsonl then, /data/other.jsonl now" in message  # an argument: no --input flag
+    assert "--threshold 2.5 then, --threshold 3.0 now" in message
+    assert "the input's path: /data/rows.jsonl then, /data/other.jsonl now" in message
+    assert message.endswith(": pass --overwrite or choose another -o") and "\n" not in message
+
+
+def test_a_resumed_output_counts_the_shards_an_earlier_run_committed(tmp_path):
+    assert ShardedOutput(str(tmp_path / "new"), {"run": 1}).committed_count() == 0
+    write_three_shards(tmp_path / "out")
+    assert ShardedOutput(str(tmp_path / "out"), {"run": 1}).committed_count() == 3

@@ -39,6 +39,7 @@ COMMANDS = (
 )
 SUMMARIES = {name: summary for name, _, summary in COMMANDS}
 
+OVERWRITE_HELP = "Replace an existing output instead of resuming it."
 # The engine options about model workers: a command without a model (mask) runs only Ray
 # tasks, so they would do nothing there and are not offered.
 MODEL_WORKER_OPTIONS = ("num_workers", "gpus_per_worker")
@@ -46,7 +47,7 @@ MODEL_WORKER_OPTIONS = ("num_workers", "gpus_per_worker")
 
 @dataclass(frozen=True, kw_only=True)
 class OverwriteOption(Settings):
-    overwrite: bool = setting(False, identity=False, help="Replace an existing output instead of resuming it.")
+    overwrite: bool = setting(False, identity=False, help=OVERWRITE_HELP)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,4 +212,5 @@ def shard_command(name: str, settings_class, command_class, model: bool = True, 
 
 def written_summary(output: str, manifest) -> str:
     counts = manifest.counts
-    return f"{output}: {counts.rows_out} rows written, {counts.rows_rejected} rejected (see rejects.jsonl)"
+    where = f" (see {Path(output) / 'rejects.jsonl'})" if counts.rows_rejected else ""  # only where there is something to see
+    return f"{output}: {counts.rows_out} rows written, {counts.rows_rejected} rejected{where}"

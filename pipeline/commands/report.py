@@ -19,13 +19,13 @@ class ReportSettings(Settings):
                                                                   "tokens and the line on the perplexity plot).")
 
 
-def write_report(settings: ReportSettings) -> None:
+def write_report(settings: ReportSettings, overwrite: bool = False) -> None:
     from ftprep.verbosity import say
 
-    say(f"wrote {make_report(settings)}")
+    say(f"wrote {make_report(settings, overwrite)}")
 
 
-def make_report(settings: ReportSettings) -> Path:
+def make_report(settings: ReportSettings, overwrite: bool = False) -> Path:
     """The HTML file it wrote."""
     from ftprep.runner import check_output_apart
     from ftprep.views.report import render_report
@@ -37,9 +37,11 @@ def make_report(settings: ReportSettings) -> Path:
     if not output.parent.is_dir():
         raise FtprepError(f"-o {settings.output}: the folder {output.parent} does not exist")
     check_output_apart(settings.output, [settings.folder])
+    if output.exists() and not overwrite:  # as every other command: an existing output is never replaced unasked
+        raise FtprepError(f"{settings.output} exists: pass --overwrite to replace it, or choose another -o")
     write_text_atomic(output, render_report(Path(settings.folder), settings.threshold))
     return output
 
 
-cli = command("report", ReportSettings, write_report, python=make_report,
+cli = command("report", ReportSettings, write_report, python=make_report, overwrite=True,
               writes="Writes the HTML file -o (default: report.html): one self-contained page, images and data inside.")

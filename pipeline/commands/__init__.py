@@ -178,23 +178,31 @@ def command(name: str, settings_class, action, extra_params=(), engine: bool = F
                            writes=writes, summary=summary, temporary_output=temporary_output)
 
 
-def shard_command(name: str, settings_class, command_class, model: bool = True, extra_params=(), writes: str = "") -> click.Command:
+def shard_command(name: str, settings_class, command_class, model: bool = True, extra_params=(), writes: str = "",
+                  after=None, dry_run=None) -> click.Command:
     """A command that runs shard by shard (score, regen, mask): engine options, --overwrite and
-    --json come with it, and it ends with one line on what it wrote (or, with --json, one object)."""
+    --json come with it, and it ends with one line on what it wrote (or, with --json, one object);
+    `after(settings)`: the lines that follow it (warnings on what was written), on stderr with --json;
+    `dry_run(settings)`: what --dry-run prints instead of running (writing nothing)."""
 
-    def action(settings, engine, overwrite, json):
+    def action(settings, engine, overwrite, json, dry_run_asked=False):
         import json as json_module
 
         from ftprep.runner import run
         from ftprep.summary import read_stats, run_summary
         from ftprep.verbosity import say
 
+        if dry_run_asked:
+            dry_run(settings)
+            return
         # With --json, stdout holds the one object: every other line goes to stderr.
         manifest = run(partial(command_class, settings), engine=engine, overwrite=overwrite, echo=partial(say, err=json))
         if json:
             click.echo(json_module.dumps(run_summary(settings.output, read_stats(Path(settings.output)))))
         else:
             say(written_summary(settings.output, manifest))
+        for line in after(settings) if after else ():
+            say(line, err=json)
 
     def python(settings, engine, overwrite) -> RunDataset:
         """The dataset it wrote: a datasets.Dataset (ftprep.RunDataset) that also carries .output, .stats, .rejects,
@@ -206,6 +214,9 @@ def shard_command(name: str, settings_class, command_class, model: bool = True, 
         run(partial(command_class, settings), engine=engine, overwrite=overwrite, echo=partial(say, err=True))
         return open_result(settings.output)
 
+    if dry_run is not None:
+        extra_params = (*extra_params, click.Option(["--dry-run", "dry_run_asked"], is_flag=True, help="Print the stats this "
+                        "run would have (as ftprep stats shows them) and write nothing: no folder, no lock."))
     return command(name, settings_class, action, extra_params, engine=True, overwrite=True, model_workers=model, python=python,
                    writes=writes, summary=True, temporary_output=True)
 

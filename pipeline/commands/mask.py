@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 import pyarrow as pa
 
@@ -18,11 +19,13 @@ from ftprep.engines import ShardWork
 from ftprep.manifest import Counts, RunManifest, Upstream, open_run
 from ftprep.runtime import library_versions
 from ftprep.settings import Settings, setting
+from ftprep.shared_phrases import kept_stats, notes, shared_tokens_stats
 from ftprep.stages.errors import FtprepError
-from ftprep.stages.mask import MaskStage, candidate_perplexities, training_schema, weight_quantiles
-from ftprep.stages.mask_settings import DEFAULT_STRATEGY, MaskStageSettings, check_mask_settings, shared_fields
+from ftprep.stages.mask import SHARED_COUNTS, MaskStage, candidate_perplexities, training_schema, weight_quantiles
+from ftprep.stages.mask_settings import DEFAULT_STRATEGY, MaskStageSettings, check_mask_settings, is_hard, shared_fields
+from ftprep.stages.shared_tokens import removed_shared_phrases, shared_ids, what_to_do
 from ftprep.stages.strategies import AGAINST_LOGPROBS, REGISTRY
-from ftprep.writers import dataset_files, read_arrow, read_shards
+from ftprep.writers import dataset_files, merge_counters, read_arrow, read_shards
 
 # The order of the settings, in ftprep.json's config and in --help: the command's own, the
 # strategy, each strategy's options in the order they are registered, and the settings every
@@ -129,6 +132,7 @@ class MaskCommand:
                             against_path(settings))
         self.end_of_turn_ids = list(self.scored.tokenizer.end_of_turn_ids)
         self.against, self.against_rows = against_scores(settings, self.scored_dir)
+        self.kept_shared = []  # keep_shared: the phrases its first pass found, kept supervised
 
     def identity(self) -> dict:
         identity = {"command": "mask", "settings": self.settings.result_settings(), "scored": self.scored.run_identity}
@@ -152,7 +156,17 @@ class MaskCommand:
 
     def work(self) -> ShardWork:
         context = self.stage_settings.rule.prepare(self.stage_settings, self._candidate_perplexities)
-        return ShardWork(read=read_scored_shard, stages=(MaskStage(self.stage_settings, self.end_of_turn_ids, context),))
+        if self.stage_settings.keep_shared:
+            self.kept_shared = self._shared_removed(context)
+        stage = MaskStage(self.stage_settings, self.end_of_turn_ids, context, kept_ids=tuple(shared_ids(self.kept_shared)))
+        return ShardWork(read=read_scored_shard, stages=(stage,))
+
+    def _shared_removed(self, context) -> list:
+        """For keep_shared, one pass over the dataset first: what this mask, without it, removes of
+        what most rows share (judged over the whole dataset, as the warning is)."""
+        without = MaskStage(dataclasses.replace(self.stage_settings, keep_shared=False), self.end_of_turn_ids, context)
+        counts = merge_counters([without.shared_counts(read_scored_shard(read)) for read in self.shard_reads()])
+        return removed_shared_phrases(counts, self.scored.rows_out)
 
     def _candidate_perplexities(self):
         """Each scored shard's mask candidates, for strategies that look at the whole dataset first."""
@@ -164,13 +178,31 @@ class MaskCommand:
     def schema(self) -> pa.Schema:
         return training_schema(self.stage_settings)
 
-    def finish(self, stats: dict) -> tuple[dict, dict]:
+    def finish_stats(self, stats: dict) -> dict:
+        """The run's stats from its shards' merged ones (what --dry-run prints, and stats.json holds)."""
+        rule = self.stage_settings.rule
+        if not rule.makes_weights:  # weights that only follow the labels say nothing of their own
+            stats.pop("weight_sum", None)
         if stats.get("assistant_tokens"):
             stats["masked_share"] = stats["masked_tokens"] / stats["assistant_tokens"]
-            stats["mean_weight"] = stats["weight_sum"] / stats["assistant_tokens"]
+            if rule.makes_weights:
+                stats["mean_weight"] = stats["weight_sum"] / stats["assistant_tokens"]
             if "weight_histogram" in stats:  # soft weights: how they spread, beside their mean
                 stats["weight_quantiles"] = weight_quantiles(stats.pop("weight_histogram"))
-        self.stage_settings.rule.finish_stats(stats)
+        rule.finish_stats(stats)
+        from ftprep.models import load_tokenizer
+
+        # Loaded only to decode what the shared-token lines name.
+        tokenizer = functools.cache(lambda: load_tokenizer(self.scored.model.path))
+        if self.stage_settings.keep_shared:
+            stats.update(kept_stats(stats.get("kept_shared_tokens", 0), self.kept_shared, tokenizer))
+        fixes = what_to_do(rule.looser, is_hard(rule, self.stage_settings))
+        stats.update(shared_tokens_stats(stats.pop(SHARED_COUNTS, {}), stats.get("rows_in", 0), tokenizer,
+                                         "the mask removes", fixes))
+        return stats
+
+    def finish(self, stats: dict) -> tuple[dict, dict]:
+        stats = self.finish_stats(stats)
         against = None
         if self.against is not None:
             against = Upstream(str(self.against.folder.resolve()), self.against.manifest.run_identity, self.against.manifest.model)
@@ -199,5 +231,30 @@ def against_scores(settings, scored_dir: Path):
     return against, against.rows_for(scored_dir, [table.select(columns) for table in read_shards(scored_dir)])
 
 
-cli = shard_command("mask", mask_settings, MaskCommand, model=False,
+def shared_token_notes(settings) -> list[str]:
+    """The lines stats.json's notes hold (the shared-token warning, what --keep-shared kept)."""
+    from ftprep.writers import read_json_file
+
+    return notes(read_json_file(Path(settings.output) / "stats.json", "stats.json"))
+
+
+def dry_run_stats(settings) -> dict:
+    """The stats a mask run with these settings would have, every shard masked in memory: no
+    output folder, no lock, nothing written."""
+    from ftprep.engines import prepare_shard_input, run_model_step
+
+    plan = MaskCommand(settings)
+    work = plan.work()
+    shards = [run_model_step(None, prepare_shard_input(work, read))[2] for read in plan.shard_reads()]
+    return plan.finish_stats(merge_counters(shards))
+
+
+def print_dry_run(settings) -> None:
+    from ftprep.views.stats import format_stats
+
+    click.echo(f"dry run: nothing written; ftprep mask {settings.scored} with these settings would give:")
+    click.echo(format_stats(dry_run_stats(settings)))
+
+
+cli = shard_command("mask", mask_settings, MaskCommand, model=False, after=shared_token_notes, dry_run=print_dry_run,
                     writes=shard_writes("the training dataset (input_ids, attention_mask, labels, and the strategy's own columns)"))

@@ -494,9 +494,11 @@ def test_overwrite_resumes_its_own_killed_run(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_a_run_with_every_row_rejected_fails_and_mask_refuses_it(tmp_path, tiny_model_dir):
-    path = write_lines(tmp_path / "a.jsonl", [json.dumps(GOOD)] * 3)
-    line = one_line_error(run_cli("score", path, "-o", tmp_path / "s", "--format", "alpaca", "--model", tiny_model_dir,
-                                  check=False), "all 3 rows were rejected", "missing field 'instruction'", "rejects.jsonl")
+    # Rows the format reads, each rejected on its own (a --format that reads none of them stops earlier:
+    # tests/test_fail_fast.py).
+    path = write_lines(tmp_path / "a.jsonl", [json.dumps({"messages": GOOD["messages"][::-1]})] * 3)
+    line = one_line_error(run_cli("score", path, "-o", tmp_path / "s", "--model", tiny_model_dir, check=False),
+                          "all 3 rows were rejected", "starts with an assistant turn", "rejects.jsonl")
     assert str(tmp_path / "s" / "rejects.jsonl") in line
     one_line_error(run_cli("mask", tmp_path / "s", "-o", tmp_path / "t", check=False), "has no rows")
 

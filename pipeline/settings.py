@@ -35,6 +35,10 @@ class Settings:
         for item in dataclasses.fields(self):
             check_value(option_name(item), getattr(self, item.name), spec_of(item), field=item.name)
 
+    def check_given(self, given: set[str]) -> None:
+        """Rules on the settings the user gave, as opposed to those left at their defaults (`given`:
+        their names, from the command line or the Python API's keywords); none by default."""
+
     def to_dict(self) -> dict:
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self) if spec_of(item).identity}
 
@@ -57,7 +61,9 @@ class Settings:
         unknown = sorted(set(options) - known)
         if unknown:
             raise FtprepError(f"ftprep.{command}() has no option {', '.join(unknown)}: use {', '.join(sorted(known - set(given)))}")
-        return cls(**given, **options)
+        settings = cls(**given, **options)
+        settings.check_given(set(options) | set(given))
+        return settings
 
 
 def option_name(item: dataclasses.Field) -> str:

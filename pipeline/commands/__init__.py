@@ -9,6 +9,7 @@ for), so that start-up does not import them all.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import click
 
@@ -80,10 +81,20 @@ class SettingsCommand(click.Command):
         setting_names = {item.name for item in dataclasses.fields(settings_class)}
         engine_names = {item.name for item in dataclasses.fields(EngineOptions)}
         settings = settings_class(**{key: value for key, value in values.items() if key in setting_names})
+        settings.check_given(given_options(setting_names))
         rest = {key: value for key, value in values.items() if key not in setting_names | engine_names}
         if self.engine:
             rest["engine"] = EngineOptions(**{key: value for key, value in values.items() if key in engine_names})
         return action(settings, **rest)
+
+
+def given_options(names) -> set[str]:
+    """The options of the running command that the user gave (on the command line, in the
+    environment or a default map), not left at their defaults."""
+    from click.core import ParameterSource
+
+    context = click.get_current_context()
+    return {name for name in names if context.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)}
 
 
 def command(name: str, settings_class, action, extra_params=(), engine: bool = False, overwrite: bool | str = False,
@@ -110,4 +121,5 @@ def shard_command(name: str, settings_class, command_class, model: bool = True, 
 
 def written_summary(output: str, manifest) -> str:
     counts = manifest.counts
-    return f"{output}: {counts.rows_out} rows written, {counts.rows_rejected} rejected (see rejects.jsonl)"
+    where = f" (see {Path(output) / 'rejects.jsonl'})" if counts.rows_rejected else ""  # only where there is something to see
+    return f"{output}: {counts.rows_out} rows written, {counts.rows_rejected} rejected{where}"

@@ -406,7 +406,7 @@ def report(
     threshold (default 2.5)
         Scored datasets: preview ftprep mask threshold= at this perplexity (the masked tokens and the line on the perplexity plot).
     overwrite (default False)
-        Replace an existing output instead of resuming it.
+        Replace an existing output at output= (without it, one is refused).
     quiet (default False)
         Print only errors and what the command is for (tables, JSON, snippets): no progress, no summary line.
     verbose (default False)
@@ -442,7 +442,7 @@ def export_config(
     output (default None)
         File to write the snippet to (e.g. train.py or axolotl.yaml) instead of printing it.
     overwrite (default False)
-        Replace an existing output instead of resuming it.
+        Replace an existing output at output= (without it, one is refused).
     quiet (default False)
         Print only errors and what the command is for (tables, JSON, snippets): no progress, no summary line.
     verbose (default False)
@@ -565,7 +565,7 @@ def hft_plan(
     axolotl_yaml (default None)
         Also write the plan as Axolotl `unfrozen_parameters` to this file.
     overwrite (default False)
-        Replace an existing output instead of resuming it.
+        Replace an existing output at output= (without it, one is refused).
     quiet (default False)
         Print only errors and what the command is for (tables, JSON, snippets): no progress, no summary line.
     verbose (default False)
@@ -634,7 +634,7 @@ def iv(
     device (default 'auto')
         auto, cpu, cuda or cuda:N.
     overwrite (default False)
-        Replace an existing output instead of resuming it.
+        Replace an existing output at output= (without it, one is refused).
     quiet (default False)
         Print only errors and what the command is for (tables, JSON, snippets): no progress, no summary line.
     verbose (default False)

@@ -184,6 +184,7 @@ def run_call(python_name: str, command, signature: inspect.Signature, args: tupl
 
     check_names(python_name, signature, kwargs)
     bound = signature.bind(*args, **kwargs)
+    given = set(bound.arguments)  # before the defaults: only what the caller passed
     bound.apply_defaults()
     fields = {field.item.name: field for field in command_fields(command)}
     temporary = None
@@ -195,6 +196,7 @@ def run_call(python_name: str, command, signature: inspect.Signature, args: tupl
 
             temporary = values["output"] = tempfile.mkdtemp(prefix=f"ftprep-{command.name}-")
         groups, _ = command.split_values(values)
+        groups["settings"].check_given(given)
         arguments = {key: value for key, value in action_arguments(groups).items() if key != "json"}
         with using(groups["verbosity"].level()):
             result = command.python(groups["settings"], **arguments)

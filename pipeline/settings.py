@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from ftprep.stages.errors import FtprepError, Setting, SettingError
+from ftprep.stages.errors import Setting, SettingError
 from ftprep.stages.options import REQUIRED, Spec, canonical_choice, positive, setting, spec_of
 
 __all__ = ["REQUIRED", "Settings", "Spec", "check_value", "click_params", "option_name", "positive", "setting", "spec_of"]
@@ -41,6 +41,10 @@ class Settings:
             object.__setattr__(self, item.name, value)  # an alias's value is stored as its choice
             check_value(item.name, value, spec_of(item))
 
+    def check_given(self, given: set[str]) -> None:
+        """Rules on the settings the user gave, as opposed to those left at their defaults (`given`:
+        their names, from the command line or the Python API's keywords); none by default."""
+
     def to_dict(self) -> dict:
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self) if spec_of(item).identity}
 
@@ -54,17 +58,6 @@ class Settings:
             if spec_of(item).path and isinstance(value, str) and Path(value).expanduser().exists():
                 settings[item.name] = str(Path(value).expanduser().resolve())
         return settings
-
-    @classmethod
-    def from_options(cls, command: str, options: dict, **given):
-        """Settings from keyword arguments (the Python API), with one-line errors for names
-        that are not settings of the command."""
-        known = {item.name for item in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise FtprepError(f"ftprep.{command}() has no option {', '.join(unknown)}{close_names(unknown, known)}: "
-                              f"use {', '.join(sorted(known - set(given)))}")
-        return cls(**given, **options)
 
 
 def close_names(unknown: list[str], known) -> str:

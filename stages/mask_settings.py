@@ -9,12 +9,12 @@ mask run's config (ftprep.json).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ftprep.stages.errors import Setting, SettingError
 from ftprep.stages.options import setting
-from ftprep.stages.strategies import REGISTRY, TARGETS, Strategy, strategy_named
+from ftprep.stages.strategies import REGISTRY, TARGETS, Strategy, option_names, strategy_named
 
 DEFAULT_STRATEGY = "threshold"
 # The strategies that keep a hard 0/1 loss and plain columns: what a trainer without
@@ -112,6 +112,31 @@ def check_mask_settings(settings: MaskStageSettings, scored_top_k: int, scored: 
         reader = next(other.name for other in REGISTRY.values() if other.needs_against)
         raise SettingError("{against} is read only by {reader}, not {name}: drop it or use {reader}", field="against",
                            against=Setting("against"), reader=Setting("strategy", reader), name=strategy.name)
+
+
+def check_options_given(strategy_name: str, given: Iterable[str]) -> None:
+    """Options the user gave (on the command line, in ftprep.mask(...)) that the chosen strategy does
+    not read are a mistake to say, with the options it does read. Only given names count: every
+    strategy's options have defaults, which are no mistake."""
+    strategy = strategy_named(strategy_name)
+    given = set(given)
+    foreign = [(name, other) for other in REGISTRY.values() if other is not strategy
+               for name in option_names(other) if name in given]
+    if not foreign:
+        return
+    own = {f"own{index}": Setting(option) for index, option in enumerate(option_names(strategy))}
+    reads = ", ".join(f"{{{key}}}" for key in own) if own else "no option of its own"
+    if len(foreign) == 1:
+        name, owner = foreign[0]
+        raise SettingError("{given} is read only by {owner}, not " + strategy.name + ", which reads " + reads +
+                           " and the options every strategy shares: drop it or use {owner}", field=name,
+                           given=Setting(name), owner=Setting("strategy", owner.name), **own)
+    names = {f"given{index}": Setting(name) for index, (name, _) in enumerate(foreign)}
+    owners = ", ".join(dict.fromkeys(owner.name for _, owner in foreign))
+    raise SettingError(", ".join(f"{{{key}}}" for key in names) + " are options of other strategies (" + owners +
+                       "), not of " + strategy.name + ", which reads " + reads +
+                       " and the options every strategy shares: drop them or choose the strategy they belong to",
+                       field=foreign[0][0], **names, **own)
 
 
 def check_export_target(settings: MaskStageSettings, folder: str, target: str) -> None:

@@ -21,7 +21,7 @@ def data_files(folder):
 def test_bad_rows_are_rejected_with_reasons_and_good_rows_go_through(tmp_path):
     out = tmp_path / "scored"
     result = run_cli("score", DATA / "bad_rows.jsonl", "-o", out)
-    assert "5 rows written, 7 rejected" in result.stdout
+    assert f"{out}: 5 rows written, 7 rejected (see {out / 'rejects.jsonl'})" in result.stdout
     rejects = read_jsonl(out / "rejects.jsonl")
     assert [r["index"] for r in rejects] == [1, 3, 4, 6, 7, 9, 10]
     assert all(r["reason"] for r in rejects)

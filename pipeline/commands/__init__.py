@@ -39,7 +39,9 @@ COMMANDS = (
 )
 SUMMARIES = {name: summary for name, _, summary in COMMANDS}
 
-OVERWRITE_HELP = "Replace an existing output instead of resuming it."
+# A shard command resumes an unfinished run of the same settings; the others write one file.
+RESUMING_OVERWRITE_HELP = "Replace an existing output instead of resuming it."
+OVERWRITE_HELP = "Replace an existing output at -o (without it, one is refused)."
 # The engine options about model workers: a command without a model (mask) runs only Ray
 # tasks, so they would do nothing there and are not offered.
 MODEL_WORKER_OPTIONS = ("num_workers", "gpus_per_worker")
@@ -48,6 +50,11 @@ MODEL_WORKER_OPTIONS = ("num_workers", "gpus_per_worker")
 @dataclass(frozen=True, kw_only=True)
 class OverwriteOption(Settings):
     overwrite: bool = setting(False, identity=False, help=OVERWRITE_HELP)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResumingOverwriteOption(Settings):
+    overwrite: bool = setting(False, identity=False, help=RESUMING_OVERWRITE_HELP)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +79,7 @@ class SettingsCommand(click.Command):
     where given, is what the Python function of the command (ftprep.api) calls: it returns what
     the command made instead of printing it. `writes` ends the --help: the files it writes."""
 
-    def __init__(self, name: str, settings_of, action, extra_params=(), engine: bool = False, overwrite: bool = False,
+    def __init__(self, name: str, settings_of, action, extra_params=(), engine: bool = False, overwrite: bool | str = False,
                  model_workers: bool = True, python=None, writes: str = "", summary: bool = False,
                  temporary_output: bool = False):
         self.settings_of, self.extra_params = settings_of, list(extra_params)
@@ -102,7 +109,7 @@ class SettingsCommand(click.Command):
         if self.engine:
             groups.append(("engine", EngineOptions))
         if self.overwrite:
-            groups.append(("overwrite", OverwriteOption))
+            groups.append(("overwrite", ResumingOverwriteOption if self.overwrite == "resumes" else OverwriteOption))
         if self.summary:
             groups.append(("json", SummaryOption))
         groups.append(("verbosity", VerbosityOptions))
@@ -136,9 +143,11 @@ class SettingsCommand(click.Command):
         from ftprep.verbosity import detail, using
 
         groups, rest = self.split_values(values)
+        settings = groups["settings"]
+        settings.check_given(given_options(field.name for field in dataclasses.fields(settings)))
         with using(groups["verbosity"].level()):
             try:
-                return action(groups["settings"], **action_arguments(groups), **rest)
+                return action(settings, **action_arguments(groups), **rest)
             except FtprepError as error:
                 for line in cause_lines(error):  # -v: what lies under the one line (printed after these)
                     detail(line)
@@ -154,6 +163,15 @@ def cause_lines(error: BaseException) -> list[str]:
     return lines
 
 
+def given_options(names) -> set[str]:
+    """The options of the running command that the user gave (on the command line, in the
+    environment or a default map), not left at their defaults."""
+    from click.core import ParameterSource
+
+    context = click.get_current_context()
+    return {name for name in names if context.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)}
+
+
 def action_arguments(groups: dict) -> dict:
     """What an action takes beside its settings: engine= (EngineOptions), overwrite=, json=."""
     arguments = {}
@@ -166,12 +184,12 @@ def action_arguments(groups: dict) -> dict:
     return arguments
 
 
-def command(name: str, settings_class, action, extra_params=(), engine: bool = False, overwrite: bool = False,
+def command(name: str, settings_class, action, extra_params=(), engine: bool = False, overwrite: bool | str = False,
             model_workers: bool = True, python=None, writes: str = "", summary: bool = False,
             temporary_output: bool = False) -> click.Command:
     """A click command whose options are `settings_class`'s fields (a class, or a function that
-    returns the current one) and, with `engine`, the engine's, with `overwrite`, --overwrite,
-    with `summary`, --json; it calls `action(settings, **rest)`. `python` and `writes`: see
+    returns the current one) and, with `engine`, the engine's, with `overwrite`, --overwrite (its help
+    says it replaces a run that would resume where `overwrite` is "resumes"), with `summary`, --json; it calls `action(settings, **rest)`. `python` and `writes`: see
     SettingsCommand."""
     settings_of = settings_class if not isinstance(settings_class, type) else (lambda: settings_class)
     return SettingsCommand(name, settings_of, action, extra_params, engine, overwrite, model_workers, python=python,
@@ -217,7 +235,7 @@ def shard_command(name: str, settings_class, command_class, model: bool = True, 
     if dry_run is not None:
         extra_params = (*extra_params, click.Option(["--dry-run", "dry_run_asked"], is_flag=True, help="Print the stats this "
                         "run would have (as ftprep stats shows them) and write nothing: no folder, no lock."))
-    return command(name, settings_class, action, extra_params, engine=True, overwrite=True, model_workers=model, python=python,
+    return command(name, settings_class, action, extra_params, engine=True, overwrite="resumes", model_workers=model, python=python,
                    writes=writes, summary=True, temporary_output=True)
 
 

@@ -22,7 +22,14 @@ from ftprep.settings import Settings, setting
 from ftprep.shared_phrases import kept_stats, notes, shared_tokens_stats
 from ftprep.stages.errors import FtprepError
 from ftprep.stages.mask import SHARED_COUNTS, MaskStage, candidate_perplexities, training_schema, weight_quantiles
-from ftprep.stages.mask_settings import DEFAULT_STRATEGY, MaskStageSettings, check_mask_settings, is_hard, shared_fields
+from ftprep.stages.mask_settings import (
+    DEFAULT_STRATEGY,
+    MaskStageSettings,
+    check_mask_settings,
+    check_options_given,
+    is_hard,
+    shared_fields,
+)
 from ftprep.stages.shared_tokens import removed_shared_phrases, shared_ids, what_to_do
 from ftprep.stages.strategies import AGAINST_LOGPROBS, REGISTRY
 from ftprep.writers import dataset_files, merge_counters, read_arrow, read_shards
@@ -72,7 +79,12 @@ def settings_fields() -> list[tuple]:
 def _settings_class(registered: tuple) -> type:
     return dataclasses.make_dataclass("MaskSettings", settings_fields(), bases=(Settings,), frozen=True, kw_only=True,
                                       namespace={"__module__": __name__, "__doc__": "The settings of ftprep mask: its own, "
-                                                 "the strategy's and every registered strategy's options."})
+                                                 "the strategy's and every registered strategy's options.",
+                                                 "check_given": _check_given})
+
+
+def _check_given(settings, given) -> None:
+    check_options_given(settings.strategy, given)
 
 
 def mask_settings() -> type:

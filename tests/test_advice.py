@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+import ftprep
 from ftprep.stages.mask import TokenView, end_of_turn_tokens, threshold_preview
 from ftprep.stages.mask_advice import ADVICE_THRESHOLDS, ThresholdCurve, shard_candidate_scores
 
@@ -70,6 +71,7 @@ def test_stats_on_a_scored_folder_prints_the_threshold_table(scored_sample, tmp_
     advice = json.loads(run_cli("stats", scored_sample, "--json").stdout)["threshold_advice"]
     at_stm = next(entry for entry in advice["thresholds"] if entry["threshold"] == 2.5)
     assert table["2.5"][2] == f"{at_stm['masked_tokens']:,}"
+    assert ftprep.stats(scored_sample)["threshold_advice"] == advice  # the Python API has the same
     # What ftprep mask then masks at those thresholds (its own rule) is what the table said.
     run_cli("mask", scored_sample, "-o", tmp_path / "train")
     assert json.loads((tmp_path / "train" / "stats.json").read_text())["masked_tokens"] == at_stm["masked_tokens"]

@@ -242,9 +242,11 @@ def output_problem(folder: Path, manifest: RunManifest, quick: bool = False) -> 
     if problem:
         return problem
     try:
-        json.loads((folder / "stats.json").read_text(encoding="utf-8"))
+        stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "stats.json is missing or not valid JSON"
+    if not isinstance(stats, dict):  # valid JSON is not enough: stats and the report read its keys
+        return "stats.json is not a stats object"
     listed = [path.name for path in listed_data_files(folder)]
     written = [name for name in manifest.files if name.startswith("data-")]
     if listed != written:

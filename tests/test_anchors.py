@@ -227,6 +227,12 @@ def test_one_line_errors(scored_sample, scored_topk, tmp_path):
                    "--confidence", 0.5, check=False)
     assert soft.returncode == 1 and "--confidence 1 only" in soft.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "soft").exists()
+    # Each hint leads somewhere: the folder rescored with --top-k 20 (scored_topk), then --target hf (the KL
+    # targets for ftprep.trainer) or axolotl (its KD plugin, --confidence 1), and --target hf for --confidence 0.5.
+    for target, confidence in (("hf", 1), ("axolotl", 1), ("hf", 0.5)):
+        out = tmp_path / f"{target}-{confidence}"
+        run_cli("mask", scored_topk, "-o", out, "--strategy", "anchor", "--target", target, "--confidence", confidence, "-q")
+        assert json.loads((out / "stats.json").read_text())["anchor_tokens"] > 0
 
 
 # -- the loss ------------------------------------------------------------------------------

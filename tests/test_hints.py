@@ -160,6 +160,26 @@ def test_a_damaged_scored_folder_rerun_the_command_that_wrote_it(tmp_path, tiny_
     run_cli("mask", tmp_path / "scored", "-o", tmp_path / "train", "-q")
 
 
+def test_a_damaged_stats_file_rerun_the_command_that_wrote_it(scored, tmp_path):
+    mask = ["mask", scored, "-o", tmp_path / "train", "-q"]
+    run_cli(*mask)
+    (tmp_path / "train" / "stats.json").write_text("[1, 2]")  # valid JSON, but no stats
+    one_line_error(run_cli("stats", tmp_path / "train", check=False), "not a stats object", "rerun the command that wrote it")
+    run_cli(*mask)  # the rerun sees the damage and writes the output again
+    assert json.loads(run_cli("stats", tmp_path / "train", "--json").stdout)["rows_out"] == 6
+
+
+def test_a_gpu_asked_for_on_a_machine_without_one_use_device_cpu(tmp_path, tiny_model_dir, no_model, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on CI, also where a GPU is lent
+    score = ["score", SAMPLE, "-o", tmp_path / "scored", "--model", tiny_model_dir, "--limit", 2, "-q"]
+    one_line_error(run_cli(*score, "--device", "cuda", check=False), "no CUDA GPU is visible: use --device cpu")
+    assert not (tmp_path / "scored").exists()
+    run_cli(*score, "--device", "cpu")
+    assert (tmp_path / "scored" / "ftprep.json").is_file()
+
+
 def test_mask_of_a_folder_score_did_not_write_run_ftprep_score_first(tmp_path, tiny_model_dir, no_model):
     one_line_error(run_cli("mask", DATA, "-o", tmp_path / "train", check=False), "run ftprep score first")
     run_cli("score", SAMPLE, "-o", tmp_path / "scored", "--model", tiny_model_dir, "--limit", 2, "-q")

@@ -230,5 +230,8 @@ def test_workers_leave_a_cpu_for_reading_and_tokenizing():
     assert worker_resources({"CPU": 16.0, "GPU": 8.0}, EngineOptions(engine="ray", gpus_per_worker=2), "cuda")[:3] == (4, 1.0, 2)
     with pytest.raises(FtprepError, match="the Ray cluster has 8"):
         worker_resources({"CPU": 16.0, "GPU": 8.0}, EngineOptions(engine="ray", num_workers=9), "cuda")
-    with pytest.raises(FtprepError, match="model on the CPU"):
+    with pytest.raises(FtprepError, match="model on the CPU: drop it, or use --device cuda"):
         worker_resources({"CPU": 16.0}, EngineOptions(engine="ray", gpus_per_worker=1), "cpu")
+    # Either action of the hint: dropping it, or the model on a GPU.
+    assert worker_resources({"CPU": 16.0}, EngineOptions(engine="ray"), "cpu")[:3] == (1, 15.0, 0.0)
+    assert worker_resources({"CPU": 16.0, "GPU": 1.0}, EngineOptions(engine="ray", gpus_per_worker=1), "cuda")[:3] == (1, 1.0, 1.0)

@@ -188,9 +188,9 @@ def command(name: str, settings_class, action, extra_params=(), engine: bool = F
             model_workers: bool = True, python=None, writes: str = "", summary: bool = False,
             temporary_output: bool = False) -> click.Command:
     """A click command whose options are `settings_class`'s fields (a class, or a function that
-    returns the current one) and, with `engine`, the engine's, with `overwrite`, --overwrite (its help
-    says it replaces a run that would resume where `overwrite` is "resumes"), with `summary`, --json; it calls `action(settings, **rest)`. `python` and `writes`: see
-    SettingsCommand."""
+    returns the current one) and, with `engine`, the engine's, with `overwrite`, --overwrite (its
+    help speaks of resuming where `overwrite` is "resumes"), with `summary`, --json; it calls
+    `action(settings, **rest)`. `python` and `writes`: see SettingsCommand."""
     settings_of = settings_class if not isinstance(settings_class, type) else (lambda: settings_class)
     return SettingsCommand(name, settings_of, action, extra_params, engine, overwrite, model_workers, python=python,
                            writes=writes, summary=summary, temporary_output=temporary_output)

@@ -12,7 +12,6 @@ import ftprep
 from ftprep.stages.errors import FtprepError
 
 SCORED = REPO / "tests" / "fixtures" / "schema0" / "scored"
-TRAIN = REPO / "tests" / "fixtures" / "schema0" / "train"
 
 
 def last_error(result) -> str:
@@ -21,12 +20,13 @@ def last_error(result) -> str:
 
 
 def test_report_refuses_to_replace_a_file_unless_overwrite(tmp_path):
+    # A scored folder: the fixture's mask output names its scored folder by the absolute path it was made at.
     page = tmp_path / "report.html"
     page.write_text("my notes")
-    assert last_error(run_cli("report", TRAIN, "-o", page, check=False)) == (
+    assert last_error(run_cli("report", SCORED, "-o", page, check=False)) == (
         f"error: {page} exists: pass --overwrite to replace it, or choose another -o")
     assert page.read_text() == "my notes"
-    assert run_cli("report", TRAIN, "-o", page, "--overwrite").stdout.strip() == f"wrote {page}"
+    assert run_cli("report", SCORED, "-o", page, "--overwrite").stdout.strip() == f"wrote {page}"
     assert "<svg" in page.read_text()
     # Its --help says what --overwrite does here: a report does not resume.
     help_text = " ".join(run_cli("report", "--help").stdout.split())
